@@ -1,0 +1,127 @@
+"""The Layer protocol every layer follows.
+
+- ``y = layer.forward(x, training=True)`` computes the output and keeps exactly what ``backward``
+  needs; ``training=False`` is inference (Dropout is the identity, BatchNorm uses running stats).
+- ``dx = layer.backward(dy)`` returns the gradient with respect to the last forward's input and
+  *overwrites* the parameter gradients in ``layer.grads`` (in place: the arrays live as long as
+  the layer, so optimizers can hold them).
+- ``layer.params`` / ``layer.grads``: dicts from PyTorch's parameter names to arrays of PyTorch's
+  shapes; ``layer.buffers``: non-trained state (BatchNorm's running statistics).
+- ``get_config()`` returns the constructor arguments (JSON-able), so a layer can be rebuilt
+  from its type name and config.
+"""
+
+from __future__ import annotations
+
+import inspect
+
+import numpy as np
+
+
+def check_dtype(dtype) -> np.dtype:
+    """The layer dtype, restricted to float32 and float64."""
+    dtype = np.dtype(dtype)
+    if dtype not in (np.float32, np.float64):
+        raise ValueError(f"dtype must be float32 or float64, received: dtype={dtype}")
+    return dtype
+
+
+def check_positive_int(value, name: str) -> int:
+    """A strictly positive int, else ValueError naming the argument and the value received."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ValueError(f"{name} must be a positive int, received: {name}={value!r}")
+    return int(value)
+
+
+def as_float_array(x, dtype: np.dtype | None = None) -> np.ndarray:
+    """``x`` as a float array: ``dtype`` when given, else x's own float dtype (float32 otherwise).
+
+    No copy when x already has that dtype, so float32 stays float32 with no silent upcast.
+    """
+    x = np.asarray(x)
+    if dtype is None:
+        dtype = x.dtype if x.dtype in (np.float32, np.float64) else np.float32
+    return x.astype(dtype, copy=False)
+
+
+class Layer:
+    """Base class: holds parameters, gradients and buffers by name; subclasses add the math."""
+
+    def __init__(self) -> None:
+        self.params: dict[str, np.ndarray] = {}
+        self.grads: dict[str, np.ndarray] = {}
+        self.buffers: dict[str, np.ndarray] = {}
+
+    # -- the protocol -------------------------------------------------------------------------
+    def forward(self, x: np.ndarray, training: bool = True) -> np.ndarray:
+        raise NotImplementedError
+
+    def backward(self, grad_out: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    def output_shape(self, input_shape: tuple[int, ...]) -> tuple[int, ...]:
+        """Per-sample output shape (no batch axis) for a per-sample input shape; validates it."""
+        return tuple(input_shape)
+
+    def flops(self, input_shape: tuple[int, ...]) -> int:
+        """Forward floating-point operations for one sample (a multiply-add counts as 2)."""
+        return 0
+
+    def get_config(self) -> dict:
+        """Constructor arguments as a JSON-able dict."""
+        return {}
+
+    # -- parameter bookkeeping ----------------------------------------------------------------
+    def add_param(self, name: str, value: np.ndarray) -> None:
+        """Register a trainable array and its zero gradient of the same shape and dtype."""
+        self.params[name] = value
+        self.grads[name] = np.zeros_like(value)
+
+    def zero_grad(self) -> None:
+        for grad in self.grads.values():
+            grad.fill(0)
+
+    def astype(self, dtype) -> Layer:
+        """Cast parameters, gradients and buffers (new arrays: create optimizers afterwards)."""
+        dtype = check_dtype(dtype)
+        for store in (self.params, self.grads, self.buffers):
+            for name, value in store.items():
+                store[name] = value.astype(dtype)
+        if hasattr(self, "dtype"):
+            self.dtype = dtype
+        return self
+
+    @property
+    def num_parameters(self) -> int:
+        return sum(p.size for p in self.params.values())
+
+    def check_input(self, x: np.ndarray, ndim: int, axis: int | None, expected: int | None) -> None:
+        """Check a batch's rank and, optionally, its size along ``axis``.
+
+        Raises:
+            ValueError: naming the layer, the expected and the received shapes.
+        """
+        if x.ndim != ndim or (expected is not None and x.shape[axis] != expected):
+            want = ["N"] + ["*"] * (ndim - 1)
+            if expected is not None:
+                want[axis] = str(expected)
+            raise ValueError(
+                f"{self!r} expected input of shape ({', '.join(want)}), "
+                f"received shape {tuple(x.shape)}"
+            )
+
+    def __repr__(self) -> str:
+        """Class name with the constructor arguments that differ from their defaults."""
+        defaults = {
+            name: param.default for name, param in inspect.signature(type(self)).parameters.items()
+        }
+        args = []
+        for key, value in self.get_config().items():
+            default = defaults.get(key, inspect.Parameter.empty)
+            if isinstance(default, type):
+                default = np.dtype(default).name
+            if isinstance(value, list) and len(set(value)) == 1:
+                value = value[0]
+            if value != default:
+                args.append(f"{key}={value!r}")
+        return f"{type(self).__name__}({', '.join(args)})"

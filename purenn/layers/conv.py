@@ -1,0 +1,143 @@
+"""2-D convolution (cross-correlation, like PyTorch) by im2col and one batched BLAS product.
+
+Shapes (N batch, C in channels, O out channels, kernel kh x kw, K = C*kh*kw, P = Ho*Wo):
+
+    col = im2col(pad(x))          (N, K, P)   every receptive field as a column
+    y   = W.reshape(O, K) @ col   (N, O, P)   already NCHW: no transpose on the way out
+
+Backward, with dy reshaped to (N, O, P):
+
+    dW   = sum_n dy[n] @ col[n].T   (O, K)
+    db   = sum over n and p of dy   (O,)
+    dcol = W.T @ dy                 (N, K, P), then col2im adds it back onto the padded input
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from purenn.layers.base import check_positive_int
+from purenn.layers.weighted import WeightedLayer
+from purenn.ops import col2im, im2col, output_size, pad_nchw, pair, unpad_nchw
+
+
+def resolve_padding(padding, kernel: tuple[int, int], stride: tuple[int, int]):
+    """(top, bottom, left, right) from an int, a pair, or "same" (stride 1 only, as PyTorch).
+
+    For "same" with an even kernel the extra row/column goes to the bottom/right, like PyTorch.
+    """
+    if padding == "same":
+        if stride != (1, 1):
+            raise ValueError(f"padding='same' needs stride 1, received: stride={stride}")
+        (kh, kw) = kernel
+        return ((kh - 1) // 2, kh - 1 - (kh - 1) // 2, (kw - 1) // 2, kw - 1 - (kw - 1) // 2)
+    if isinstance(padding, (int, np.integer)) and not isinstance(padding, bool):
+        ph = pw = int(padding)
+    elif isinstance(padding, (tuple, list)) and len(padding) == 2:
+        ph, pw = (int(p) for p in padding)
+    else:
+        raise ValueError(
+            f"padding must be an int, a pair of ints or 'same', received: padding={padding!r}"
+        )
+    if ph < 0 or pw < 0:
+        raise ValueError(f"padding must be >= 0, received: padding={padding!r}")
+    return (ph, ph, pw, pw)
+
+
+class Conv2D(WeightedLayer):
+    """2-D convolution over NCHW batches, PyTorch's ``nn.Conv2d`` (no dilation or groups).
+
+    Args:
+        in_channels, out_channels: C and O.
+        kernel_size: int or (kh, kw).
+        stride: int or (sh, sw).
+        padding: int, (ph, pw), or "same" (stride 1).
+        bias, init, weight_norm, rng, dtype: as for :class:`~purenn.layers.dense.Dense`.
+
+    Input shape: (N, C, H, W). Output shape: (N, O, Ho, Wo) with
+    ``Ho = (H + pad_top + pad_bottom - kh) // sh + 1`` (likewise Wo). Parameters: ``weight``
+    (O, C, kh, kw), ``bias`` (O,).
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int | tuple[int, int],
+        stride: int | tuple[int, int] = 1,
+        padding: int | tuple[int, int] | str = 0,
+        bias: bool = True,
+        init: str = "he",
+        weight_norm: bool = False,
+        rng: np.random.Generator | int | None = None,
+        dtype=np.float32,
+    ) -> None:
+        self.in_channels = check_positive_int(in_channels, "in_channels")
+        self.out_channels = check_positive_int(out_channels, "out_channels")
+        self.kernel_size = pair(kernel_size, "kernel_size")
+        self.stride = pair(stride, "stride")
+        self.padding = padding
+        self.pads = resolve_padding(padding, self.kernel_size, self.stride)
+        shape = (self.out_channels, self.in_channels) + self.kernel_size
+        super().__init__(shape, bias, init, weight_norm, rng, dtype)
+
+    def output_shape(self, input_shape: tuple[int, ...]) -> tuple[int, ...]:
+        if len(input_shape) != 3 or input_shape[0] != self.in_channels:
+            raise ValueError(
+                f"{self!r} expected input of shape (N, {self.in_channels}, H, W), "
+                f"received per-sample shape {tuple(input_shape)}"
+            )
+        top, bottom, left, right = self.pads
+        padded = (input_shape[1] + top + bottom, input_shape[2] + left + right)
+        kh, kw = self.kernel_size
+        if padded[0] < kh or padded[1] < kw:
+            raise ValueError(
+                f"kernel_size {self.kernel_size} is larger than the padded input {padded} "
+                f"of {self!r} (input spatial size {tuple(input_shape[1:])})"
+            )
+        return (
+            self.out_channels,
+            output_size(padded[0], kh, self.stride[0]),
+            output_size(padded[1], kw, self.stride[1]),
+        )
+
+    def forward(self, x: np.ndarray, training: bool = True) -> np.ndarray:
+        x = np.asarray(x, dtype=self.dtype)
+        self.check_input(x, 4, 1, self.in_channels)
+        _, out_h, out_w = self.output_shape(x.shape[1:])
+        x_padded = pad_nchw(x, self.pads)
+        self._padded_shape = x_padded.shape
+        self._col = im2col(x_padded, self.kernel_size, self.stride)
+        self._w = self.weight()
+        y = np.matmul(self._w.reshape(self.out_channels, -1), self._col)  # (N, O, P)
+        if self.use_bias:
+            y += self.params["bias"][:, None]
+        return y.reshape(x.shape[0], self.out_channels, out_h, out_w)
+
+    def backward(self, grad_out: np.ndarray) -> np.ndarray:
+        n = grad_out.shape[0]
+        dy = np.ascontiguousarray(grad_out, dtype=self.dtype).reshape(n, self.out_channels, -1)
+        dw = self.weight_grad_buffer()
+        # dW = sum_n dy[n] @ col[n]^T: one GEMM per sample with the long P axis as inner dimension.
+        np.sum(np.matmul(dy, self._col.transpose(0, 2, 1)), axis=0, out=dw.reshape(dy.shape[1], -1))
+        self.finish_weight_grad(dw)
+        if self.use_bias:
+            np.sum(dy, axis=(0, 2), out=self.grads["bias"])
+        dcol = np.matmul(self._w.reshape(self.out_channels, -1).T, dy)  # (N, K, P)
+        dx_padded = col2im(dcol, self._padded_shape, self.kernel_size, self.stride)
+        return unpad_nchw(dx_padded, self.pads)
+
+    def flops(self, input_shape: tuple[int, ...]) -> int:
+        _, out_h, out_w = self.output_shape(input_shape)
+        k = self.in_channels * self.kernel_size[0] * self.kernel_size[1]
+        return 2 * k * self.out_channels * out_h * out_w
+
+    def get_config(self) -> dict:
+        return {
+            "in_channels": self.in_channels,
+            "out_channels": self.out_channels,
+            "kernel_size": list(self.kernel_size),
+            "stride": list(self.stride),
+            "padding": self.padding if isinstance(self.padding, (int, str)) else list(self.padding),
+            **self.weighted_config(),
+        }

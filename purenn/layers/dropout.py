@@ -1,0 +1,46 @@
+"""Inverted dropout: scale the kept units by 1/(1-p) in training so evaluation is the identity."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from purenn.layers.base import Layer, as_float_array
+from purenn.layers.weighted import make_rng
+
+
+class Dropout(Layer):
+    """Zero each element with probability ``p`` in training; identity in evaluation.
+
+    Args:
+        p: drop probability in [0, 1).
+        rng: Generator or seed for the masks. Its state is part of a checkpoint (see
+            ``Sequential.rng_states``), so a resumed run draws the same masks.
+
+    Any input shape; output has the same shape and dtype. Backward applies the same mask
+    and scale: ``dx = dy * mask / (1 - p)``.
+    """
+
+    def __init__(self, p: float = 0.5, rng: np.random.Generator | int | None = None) -> None:
+        super().__init__()
+        if not (isinstance(p, (int, float)) and 0.0 <= p < 1.0):
+            raise ValueError(f"p must be in [0, 1), received: p={p!r}")
+        self.p = float(p)
+        self.rng = make_rng(rng)
+        self._mask = None
+
+    def forward(self, x: np.ndarray, training: bool = True) -> np.ndarray:
+        x = as_float_array(x)
+        if not training or self.p == 0.0:
+            self._mask = None
+            return x
+        self._mask = self.rng.random(x.shape, dtype=np.float32) >= self.p
+        self._scale = x.dtype.type(1.0 / (1.0 - self.p))
+        return x * self._mask * self._scale
+
+    def backward(self, grad_out: np.ndarray) -> np.ndarray:
+        if self._mask is None:
+            return grad_out
+        return grad_out * self._mask * self._scale
+
+    def get_config(self) -> dict:
+        return {"p": self.p}
