@@ -1,0 +1,43 @@
+"""The reference architectures have the seed's parameter counts and shapes."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from purenn.presets import PRESETS, build_preset
+
+
+def test_plantvillage_cnn_has_the_seed_parameter_count():
+    model = build_preset("plantvillage-cnn")
+    assert model.num_parameters == 8_142_630
+    assert model.output_shapes((3, 128, 128))[-1] == (38,)
+    assert [type(layer).__name__ for layer in model.layers[-5:]] == [
+        "Flatten",
+        "Dense",
+        "ReLU",
+        "Dropout",
+        "Dense",
+    ]
+
+
+def test_plantvillage_ann_has_the_seed_parameter_count():
+    model = build_preset("plantvillage-ann")
+    assert model.num_parameters == 26_126_006
+
+
+@pytest.mark.parametrize("name", sorted(PRESETS))
+def test_presets_run_at_other_sizes_and_class_counts(name):
+    model = build_preset(name, num_classes=15, image_size=32, seed=1)
+    y = model.forward(np.zeros((2, 3, 32, 32), dtype=np.float32))
+    assert y.shape == (2, 15) and y.dtype == np.float32
+
+
+def test_same_seed_same_weights_and_clear_errors():
+    a, b = build_preset("demo-cnn", 10, 16, seed=4), build_preset("demo-cnn", 10, 16, seed=4)
+    for (x, _), (y, _) in zip(a.parameters(), b.parameters(), strict=True):
+        np.testing.assert_array_equal(x, y)
+    with pytest.raises(ValueError, match="unknown preset 'resnet'"):
+        build_preset("resnet")
+    with pytest.raises(ValueError, match="image_size=100"):
+        build_preset("plantvillage-cnn", image_size=100)
