@@ -1,0 +1,37 @@
+"""Image data pipeline: folder scan, decode-once cache, splits, statistics, augmentation, loader.
+
+Typical use::
+
+    scan = scan_image_folder("data/plantvillage")
+    cache = build_cache(scan, "cache", image_size=128)
+    train, val, test = stratified_split(cache.labels, 0.15, 0.15, seed=0)
+    mean, std = channel_stats(cache.images, train)
+    loader = DataLoader(cache.images, cache.labels, train, 32, mean, std, shuffle=True,
+                        augmentation=Augmentation(), augment_factor=2)
+    for x, y in loader.epoch(0): ...
+"""
+
+from purenn.data.augment import Augmentation
+from purenn.data.cache import ImageCache, build_cache
+from purenn.data.decode import load_image
+from purenn.data.errors import DataError
+from purenn.data.folder import IMAGE_EXTENSIONS, FolderScan, scan_image_folder
+from purenn.data.loader import DataLoader
+from purenn.data.split import stratified_split, subset_split
+from purenn.data.stats import channel_stats, normalize_batch
+
+__all__ = [
+    "IMAGE_EXTENSIONS",
+    "Augmentation",
+    "DataError",
+    "DataLoader",
+    "FolderScan",
+    "ImageCache",
+    "build_cache",
+    "channel_stats",
+    "load_image",
+    "normalize_batch",
+    "scan_image_folder",
+    "stratified_split",
+    "subset_split",
+]

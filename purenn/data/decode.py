@@ -1,0 +1,98 @@
+"""Decode one image file into a uint8 CHW array of a fixed square size (the only Pillow use)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps
+
+from purenn.data.errors import DataError
+
+MIN_IMAGE_SIZE = 8
+
+# Pillow modes holding 16-bit (or wider) grey levels; Image.convert would clip them at 255.
+_WIDE_GREY_MODES = ("I", "I;16", "I;16B", "I;16L", "I;16N")
+
+
+def check_image_size(image_size: int) -> int:
+    """Return ``image_size`` if it is an integer >= 8, else raise DataError naming the value."""
+    if isinstance(image_size, bool) or not isinstance(image_size, (int, np.integer)):
+        raise DataError(
+            f"image_size must be an integer >= {MIN_IMAGE_SIZE}; "
+            f"received: image_size={image_size!r}"
+        )
+    if image_size < MIN_IMAGE_SIZE:
+        raise DataError(
+            f"image_size must be an integer >= {MIN_IMAGE_SIZE}; received: image_size={image_size}"
+        )
+    return int(image_size)
+
+
+def _to_rgb(im: Image.Image) -> Image.Image:
+    """Any Pillow mode to RGB.
+
+    Transparent pixels are composited over black (RGB premultiplied by alpha), the background of
+    the "segmented" PlantVillage images. 16-bit grey is scaled to 8 bits (v * 255 / 65535).
+    Grey, palette, CMYK and YCbCr use Pillow's conversions.
+    """
+    if im.mode in ("RGBA", "LA", "PA") or "transparency" in im.info:
+        rgba = im.convert("RGBA")
+        out = Image.new("RGB", rgba.size)
+        out.paste(rgba, mask=rgba.getchannel("A"))
+        return out
+    if im.mode in _WIDE_GREY_MODES:
+        grey = np.clip(np.asarray(im, dtype=np.int64), 0, 65535)
+        return Image.fromarray(((grey * 255 + 32767) // 65535).astype(np.uint8)).convert("RGB")
+    return im.convert("RGB")
+
+
+def decode_image(path: str | Path, image_size: int) -> np.ndarray:
+    """Decode and resize one file; Pillow's exceptions propagate (see ``load_image``).
+
+    Steps: for JPEG, ``Image.draft`` lets libjpeg decode at 1/2, 1/4 or 1/8 scale (DCT-domain
+    downscaling, never below ``image_size``): faster, and pixels differ slightly (by a few
+    levels) from a full decode followed by the resize. Then the EXIF orientation is applied,
+    the mode converted to RGB and the image resized to ``image_size x image_size`` (aspect ratio
+    not kept) with Pillow's BILINEAR filter, which widens its support by the scale factor when
+    downscaling, i.e. an antialiasing triangle filter (as torchvision ``Resize(antialias=True)``).
+
+    Returns:
+        uint8 array of shape ``(3, image_size, image_size)``.
+    """
+    with Image.open(path) as im:
+        im.draft("RGB", (image_size, image_size))
+        rgb = _to_rgb(ImageOps.exif_transpose(im))
+    if rgb.size != (image_size, image_size):
+        rgb = rgb.resize((image_size, image_size), Image.Resampling.BILINEAR, reducing_gap=None)
+    return np.ascontiguousarray(np.asarray(rgb).transpose(2, 0, 1))
+
+
+def try_decode(path: str | Path, image_size: int) -> tuple[np.ndarray | None, str | None]:
+    """``(image, None)`` on success, ``(None, reason)`` if the file cannot be used.
+
+    Any exception is a reason: Pillow's plugins raise OSError, ValueError, SyntaxError,
+    struct.error, EOFError and more on malformed files, and one bad file must not stop a build.
+    """
+    try:
+        if os.stat(path).st_size == 0:
+            return None, "empty file (0 bytes)"
+        return decode_image(path, image_size), None
+    except Exception as err:
+        return None, f"{type(err).__name__}: {err}"
+
+
+def load_image(path: str | Path, image_size: int = 128) -> np.ndarray:
+    """Decode one image file exactly as the cache does (used by ``predict`` on single files).
+
+    Returns:
+        uint8 array of shape ``(3, image_size, image_size)``, RGB.
+
+    Raises:
+        DataError: the file cannot be read or decoded (names the file), or ``image_size`` < 8.
+    """
+    image, reason = try_decode(path, check_image_size(image_size))
+    if image is None:
+        raise DataError(f"cannot read image {path}: {reason}")
+    return image
