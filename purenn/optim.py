@@ -112,9 +112,8 @@ class Optimizer:
             name: [np.zeros_like(value) for value, _ in self.params] for name in buffer_names
         }
         largest = max(value.size for value, _ in self.params)
-        self._workspace = {
-            value.dtype: np.empty((n_scratch, largest), value.dtype) for value, _ in self.params
-        }
+        dtypes = {value.dtype for value, _ in self.params}
+        self._workspace = {dtype: np.empty((n_scratch, largest), dtype) for dtype in dtypes}
 
     @property
     def lr(self) -> float:
