@@ -6,7 +6,21 @@ import json
 
 import numpy as np
 
-from purenn.layers import LAYER_TYPES, Layer
+from purenn.layers import LAYER_TYPES, Layer, MaxPool2D, ReLU
+
+
+def _execution_order(layers: list[Layer]) -> list[int]:
+    """Layer indices in the order to run them: each ReLU directly followed by a MaxPool2D swaps.
+
+    Max-pooling commutes with ReLU (``max(relu(x)) == relu(max(x))``, both monotone), and the
+    gradients agree too (a window whose maximum is <= 0 passes no gradient either way), so the
+    ReLU can run on the pooled map, with a quarter of the elements for 2x2 pooling.
+    """
+    order = list(range(len(layers)))
+    for i in range(len(layers) - 1):
+        if type(layers[i]) is ReLU and type(layers[i + 1]) is MaxPool2D and order[i] == i:
+            order[i], order[i + 1] = i + 1, i
+    return order
 
 
 class Sequential:
@@ -29,6 +43,7 @@ class Sequential:
                     f"layers[{index}] must be a purenn Layer, received: {type(layer).__name__}"
                 )
         self.layers = layers
+        self._order = _execution_order(layers)
         self.training = True
         self.input_shape = None if input_shape is None else tuple(int(d) for d in input_shape)
         if self.input_shape is not None:
@@ -38,16 +53,21 @@ class Sequential:
     def forward(self, x: np.ndarray, training: bool | None = None) -> np.ndarray:
         """Run every layer; ``training`` defaults to the mode set by ``train()`` / ``eval()``."""
         training = self.training if training is None else training
-        for layer in self.layers:
-            x = layer.forward(x, training=training)
+        for index in self._order:
+            x = self.layers[index].forward(x, training=training)
         return x
 
     __call__ = forward
 
-    def backward(self, grad_out: np.ndarray) -> np.ndarray:
-        """Backpropagate ``dL/d(output)``; fills every layer's grads, returns ``dL/d(input)``."""
-        for layer in reversed(self.layers):
-            grad_out = layer.backward(grad_out)
+    def backward(self, grad_out: np.ndarray, input_grad: bool = True) -> np.ndarray | None:
+        """Backpropagate ``dL/d(output)``; fills every layer's grads, returns ``dL/d(input)``.
+
+        With ``input_grad=False`` the first layer skips the input gradient and None is returned
+        (training never needs dL/d(image); for a conv or dense first layer that saves a GEMM).
+        """
+        for position, index in enumerate(reversed(self._order)):
+            last = position == len(self._order) - 1
+            grad_out = self.layers[index].backward(grad_out, input_grad=input_grad or not last)
         return grad_out
 
     def train(self) -> Sequential:

@@ -51,22 +51,8 @@ def window_slices(
     )
 
 
-def pad_nchw(x: np.ndarray, pads: tuple[int, int, int, int]) -> np.ndarray:
-    """Zero-pad the two spatial axes of an (N, C, H, W) array by (top, bottom, left, right).
-
-    Returns ``x`` itself when all pads are zero (no copy).
-    """
-    top, bottom, left, right = pads
-    if not any(pads):
-        return x
-    n, c, h, w = x.shape
-    padded = np.zeros((n, c, h + top + bottom, w + left + right), dtype=x.dtype)
-    padded[:, :, top : top + h, left : left + w] = x
-    return padded
-
-
 def unpad_nchw(x: np.ndarray, pads: tuple[int, int, int, int]) -> np.ndarray:
-    """The inverse crop of :func:`pad_nchw` (a view)."""
+    """Crop (top, bottom, left, right) from the spatial axes of an NCHW array (a view)."""
     top, bottom, left, right = pads
     if not any(pads):
         return x

@@ -218,3 +218,18 @@ def test_batchnorm_running_statistics_use_unbiased_variance():
     layer.forward(x, training=True)
     np.testing.assert_allclose(layer.buffers["running_mean"], 0.5 * x.mean(0))
     np.testing.assert_allclose(layer.buffers["running_var"], 0.5 + 0.5 * x.var(0, ddof=1))
+
+
+@pytest.mark.parametrize("pool", [pn.MaxPool2D(2), pn.MaxPool2D(3, stride=1)], ids=repr)
+def test_max_pool_ties_route_the_gradient_to_one_input_like_torch(pool):
+    torch = pytest.importorskip("torch")
+    # Plateaus of equal values (as after a ReLU): each window's gradient must go to one input.
+    x = np.maximum(make_input((2, 3, 6, 6), np.float32), 0).round(0)
+    y = pool.forward(x)
+    dy = np.arange(y.size, dtype=np.float32).reshape(y.shape) + 1
+    dx = pool.backward(dy)
+    x_torch = torch.tensor(x, requires_grad=True)
+    module = torch.nn.MaxPool2d(pool.kernel_size, pool.stride)
+    module(x_torch).backward(torch.from_numpy(dy))
+    np.testing.assert_array_equal(dx, x_torch.grad.numpy())
+    assert dx.sum() == dy.sum()

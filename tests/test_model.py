@@ -154,3 +154,32 @@ def test_state_dict_loads_into_torch_sequential():
     reference.eval()
     x = np.random.default_rng(0).standard_normal((2, 3, 8, 8))
     assert_close(model.eval()(x), reference(torch.from_numpy(x)).detach().numpy(), 1e-10, "output")
+
+
+def test_relu_before_max_pool_runs_swapped_with_identical_results():
+    model = pn.Sequential([pn.Conv2D(2, 3, 3, rng=0), pn.ReLU(), pn.MaxPool2D(2), pn.Flatten()])
+    x = np.random.default_rng(0).standard_normal((4, 2, 9, 9)).astype(np.float32)
+    dy = np.random.default_rng(1).standard_normal((4, 27)).astype(np.float32)
+    y, dx = model.forward(x), model.backward(dy)
+    expected, grad = x, dy
+    for layer in model.layers:  # the literal order, one layer at a time
+        expected = layer.forward(expected)
+    for layer in reversed(model.layers):
+        grad = layer.backward(grad)
+    np.testing.assert_array_equal(y, expected)
+    np.testing.assert_array_equal(dx, grad)
+
+
+def test_backward_without_input_gradient_keeps_parameter_gradients():
+    model = small_cnn(seed=2)
+    x = np.random.default_rng(0).standard_normal((2, 3, 8, 8)).astype(np.float32)
+    dy = np.ones((2, 3), dtype=np.float32)
+    state = model.rng_states()
+    model.forward(x, training=True)
+    assert model.backward(dy) is not None
+    full = [grad.copy() for _, grad in model.parameters()]
+    model.set_rng_states(state)
+    model.forward(x, training=True)
+    assert model.backward(dy, input_grad=False) is None
+    for expected, (_, grad) in zip(full, model.parameters(), strict=True):
+        np.testing.assert_array_equal(grad, expected)

@@ -15,7 +15,7 @@ class ReLU(Layer):
         self._mask = x > 0
         return np.multiply(x, self._mask, dtype=x.dtype)
 
-    def backward(self, grad_out: np.ndarray) -> np.ndarray:
+    def backward(self, grad_out: np.ndarray, input_grad: bool = True) -> np.ndarray:
         return np.multiply(grad_out, self._mask, dtype=grad_out.dtype)
 
     def flops(self, input_shape: tuple[int, ...]) -> int:
@@ -39,7 +39,7 @@ class LeakyReLU(Layer):
         self._mask = x > 0
         return np.where(self._mask, x, x * x.dtype.type(self.negative_slope))
 
-    def backward(self, grad_out: np.ndarray) -> np.ndarray:
+    def backward(self, grad_out: np.ndarray, input_grad: bool = True) -> np.ndarray:
         return np.where(self._mask, grad_out, grad_out * grad_out.dtype.type(self.negative_slope))
 
     def flops(self, input_shape: tuple[int, ...]) -> int:
@@ -59,7 +59,7 @@ class Sigmoid(Layer):
         self._y = np.where(x >= 0, 1 / (1 + e), e / (1 + e)).astype(x.dtype, copy=False)
         return self._y
 
-    def backward(self, grad_out: np.ndarray) -> np.ndarray:
+    def backward(self, grad_out: np.ndarray, input_grad: bool = True) -> np.ndarray:
         return grad_out * self._y * (1 - self._y)
 
     def flops(self, input_shape: tuple[int, ...]) -> int:
@@ -73,7 +73,7 @@ class Tanh(Layer):
         self._y = np.tanh(as_float_array(x))
         return self._y
 
-    def backward(self, grad_out: np.ndarray) -> np.ndarray:
+    def backward(self, grad_out: np.ndarray, input_grad: bool = True) -> np.ndarray:
         return grad_out * (1 - np.square(self._y))
 
     def flops(self, input_shape: tuple[int, ...]) -> int:
@@ -93,7 +93,7 @@ class Softmax(Layer):
         self._y = e / e.sum(axis=-1, keepdims=True)
         return self._y
 
-    def backward(self, grad_out: np.ndarray) -> np.ndarray:
+    def backward(self, grad_out: np.ndarray, input_grad: bool = True) -> np.ndarray:
         y = self._y
         return y * (grad_out - np.sum(grad_out * y, axis=-1, keepdims=True))
 

@@ -4,7 +4,8 @@
   needs; ``training=False`` is inference (Dropout is the identity, BatchNorm uses running stats).
 - ``dx = layer.backward(dy)`` returns the gradient with respect to the last forward's input and
   *overwrites* the parameter gradients in ``layer.grads`` (in place: the arrays live as long as
-  the layer, so optimizers can hold them).
+  the layer, so optimizers can hold them). ``backward(dy, input_grad=False)`` may skip the input
+  gradient and return None (a model's first layer: nobody needs dL/d(image)).
 - ``layer.params`` / ``layer.grads``: dicts from PyTorch's parameter names to arrays of PyTorch's
   shapes; ``layer.buffers``: non-trained state (BatchNorm's running statistics).
 - ``get_config()`` returns the constructor arguments (JSON-able), so a layer can be rebuilt
@@ -51,12 +52,13 @@ class Layer:
         self.params: dict[str, np.ndarray] = {}
         self.grads: dict[str, np.ndarray] = {}
         self.buffers: dict[str, np.ndarray] = {}
+        self._scratch: dict[str, np.ndarray] = {}
 
     # -- the protocol -------------------------------------------------------------------------
     def forward(self, x: np.ndarray, training: bool = True) -> np.ndarray:
         raise NotImplementedError
 
-    def backward(self, grad_out: np.ndarray) -> np.ndarray:
+    def backward(self, grad_out: np.ndarray, input_grad: bool = True) -> np.ndarray | None:
         raise NotImplementedError
 
     def output_shape(self, input_shape: tuple[int, ...]) -> tuple[int, ...]:
@@ -76,6 +78,19 @@ class Layer:
         """Register a trainable array and its zero gradient of the same shape and dtype."""
         self.params[name] = value
         self.grads[name] = np.zeros_like(value)
+
+    def scratch(self, name: str, shape: tuple[int, ...], dtype, zeros: bool = False) -> np.ndarray:
+        """A work array kept across calls and reallocated only when shape or dtype change.
+
+        Large temporaries (im2col matrices, padded inputs) then cost no fresh page faults per
+        training step. Only for internal use: an array returned to the caller must be new.
+        With ``zeros``, a newly allocated array is zero-filled (a reused one keeps its content).
+        """
+        array = self._scratch.get(name)
+        if array is None or array.shape != tuple(shape) or array.dtype != dtype:
+            array = (np.zeros if zeros else np.empty)(shape, dtype=dtype)
+            self._scratch[name] = array
+        return array
 
     def zero_grad(self) -> None:
         for grad in self.grads.values():

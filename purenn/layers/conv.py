@@ -18,7 +18,7 @@ import numpy as np
 
 from purenn.layers.base import check_positive_int
 from purenn.layers.weighted import WeightedLayer
-from purenn.ops import col2im, im2col, output_size, pad_nchw, pair, unpad_nchw
+from purenn.ops import col2im, im2col, output_size, pair, unpad_nchw
 
 
 def resolve_padding(padding, kernel: tuple[int, int], stride: tuple[int, int]):
@@ -105,16 +105,29 @@ class Conv2D(WeightedLayer):
         x = np.asarray(x, dtype=self.dtype)
         self.check_input(x, 4, 1, self.in_channels)
         _, out_h, out_w = self.output_shape(x.shape[1:])
-        x_padded = pad_nchw(x, self.pads)
+        x_padded = self._pad(x)
         self._padded_shape = x_padded.shape
-        self._col = im2col(x_padded, self.kernel_size, self.stride)
+        n, c, kh, kw = x.shape[0], self.in_channels, *self.kernel_size
+        col = self.scratch("col", (n, c * kh * kw, out_h * out_w), self.dtype)
+        self._col = im2col(x_padded, self.kernel_size, self.stride, out=col)
         self._w = self.weight()
         y = np.matmul(self._w.reshape(self.out_channels, -1), self._col)  # (N, O, P)
         if self.use_bias:
             y += self.params["bias"][:, None]
         return y.reshape(x.shape[0], self.out_channels, out_h, out_w)
 
-    def backward(self, grad_out: np.ndarray) -> np.ndarray:
+    def _pad(self, x: np.ndarray) -> np.ndarray:
+        """x zero-padded in a reused buffer: its border stays zero, only the interior is written."""
+        if not any(self.pads):
+            return x
+        top, bottom, left, right = self.pads
+        n, c, h, w = x.shape
+        shape = (n, c, h + top + bottom, w + left + right)
+        padded = self.scratch("padded", shape, self.dtype, zeros=True)
+        padded[:, :, top : top + h, left : left + w] = x
+        return padded
+
+    def backward(self, grad_out: np.ndarray, input_grad: bool = True) -> np.ndarray | None:
         n = grad_out.shape[0]
         dy = np.ascontiguousarray(grad_out, dtype=self.dtype).reshape(n, self.out_channels, -1)
         dw = self.weight_grad_buffer()
@@ -123,7 +136,10 @@ class Conv2D(WeightedLayer):
         self.finish_weight_grad(dw)
         if self.use_bias:
             np.sum(dy, axis=(0, 2), out=self.grads["bias"])
-        dcol = np.matmul(self._w.reshape(self.out_channels, -1).T, dy)  # (N, K, P)
+        if not input_grad:
+            return None
+        # dcol reuses the column buffer: col is no longer needed once dW is computed.
+        dcol = np.matmul(self._w.reshape(self.out_channels, -1).T, dy, out=self._col)  # (N, K, P)
         dx_padded = col2im(dcol, self._padded_shape, self.kernel_size, self.stride)
         return unpad_nchw(dx_padded, self.pads)
 

@@ -48,13 +48,15 @@ class Dense(WeightedLayer):
             y += self.params["bias"]
         return y
 
-    def backward(self, grad_out: np.ndarray) -> np.ndarray:
+    def backward(self, grad_out: np.ndarray, input_grad: bool = True) -> np.ndarray | None:
         dy = np.asarray(grad_out, dtype=self.dtype)
         dw = self.weight_grad_buffer()
         np.matmul(dy.T, self._x, out=dw)  # dL/dW = dy^T x, (out, N) @ (N, in)
         self.finish_weight_grad(dw)
         if self.use_bias:
             np.sum(dy, axis=0, out=self.grads["bias"])
+        if not input_grad:
+            return None
         return dy @ self._w  # dL/dx = dy W, (N, out) @ (out, in)
 
     def output_shape(self, input_shape: tuple[int, ...]) -> tuple[int, ...]:

@@ -37,7 +37,7 @@ class Dropout(Layer):
         self._scale = x.dtype.type(1.0 / (1.0 - self.p))
         return x * self._mask * self._scale
 
-    def backward(self, grad_out: np.ndarray) -> np.ndarray:
+    def backward(self, grad_out: np.ndarray, input_grad: bool = True) -> np.ndarray:
         if self._mask is None:
             return grad_out
         return grad_out * self._mask * self._scale

@@ -75,7 +75,7 @@ class _BatchNorm(Layer):
             shape
         )
 
-    def backward(self, grad_out: np.ndarray) -> np.ndarray:
+    def backward(self, grad_out: np.ndarray, input_grad: bool = True) -> np.ndarray:
         dy = np.asarray(grad_out, dtype=self.dtype)
         axes = (0,) + tuple(range(2, dy.ndim))
         shape = self._shape()

@@ -71,6 +71,9 @@ class MaxPool2D(_Pool2D):
 
     def forward(self, x: np.ndarray, training: bool = True) -> np.ndarray:
         x, out_h, out_w = self._prepare(x)
+        self._fast = self.kernel_size == (2, 2) and self.stride == (2, 2)
+        if self._fast:
+            return self._forward_2x2(x, out_h, out_w)
         offsets = self._offsets(out_h, out_w)
         _, first = next(offsets)
         out = x[first].copy()
@@ -83,10 +86,32 @@ class MaxPool2D(_Pool2D):
         self._argmax = argmax
         return out
 
-    def backward(self, grad_out: np.ndarray) -> np.ndarray:
+    def _forward_2x2(self, x: np.ndarray, out_h: int, out_w: int) -> np.ndarray:
+        """The common 2x2 stride-2 case: three element-wise maxima of the four strided quarters.
+
+        With the window [[a, b], [c, d]], the argmax code is ``2 * row + column`` where
+        row = (max(c, d) > max(a, b)) and column = (b > a) in the top row, (d > c) in the bottom.
+        """
+        a, b, c, d = (x[index] for _, index in self._offsets(out_h, out_w))
+        top, bottom = np.maximum(a, b), np.maximum(c, d)
+        lower = bottom > top
+        column = np.where(lower, d > c, b > a)
+        self._argmax = np.left_shift(lower.view(np.int8), 1)
+        self._argmax |= column.view(np.int8)
+        return np.maximum(top, bottom, out=top)
+
+    def backward(self, grad_out: np.ndarray, input_grad: bool = True) -> np.ndarray:
         dy = np.asarray(grad_out, dtype=self._dtype)
-        dx = np.zeros(self._input_shape, dtype=self._dtype)
         _, _, out_h, out_w = dy.shape
+        if self._fast:
+            # Windows tile the input: each quarter is written once (zeros only at odd borders).
+            n, c, h, w = self._input_shape
+            odd = h % 2 or w % 2
+            dx = (np.zeros if odd else np.empty)(self._input_shape, dtype=self._dtype)
+            for k, index in self._offsets(out_h, out_w):
+                np.multiply(dy, self._argmax == k, out=dx[index])
+            return dx
+        dx = np.zeros(self._input_shape, dtype=self._dtype)
         # Each output's gradient goes to the one input that won its window.
         for k, index in self._offsets(out_h, out_w):
             dx[index] += np.where(self._argmax == k, dy, 0)
@@ -108,7 +133,7 @@ class AvgPool2D(_Pool2D):
         out *= x.dtype.type(1.0 / (self.kernel_size[0] * self.kernel_size[1]))
         return out
 
-    def backward(self, grad_out: np.ndarray) -> np.ndarray:
+    def backward(self, grad_out: np.ndarray, input_grad: bool = True) -> np.ndarray:
         share = np.asarray(grad_out, dtype=self._dtype) * self._dtype.type(
             1.0 / (self.kernel_size[0] * self.kernel_size[1])
         )
@@ -127,7 +152,7 @@ class GlobalAvgPool2D(Layer):
         self._input_shape = x.shape
         return x.mean(axis=(2, 3), dtype=x.dtype)
 
-    def backward(self, grad_out: np.ndarray) -> np.ndarray:
+    def backward(self, grad_out: np.ndarray, input_grad: bool = True) -> np.ndarray:
         n, c, h, w = self._input_shape
         dy = np.asarray(grad_out) * grad_out.dtype.type(1.0 / (h * w))
         return np.broadcast_to(dy[:, :, None, None], self._input_shape).copy()

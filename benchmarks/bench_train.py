@@ -1,0 +1,214 @@
+"""Train-step, inference and memory benchmark: purenn against PyTorch on the same CPU.
+
+For each preset (plantvillage-cnn, plantvillage-ann) one process per framework runs the same
+architecture on the same random batch: forward, softmax cross-entropy with label smoothing 0.1,
+backward, global-norm clipping at 1.0 and an Adam step. Each figure is the median over
+``--repeats`` timed steps after ``--warmup`` untimed ones; ratios compare figures of this run.
+Separate processes keep one framework's memory and threads from affecting the other.
+
+    python benchmarks/bench_train.py                    # both presets, 2 threads, batch 32
+    python benchmarks/bench_train.py --model cnn --profile   # plus purenn's per-layer profile
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+PRESETS = {"cnn": "plantvillage-cnn", "ann": "plantvillage-ann"}
+
+
+def rss_mb(field: str) -> float:
+    """A memory figure of this process from /proc/self/status (VmRSS, VmHWM, RssAnon), in MB."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) / 1024
+    raise KeyError(field)
+
+
+def median_seconds(fn, repeats: int, warmup: int) -> float:
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def batch(args, classes: int = 38):
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((args.batch, 3, args.image_size, args.image_size)).astype(np.float32)
+    return x, rng.integers(0, classes, args.batch)
+
+
+def purenn_worker(args) -> dict:
+    from threadpoolctl import threadpool_info, threadpool_limits
+
+    from purenn.losses import SoftmaxCrossEntropy
+    from purenn.optim import Adam, clip_grad_norm
+    from purenn.presets import build_preset
+
+    threadpool_limits(args.threads)
+    baseline = rss_mb("VmRSS")
+    model = build_preset(PRESETS[args.model], image_size=args.image_size, seed=0)
+    params = model.parameters()
+    optimizer, loss_fn = Adam(params, lr=1e-4), SoftmaxCrossEntropy(label_smoothing=0.1)
+    x, y = batch(args)
+
+    def train_step():
+        logits = model.forward(x, training=True)
+        loss_fn.forward(logits, y)
+        model.backward(loss_fn.backward(), input_grad=False)
+        clip_grad_norm(params, 1.0)
+        optimizer.step()
+
+    result = {"train": median_seconds(train_step, args.repeats, args.warmup)}
+    result["peak_mb"], result["peak_above_baseline_mb"] = (
+        rss_mb("VmHWM"),
+        rss_mb("VmHWM") - baseline,
+    )
+    result["infer"] = median_seconds(lambda: model.forward(x, training=False), args.repeats, 1)
+    x1 = x[:1].copy()
+    result["latency"] = median_seconds(lambda: model.forward(x1, training=False), args.repeats, 1)
+    blas = [(i["internal_api"], i.get("version"), i["num_threads"]) for i in threadpool_info()]
+    result["backend"] = f"numpy {np.__version__}, BLAS {blas}"
+    if args.profile:
+        result["profile"] = purenn_profile(model, train_step, optimizer, args)
+    return result
+
+
+def purenn_profile(model, train_step, optimizer, args) -> list[tuple[str, float, float]]:
+    """Median forward and backward milliseconds of each layer, and of the optimizer step."""
+    timings = {i: {"forward": [], "backward": []} for i in range(len(model.layers))}
+    timings["optimizer"] = {"forward": [], "backward": []}
+
+    def timed(fn, bucket):
+        def wrapper(*a, **k):
+            start = time.perf_counter()
+            out = fn(*a, **k)
+            bucket.append(time.perf_counter() - start)
+            return out
+
+        return wrapper
+
+    for index, layer in enumerate(model.layers):
+        layer.forward = timed(layer.forward, timings[index]["forward"])
+        layer.backward = timed(layer.backward, timings[index]["backward"])
+    optimizer.step = timed(optimizer.step, timings["optimizer"]["backward"])
+    for _ in range(args.repeats):
+        train_step()
+    rows = []
+    for key, t in timings.items():
+        name = f"{key:>2} {model.layers[key]!r}" if key != "optimizer" else "   Adam step"
+        ms = [1000 * statistics.median(t[phase]) if t[phase] else 0.0 for phase in t]
+        rows.append((name, *ms))
+    return rows
+
+
+def torch_worker(args) -> dict:
+    import torch
+    from threadpoolctl import threadpool_limits
+
+    from purenn.presets import build_preset
+
+    threadpool_limits(args.threads)
+    torch.set_num_threads(args.threads)
+    baseline = rss_mb("VmRSS")
+    from torch_twin import torch_twin
+
+    model = torch_twin(build_preset(PRESETS[args.model], image_size=args.image_size, seed=0))
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
+    loss_fn = torch.nn.CrossEntropyLoss(label_smoothing=0.1)
+    x_np, y_np = batch(args)
+    x, y = torch.from_numpy(x_np), torch.from_numpy(y_np)
+
+    def train_step():
+        optimizer.zero_grad(set_to_none=True)
+        loss_fn(model(x), y).backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+
+    model.train()
+    result = {"train": median_seconds(train_step, args.repeats, args.warmup)}
+    result["peak_mb"], result["peak_above_baseline_mb"] = (
+        rss_mb("VmHWM"),
+        rss_mb("VmHWM") - baseline,
+    )
+    model.eval()
+    with torch.inference_mode():
+        result["infer"] = median_seconds(lambda: model(x), args.repeats, 1)
+        x1 = x[:1].clone()
+        result["latency"] = median_seconds(lambda: model(x1), args.repeats, 1)
+    result["backend"] = f"torch {torch.__version__}, {torch.get_num_threads()} threads"
+    return result
+
+
+def run_worker(framework: str, args) -> dict:
+    command = [sys.executable, __file__, "--worker", framework, "--model", args.model]
+    for flag in ("batch", "threads", "repeats", "warmup", "image_size"):
+        command += [f"--{flag.replace('_', '-')}", str(getattr(args, flag))]
+    command += ["--profile"] if args.profile and framework == "purenn" else []
+    done = subprocess.run(command, capture_output=True, text=True, check=False)
+    if done.returncode:
+        raise SystemExit(f"{framework} worker failed:\n{done.stderr}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", choices=["cnn", "ann", "both"], default="both")
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=10)
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--image-size", type=int, default=128)
+    parser.add_argument("--profile", action="store_true", help="per-layer profile of purenn")
+    parser.add_argument("--quick", action="store_true", help="tiny run to check the script works")
+    parser.add_argument("--worker", choices=["purenn", "torch"], help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.quick:
+        args.repeats, args.warmup, args.image_size, args.batch = 2, 1, 32, 4
+    if args.worker:
+        worker = purenn_worker if args.worker == "purenn" else torch_worker
+        print(json.dumps(worker(args)))
+        return
+
+    for key in ("cnn", "ann") if args.model == "both" else (args.model,):
+        args.model = key
+        results = {fw: run_worker(fw, args) for fw in ("purenn", "torch")}
+        shape = f"batch {args.batch}, float32, 3x{args.image_size}x{args.image_size}"
+        head = f"{PRESETS[key]}, {args.threads} threads, {shape}, median of {args.repeats}"
+        for fw, r in results.items():
+            print(f"{head}: {fw:6s} [{r['backend']}]")
+        ours, theirs = results["purenn"], results["torch"]
+        for label, field, size in (
+            ("train step", "train", args.batch),
+            ("inference", "infer", args.batch),
+        ):
+            a, b = size / ours[field], size / theirs[field]
+            print(f"{head}: {label} images/s purenn {a:8.1f}  torch {b:8.1f}  ratio {a / b:5.2f}x")
+        a, b = 1000 * ours["latency"], 1000 * theirs["latency"]
+        print(f"{head}: latency batch 1 ms purenn {a:8.2f}  torch {b:8.2f}  ratio {b / a:5.2f}x")
+        for field, label in (
+            ("peak_mb", "peak RSS"),
+            ("peak_above_baseline_mb", "peak RSS above imports"),
+        ):
+            a, b = ours[field], theirs[field]
+            print(f"{head}: train {label} MB purenn {a:8.0f}  torch {b:8.0f}  ratio {a / b:5.2f}")
+        for name, fwd, bwd in ours.get("profile", []):
+            print(
+                f"profile {PRESETS[key]}: {name:60s} forward {fwd:8.2f} ms  backward {bwd:8.2f} ms"
+            )
+
+
+if __name__ == "__main__":
+    main()
