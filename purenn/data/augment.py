@@ -17,6 +17,8 @@ class Augmentation:
         brightness: b; multiply the image by a factor drawn from U(1 - b, 1 + b); 0 disables.
         contrast: c; scale the image's deviation from its mean (over all channels and pixels)
             by a factor from U(1 - c, 1 + c); 0 disables.
+
+    Applied in that order, each image with its own draws; one clip to [0, 1] at the end.
     """
 
     hflip: bool = True

@@ -24,6 +24,7 @@ import shutil
 import socket
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
+from contextlib import closing
 from dataclasses import dataclass
 from itertools import repeat
 from pathlib import Path
@@ -168,12 +169,14 @@ def _write_entry(
         # at the end; NumPy pads the header so that rewriting it with a smaller first dimension
         # keeps its length (checked below).
         offset = _npy_header(f, (len(abs_paths), 3, s, s))
-        for i, (image, reason) in enumerate(_decode_all(abs_paths, s, workers, progress)):
-            if image is None:
-                skipped.append((scan.files[i], reason))
-            else:
-                f.write(image.tobytes())
-                kept.append(i)
+        # closing(): on an error here the pool stops now, not when the traceback is freed.
+        with closing(_decode_all(abs_paths, s, workers, progress)) as results:
+            for i, (image, reason) in enumerate(results):
+                if image is None:
+                    skipped.append((scan.files[i], reason))
+                else:
+                    f.write(image.tobytes())
+                    kept.append(i)
         f.seek(0)
         if _npy_header(f, (len(kept), 3, s, s)) != offset:
             raise RuntimeError("numpy .npy header changed length when rewritten")

@@ -39,7 +39,8 @@ class DataLoader:
             or both None to only scale to [0, 1].
         shuffle: shuffle the samples each epoch.
         seed: integer >= 0 for the shuffles and augmentations.
-        augmentation: applied to views 1 .. F-1 (before the z-score); required when F > 1.
+        augmentation: applied to views 1 .. F-1 (before the z-score); an enabled one is
+            required when F > 1 and refused when F = 1 (it would have no effect).
         augment_factor: F, the number of views of each image per epoch.
         drop_last: leave out the last batch if it is smaller than ``batch_size``.
         prefetch: prepare the next batch in a background thread while the caller works.
@@ -85,10 +86,14 @@ class DataLoader:
                 f"received: {indices.min()}..{indices.max()}"
             )
         self.augment_factor = _check_int("augment_factor", augment_factor, 1)
-        if self.augment_factor > 1 and (augmentation is None or not augmentation.enabled):
+        augmenting = augmentation is not None and augmentation.enabled
+        if augmenting != (self.augment_factor > 1):
+            # View 0 is never augmented: F = 1 would silently ignore the augmentation, and F > 1
+            # without one would only repeat images.
             raise ValueError(
-                f"augment_factor > 1 needs an enabled augmentation (views would be copies); "
-                f"received: augment_factor={augment_factor}, augmentation={augmentation}"
+                "an enabled augmentation needs augment_factor >= 2 and augment_factor >= 2 needs "
+                f"an enabled augmentation; received: augment_factor={augment_factor}, "
+                f"augmentation={augmentation}"
             )
         if augmentation is not None and augmentation.rotate and images.shape[2] != images.shape[3]:
             raise ValueError(
@@ -165,7 +170,7 @@ class DataLoader:
         x[ascending] = self.images[rows[ascending]]
         x *= np.float32(1 / 255)
         augmented = np.flatnonzero(samples >= n)
-        if augmented.size and self.augmentation is not None and self.augmentation.enabled:
+        if augmented.size:
             rng = np.random.default_rng([self.seed, epoch, b])
             x[augmented] = self.augmentation.apply(x[augmented], rng)
         return standardize_(x, self.mean, self.std), self.labels[rows]

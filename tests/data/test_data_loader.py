@@ -189,8 +189,9 @@ def test_empty_indices_give_no_batches(images, ids):
     [
         ({"batch_size": 0}, "batch_size=0"),
         ({"augment_factor": 0}, "augment_factor=0"),
-        ({"augment_factor": 2}, "augment_factor > 1 needs an enabled augmentation"),
-        ({"augment_factor": 2, "augmentation": Augmentation.none()}, "augment_factor > 1"),
+        ({"augment_factor": 2}, "augment_factor >= 2 needs an enabled augmentation"),
+        ({"augment_factor": 2, "augmentation": Augmentation.none()}, "augment_factor=2"),
+        ({"augmentation": Augmentation()}, "augmentation needs augment_factor >= 2"),
         ({"seed": -1}, "seed=-1"),
         ({"indices": np.array([0, 60])}, r"indices must lie in \[0, 60\)"),
         ({"mean": MEAN}, "together"),
