@@ -1,6 +1,6 @@
 """purenn: a deep-learning library written from first principles in NumPy."""
 
-from purenn import init, layers, ops
+from purenn import init, layers, losses, ops, optim, schedules
 from purenn.layers import (
     AvgPool2D,
     BatchNorm1D,
@@ -17,11 +17,26 @@ from purenn.layers import (
     Softmax,
     Tanh,
 )
+from purenn.losses import MSE, SoftmaxCrossEntropy
 from purenn.model import Sequential
+from purenn.optim import SGD, Adam, AdamW, clip_grad_norm
+from purenn.schedules import Constant, CosineWarmup, StepDecay
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "MSE",
+    "SGD",
+    "Adam",
+    "AdamW",
+    "Constant",
+    "CosineWarmup",
+    "SoftmaxCrossEntropy",
+    "StepDecay",
+    "clip_grad_norm",
+    "losses",
+    "optim",
+    "schedules",
     "AvgPool2D",
     "BatchNorm1D",
     "BatchNorm2D",

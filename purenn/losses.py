@@ -9,22 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-
-def _log_softmax(x: np.ndarray, axis: int = -1) -> np.ndarray:
-    """Numerically stable log-softmax.
-
-    ``log_softmax(x) = x - logsumexp(x)``, with ``logsumexp(x) = m + log(sum(exp(x - m)))`` and
-    ``m = max(x)``, so ``exp`` never sees a positive argument and cannot overflow.
-
-    Args:
-        x: Floating array of any shape.
-        axis: Axis over which the softmax normalises.
-
-    Returns:
-        Array of ``x``'s shape and dtype.
-    """
-    shifted = x - x.max(axis=axis, keepdims=True)
-    return shifted - np.log(np.exp(shifted).sum(axis=axis, keepdims=True))
+from purenn.ops import log_softmax
 
 
 class SoftmaxCrossEntropy:
@@ -93,7 +78,7 @@ class SoftmaxCrossEntropy:
             )
 
         eps = self.label_smoothing
-        log_p = _log_softmax(logits, axis=1)
+        log_p = log_softmax(logits, axis=1)
         nll = -log_p[np.arange(n), labels]
         uniform = -log_p.mean(axis=1)
         self._probs = np.exp(log_p)

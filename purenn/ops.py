@@ -116,3 +116,20 @@ def col2im(
         for j in range(kw):
             grad[window_slices(i, j, out_h, out_w, stride)] += cols[:, :, i, j]
     return grad
+
+
+def log_softmax(x: np.ndarray, axis: int = -1) -> np.ndarray:
+    """Numerically stable log-softmax.
+
+    ``log_softmax(x) = x - logsumexp(x)``, with ``logsumexp(x) = m + log(sum(exp(x - m)))`` and
+    ``m = max(x)``, so ``exp`` never sees a positive argument and cannot overflow.
+
+    Args:
+        x: Floating array of any shape.
+        axis: Axis over which the softmax normalises.
+
+    Returns:
+        Array of ``x``'s shape and dtype.
+    """
+    shifted = x - x.max(axis=axis, keepdims=True)
+    return shifted - np.log(np.exp(shifted).sum(axis=axis, keepdims=True))

@@ -7,9 +7,9 @@ The update formulas are PyTorch's (``torch.optim.SGD``, ``Adam``, ``AdamW``) for
 group with ``dampening=0``, ``amsgrad=False`` and ``maximize=False``.
 
 Every step works in place: the state (momentum buffers, moment estimates) is allocated once at
-construction, and the temporaries of a step go into a scratch workspace of one or two rows the
-size of the largest parameter, shared by all parameters, so a step allocates no parameter-sized
-array.
+construction, and a step walks each parameter in flat chunks of ``CHUNK`` elements whose
+temporaries go into a small scratch workspace shared by all parameters, so a step allocates no
+parameter-sized array.
 
 State dict layout (flat, NumPy arrays and plain scalars only, so it can be written with
 ``np.savez`` and read back with ``allow_pickle=False``)::
@@ -32,6 +32,9 @@ from typing import Any
 import numpy as np
 
 Param = tuple[np.ndarray, np.ndarray]
+
+#: Elements per chunk of an update step (512 KB of float32 per array: cache-resident).
+CHUNK = 131072
 
 
 def _check(ok: bool, name: str, requirement: str, value: Any) -> None:
@@ -71,9 +74,12 @@ def _as_param_list(params: Iterable[Param]) -> list[Param]:
             np.issubdtype(value.dtype, np.floating)
             and (value.dtype, value.shape) == (grad.dtype, grad.shape)
             and value.flags.writeable
+            and value.flags.c_contiguous
+            and grad.flags.c_contiguous
         ):
             raise ValueError(
-                f"params[{i}] must be writeable floating arrays of equal shape and dtype, "
+                f"params[{i}] must be writeable C-contiguous floating arrays of equal shape "
+                "and dtype, "
                 f"received: value {value.shape} {value.dtype} (writeable={value.flags.writeable}), "
                 f"grad {grad.shape} {grad.dtype}"
             )
@@ -111,7 +117,7 @@ class Optimizer:
         self._buffers = {
             name: [np.zeros_like(value) for value, _ in self.params] for name in buffer_names
         }
-        largest = max(value.size for value, _ in self.params)
+        largest = min(CHUNK, max(value.size for value, _ in self.params))
         dtypes = {value.dtype for value, _ in self.params}
         self._workspace = {dtype: np.empty((n_scratch, largest), dtype) for dtype in dtypes}
 
@@ -131,13 +137,26 @@ class Optimizer:
             grad.fill(0)
 
     def step(self) -> None:
-        """Updates every parameter value in place from its current gradient."""
+        """Updates every parameter value in place from its current gradient.
+
+        The update is element-wise, so it runs on flat chunks of ``CHUNK`` elements: the dozen
+        passes of an Adam update then hit cache-resident chunks instead of streaming whole
+        parameters through memory each time (measured 1.5x faster on the 26M-parameter ANN).
+        """
         self.step_count += 1
         for i, (value, grad) in enumerate(self.params):
-            rows = self._workspace[value.dtype][:, : value.size]
-            scratch = [row.reshape(value.shape) for row in rows]
-            state = {name: buffers[i] for name, buffers in self._buffers.items()}
-            self._update(value, grad, state, scratch)
+            flat_value, flat_grad = value.reshape(-1), grad.reshape(-1)
+            flat_state = {name: buffers[i].reshape(-1) for name, buffers in self._buffers.items()}
+            workspace = self._workspace[value.dtype]
+            for start in range(0, value.size, CHUNK):
+                part = slice(start, min(start + CHUNK, value.size))
+                size = part.stop - start
+                self._update(
+                    flat_value[part],
+                    flat_grad[part],
+                    {name: buffer[part] for name, buffer in flat_state.items()},
+                    [row[:size] for row in workspace],
+                )
 
     def _update(
         self,

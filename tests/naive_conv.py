@@ -36,8 +36,11 @@ def naive_conv2d(x, weight, bias, stride, pads, outputs=None):
     return y
 
 
-def naive_conv2d_backward(x, weight, dy, stride, pads):
-    """Loop gradients of :func:`naive_conv2d`: (dx, dweight, dbias), one product at a time."""
+def naive_conv2d_backward(x, weight, dy, stride, pads, outputs=None):
+    """Loop gradients of :func:`naive_conv2d`: (dx, dweight, dbias), one product at a time.
+
+    ``outputs`` optionally restricts the loop to some (n, o, p, q) output positions, as above.
+    """
     n, c, h, w = x.shape
     o, _, kh, kw = weight.shape
     sh, sw = stride
@@ -46,7 +49,7 @@ def naive_conv2d_backward(x, weight, dy, stride, pads):
     xp[:, :, top : top + h, left : left + w] = x
     dxp = np.zeros_like(xp)
     dweight = np.zeros_like(weight)
-    for b, oc, p, q in np.ndindex(*dy.shape):
+    for b, oc, p, q in np.ndindex(*dy.shape) if outputs is None else outputs:
         g = dy[b, oc, p, q]
         for ci in range(c):
             for i in range(kh):

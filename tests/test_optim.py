@@ -320,8 +320,9 @@ def test_assigning_a_negative_lr_raises():
         ([(np.zeros(3), [0, 0, 0])], "params[0] must be a pair of NumPy arrays, received: "),
         ([(np.zeros(3), np.zeros(4))], "equal shape and dtype, received: value (3,) float64"),
         ([(np.zeros(3), np.zeros(3, np.float32))], "grad (3,) float32"),
-        ([(np.zeros(3, int), np.zeros(3, int))], "must be writeable floating arrays"),
+        ([(np.zeros(3, int), np.zeros(3, int))], "must be writeable C-contiguous floating arrays"),
         ([(np.broadcast_to(np.zeros(1), 3), np.zeros(3))], "(writeable=False)"),
+        ([(np.zeros((3, 4))[:, ::2], np.zeros((3, 2)))], "C-contiguous"),
     ],
 )
 def test_bad_params_raise(params, message):
@@ -333,3 +334,21 @@ def test_bad_params_raise(params, message):
 def test_clip_grad_norm_rejects_negative_max_norm():
     with pytest.raises(ValueError, match="max_norm must be >= 0, received: max_norm=-1.0"):
         clip_grad_norm(make_params(np.float32), -1.0)
+
+
+def test_parameters_larger_than_a_chunk_update_like_torch():
+    """Chunked updates (optim.CHUNK elements at a time) cover every element exactly once."""
+    torch = pytest.importorskip("torch")
+    from purenn.optim import CHUNK
+
+    rng = np.random.default_rng(0)
+    value = rng.standard_normal((2, CHUNK + 7))
+    grad = np.zeros_like(value)
+    reference = torch.tensor(value.copy(), requires_grad=True)
+    ours, theirs = Adam([(value, grad)], lr=0.01), torch.optim.Adam([reference], lr=0.01)
+    for _ in range(3):
+        grad[...] = rng.standard_normal(grad.shape)
+        reference.grad = torch.tensor(grad.copy())
+        ours.step()
+        theirs.step()
+    np.testing.assert_allclose(value, reference.detach().numpy(), rtol=1e-12, atol=1e-12)
