@@ -1,0 +1,7 @@
+"""``python -m purenn``: the same as the ``purenn`` command."""
+
+import sys
+
+from purenn.cli import main
+
+sys.exit(main())

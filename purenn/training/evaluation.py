@@ -1,0 +1,115 @@
+"""Evaluate a model on labelled images: metrics, ``report.json`` and ``confusion.png``."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from pathlib import Path
+
+import numpy as np
+
+from purenn.data import DataError, DataLoader, scan_image_folder
+from purenn.model import Sequential
+from purenn.serialization import atomic_write, load_model
+from purenn.training.metrics import classification_report
+from purenn.training.pipeline import SPLITS, open_cache, split_indices
+from purenn.training.plots import plot_confusion
+
+REPORT_FILE = "report.json"
+CONFUSION_FILE = "confusion.png"
+
+
+def predict_logits(
+    model: Sequential, batches: Iterable[tuple[np.ndarray, np.ndarray]]
+) -> tuple[np.ndarray, np.ndarray]:
+    """Run ``model`` in eval mode over ``(x, y)`` batches.
+
+    Returns:
+        ``(logits, labels)``: float (N, K) and int64 (N,), concatenated in batch order.
+    """
+    model.eval()
+    outputs, labels = [], []
+    for x, y in batches:
+        outputs.append(model.forward(x, training=False))
+        labels.append(y)
+    return np.concatenate(outputs), np.concatenate(labels)
+
+
+def write_report(folder: str | Path, report: dict) -> tuple[Path, Path]:
+    """Write ``report.json`` and ``confusion.png`` (from ``report["confusion_matrix"]``)."""
+    folder = Path(folder)
+    json_path = atomic_write(folder / REPORT_FILE, json.dumps(report, indent=2) + "\n")
+    names = [c["name"] for c in report["classes"]]
+    png_path = plot_confusion(folder / CONFUSION_FILE, np.array(report["confusion_matrix"]), names)
+    return json_path, png_path
+
+
+def default_eval_dir(model_path: str | Path, data_dir: str | Path, split: str) -> Path:
+    """``<model's folder>/eval-<data folder name>[-<split>]``."""
+    name = Path(data_dir).absolute().name + ("" if split == "all" else f"-{split}")
+    return Path(model_path).absolute().parent / f"eval-{name}"
+
+
+def evaluate(
+    model_path: str | Path,
+    data_dir: str | Path,
+    split: str = "all",
+    batch_size: int = 64,
+    cache_dir: str | None = None,
+    workers: int | None = None,
+    progress: bool = True,
+) -> dict:
+    """Metrics of a saved model on an image folder.
+
+    Args:
+        model_path: a model file (or checkpoint).
+        data_dir: ``DATA_DIR/<class>/<image>`` (or pre-split); its classes must be among the
+            model's (matched by name).
+        split: ``"all"`` images, or the ``"train"``, ``"val"`` or ``"test"`` part as split during
+            training (the model stores the fractions and seed; the folder must have the model's
+            classes and the same files for this to be the same split).
+        batch_size: images per forward pass.
+        cache_dir: decoded-image cache (default ``~/.cache/purenn``).
+        workers: decoding processes.
+        progress: show the caching progress bar.
+
+    Returns:
+        :func:`classification_report` plus ``model``, ``data_dir`` and ``split``.
+
+    Raises:
+        ModelFileError: not a purenn model. DataError: bad folder, a class unknown to the model,
+        or an empty split. ValueError: bad ``split``.
+    """
+    if split not in ("all", *SPLITS):
+        raise ValueError(f"split must be one of all, {', '.join(SPLITS)}, received: {split!r}")
+    model, meta = load_model(model_path)
+    scan = scan_image_folder(data_dir)
+    known = {name: i for i, name in enumerate(meta["class_names"])}
+    unknown = [name for name in scan.class_names if name not in known]
+    if unknown:
+        raise DataError(
+            f"class folder {unknown[0]!r} of {scan.root} is not one of the model's "
+            f"{len(known)} classes ({', '.join(list(known)[:5])}, ...)"
+        )
+    if split != "all" and scan.class_names != meta["class_names"]:
+        raise DataError(
+            f"--split {split} needs the model's classes in {scan.root}, found {scan.class_names}"
+        )
+    cache = open_cache(scan, meta["image_size"], cache_dir, workers, progress)
+    if split == "all":
+        indices = np.arange(len(cache.labels))
+    else:
+        s = meta["split"]
+        indices = split_indices(cache, s["val_fraction"], s["test_fraction"], s["seed"])[split]
+        if not len(indices):
+            raise DataError(f"the {split} split of {scan.root} is empty")
+    labels = np.array([known[name] for name in cache.class_names])[cache.labels]
+    loader = DataLoader(cache.images, labels, indices, batch_size, meta["mean"], meta["std"])
+    logits, y = predict_logits(model, loader)
+    report = classification_report(logits, y, meta["class_names"])
+    return {
+        "model": str(Path(model_path).absolute()),
+        "data_dir": str(scan.root),
+        "split": split,
+        **report,
+    }

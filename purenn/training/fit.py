@@ -1,0 +1,344 @@
+"""The Python API of a training run: ``train(config)`` and ``resume(run_dir)``.
+
+A run: check everything that can be wrong (config, data folder, run folder) before any work;
+cache and split the images; build the preset, optimizer and schedule; run the :class:`Trainer`
+(checkpointing as it goes); then restore the best weights, save ``best.npz`` and evaluate the
+test split (``report.json``, ``confusion.png``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from threadpoolctl import threadpool_info, threadpool_limits
+
+import purenn
+from purenn.data import DataError, FolderScan, scan_image_folder
+from purenn.losses import SoftmaxCrossEntropy
+from purenn.model import Sequential
+from purenn.optim import SGD, Adam, AdamW, Optimizer
+from purenn.presets import build_preset
+from purenn.schedules import Constant, CosineWarmup, Schedule, StepDecay
+from purenn.serialization import load_checkpoint, save_checkpoint, save_model
+from purenn.training.callbacks import EarlyStopping
+from purenn.training.config import (
+    ConfigError,
+    TrainConfig,
+    make_config,
+    validate,
+)
+from purenn.training.evaluation import predict_logits, write_report
+from purenn.training.metrics import classification_report, format_report
+from purenn.training.pipeline import TrainingData, load_training_data
+from purenn.training.plots import plot_curves
+from purenn.training.progress import Progress
+from purenn.training.rundir import RunDir
+from purenn.training.trainer import NonFiniteLossError, Trainer, TrainingInterrupted
+
+
+@dataclass
+class RunResult:
+    """The outcome of :func:`train` / :func:`resume`.
+
+    Attributes:
+        run_dir: the run folder.
+        model: the model with the best weights restored (eval mode).
+        history: the metrics rows, one per epoch.
+        best_epoch: the (1-based) epoch whose weights were kept.
+        stopped_early: early stopping ended the run before the last epoch.
+        test_report: metrics on the test split (``classification_report``), None if empty.
+    """
+
+    run_dir: Path
+    model: Sequential
+    history: list[dict]
+    best_epoch: int | None
+    stopped_early: bool
+    test_report: dict | None
+
+
+def train(
+    config: TrainConfig, overwrite: bool = False, progress: Progress | None = None
+) -> RunResult:
+    """Train a model as ``config`` says, in a new run folder ``config.out``.
+
+    Args:
+        config: the run's settings (validated again here).
+        overwrite: reuse an existing run folder, deleting its run files.
+        progress: where to report (default: bars on a terminal, else plain lines).
+
+    Raises:
+        ConfigError, DataError, RunDirError: before any work, naming the key, folder or file.
+        NonFiniteLossError: the loss diverged; the last good checkpoint is kept.
+        TrainingInterrupted: Ctrl-C; a checkpoint was written.
+    """
+    config = validate(config)
+    if config.data_dir is None:
+        raise ConfigError("data_dir is required (the image folder to train on)")
+    scan = scan_image_folder(config.data_dir)
+    config.data_dir = str(scan.root)
+    if config.out is None:
+        config.out = f"runs/{config.preset}-{time.strftime('%Y%m%d-%H%M%S')}"
+    run = RunDir.create(config.out, overwrite=overwrite)
+    config.out = str(run.path)
+    if config.cache_dir is not None:
+        config.cache_dir = str(Path(config.cache_dir).expanduser().absolute())
+    run.write_config(config.to_dict())
+    return _run(config, run, scan, None, progress or Progress())
+
+
+def resume(
+    run_dir: str | Path, threads: int | None = None, progress: Progress | None = None
+) -> RunResult:
+    """Continue the run in ``run_dir`` from its last checkpoint (or from the start, if none).
+
+    The result is identical to that of a run that was never stopped. A finished run only redoes
+    its final stage (best model, test report).
+
+    Args:
+        run_dir: a folder made by :func:`train`.
+        threads: BLAS threads and decoding processes, if different from the run's setting.
+        progress: where to report.
+
+    Raises:
+        RunDirError: not a run folder. ModelFileError: a damaged checkpoint. DataError: the data
+        folder is gone or its classes changed. Others as :func:`train`.
+    """
+    run = RunDir.open(run_dir)
+    config = make_config(run / RunDir.CONFIG, {} if threads is None else {"threads": threads})
+    config.out = str(run.path)
+    checkpoint = None
+    if (run / RunDir.CHECKPOINT).exists():
+        checkpoint = load_checkpoint(run / RunDir.CHECKPOINT)
+    scan = scan_image_folder(config.data_dir)
+    return _run(config, run, scan, checkpoint, progress or Progress())
+
+
+def make_optimizer(config: TrainConfig, model: Sequential) -> Optimizer:
+    params = model.parameters()
+    if config.optimizer == "sgd":
+        return SGD(params, config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
+    cls = AdamW if config.optimizer == "adamw" else Adam
+    return cls(params, lr=config.lr, weight_decay=config.weight_decay)
+
+
+def make_schedule(config: TrainConfig, optimizer: Optimizer, steps_per_epoch: int) -> Schedule:
+    """The schedule, with epoch settings converted to batches (stepped once per batch)."""
+    if config.schedule == "cosine":
+        return CosineWarmup(
+            optimizer,
+            total_steps=config.epochs * steps_per_epoch,
+            warmup_steps=int(config.warmup_epochs * steps_per_epoch),
+            min_lr=config.min_lr,
+        )
+    if config.schedule == "step":
+        step_size = max(1, round(config.step_epochs * steps_per_epoch))
+        return StepDecay(optimizer, step_size, gamma=config.step_gamma)
+    return Constant(optimizer)
+
+
+def _threads_line(config: TrainConfig) -> str:
+    libs = [
+        f"{lib['internal_api']} {lib.get('version') or ''} ({lib['num_threads']} threads)"
+        for lib in threadpool_info()
+        if lib["user_api"] == "blas"
+    ]
+    limit = "all cores" if config.threads is None else config.threads
+    return f"threads: {limit}; BLAS: {', '.join(libs) or 'unknown'}"
+
+
+def _describe(config: TrainConfig, data: TrainingData, model: Sequential, steps: int) -> list:
+    sizes = {name: len(idx) for name, idx in data.splits.items()}
+    cache = data.cache
+    recipe = f"{config.optimizer} lr {config.lr:g}"
+    if config.weight_decay:
+        recipe += f", weight decay {config.weight_decay:g}"
+    recipe += f", {config.schedule} schedule"
+    if config.schedule == "cosine" and config.warmup_epochs:
+        recipe += f" (warmup {config.warmup_epochs:g} epochs)"
+    recipe += (
+        f", label smoothing {config.label_smoothing:g}, clip norm {config.clip_norm:g}, "
+        f"batch {config.batch_size}, {config.epochs} epochs x {steps} steps, patience "
+        f"{config.patience}, augment x{config.augment_factor}"
+    )
+    return [
+        f"purenn {purenn.__version__}: run folder {config.out}",
+        f"data: {cache.root} ({len(cache)} images, {len(cache.class_names)} classes, "
+        f"{len(cache.skipped)} skipped; train {sizes['train']}, val {sizes['val']}, "
+        f"test {sizes['test']})",
+        f"model: {config.preset} at {config.image_size}x{config.image_size}, "
+        f"{model.num_parameters:,} parameters" + (", weight norm" if config.weight_norm else ""),
+        f"recipe: {recipe}",
+        _threads_line(config),
+    ]
+
+
+def _epoch_line(row: dict, epochs: int, improved: bool) -> str:
+    line = (
+        f"epoch {row['epoch']}/{epochs}: train loss {row['train_loss']:.4f} "
+        f"acc {100 * row['train_accuracy']:.2f}%"
+    )
+    if row["val_loss"] is not None:
+        line += f", val loss {row['val_loss']:.4f} acc {100 * row['val_accuracy']:.2f}%"
+    line += f", lr {row['lr']:.3g}, {row['seconds']:.1f} s, {row['images_per_sec']:.0f} img/s" + (
+        " *" if improved else ""
+    )
+    return line
+
+
+def _run(
+    config: TrainConfig,
+    run: RunDir,
+    scan: FolderScan,
+    checkpoint: tuple | None,
+    progress: Progress,
+) -> RunResult:
+    limits = threadpool_limits(config.threads) if config.threads else contextlib.nullcontext()
+    with limits:
+        data = load_training_data(
+            scan,
+            config.image_size,
+            config.val_fraction,
+            config.test_fraction,
+            config.seed,
+            config.cache_dir,
+            config.threads,
+            progress.bars,
+        )
+        run.write_skipped(data.cache.skipped_path)
+        return _fit(config, run, data, checkpoint, progress)
+
+
+def _fit(
+    config: TrainConfig,
+    run: RunDir,
+    data: TrainingData,
+    checkpoint: tuple | None,
+    progress: Progress,
+) -> RunResult:
+    cache = data.cache
+    model = build_preset(
+        config.preset,
+        num_classes=len(cache.class_names),
+        image_size=config.image_size,
+        seed=config.seed,
+        weight_norm=config.weight_norm,
+    )
+    optimizer = make_optimizer(config, model)
+    train_loader = data.loader("train", config.batch_size, config.seed, config.augment_factor)
+    schedule = make_schedule(config, optimizer, len(train_loader))
+    metadata = {
+        "class_names": cache.class_names,
+        "image_size": config.image_size,
+        "in_channels": 3,
+        "mean": data.mean.tolist(),
+        "std": data.std.tolist(),
+        "preset": config.preset,
+        "data_dir": str(cache.root),
+        "split": {
+            "val_fraction": config.val_fraction,
+            "test_fraction": config.test_fraction,
+            "seed": config.seed,
+            "presplit": cache.subset is not None,
+        },
+        "purenn_version": purenn.__version__,
+    }
+    early_stopping = EarlyStopping(config.patience)
+
+    def save() -> None:
+        scalars, arrays = trainer.state_dict()
+        save_checkpoint(
+            run / RunDir.CHECKPOINT, model, {**metadata, "data_key": cache.key}, scalars, arrays
+        )
+
+    def end_epoch(row: dict, improved: bool) -> None:
+        if improved:
+            save_model(run / RunDir.BEST, model, {**metadata, "epoch": row["epoch"]})
+        _write_history(run, trainer)
+        progress.info(_epoch_line(row, config.epochs, improved))
+
+    trainer = Trainer(
+        model,
+        optimizer,
+        schedule,
+        SoftmaxCrossEntropy(config.label_smoothing),
+        train_loader,
+        data.loader("val", config.batch_size),
+        config.epochs,
+        config.clip_norm,
+        early_stopping,
+        config.checkpoint_steps,
+        save,
+        end_epoch,
+        progress,
+    )
+    for line in _describe(config, data, model, len(train_loader)):
+        progress.info(line)
+    if checkpoint is not None:
+        _restore(checkpoint, model, trainer, cache, metadata)
+        _write_history(run, trainer)
+        if early_stopping.best_weights is not None:
+            best = {**metadata, "epoch": early_stopping.best_epoch}
+            save_model(run / RunDir.BEST, model, best, weights=early_stopping.best_weights)
+        s = trainer.state
+        progress.info(f"resuming at epoch {s.epoch + 1}, batch {s.batch} (step {s.step})")
+
+    try:
+        trainer.fit()
+    except NonFiniteLossError as err:
+        kept = (
+            f"the last good checkpoint {run / RunDir.CHECKPOINT} is kept"
+            if (run / RunDir.CHECKPOINT).exists()
+            else "no checkpoint had been written yet"
+        )
+        raise NonFiniteLossError(f"training stopped: {err}; {kept}") from None
+    except TrainingInterrupted as err:
+        raise TrainingInterrupted(
+            f"interrupted at {err}; checkpoint saved to {run / RunDir.CHECKPOINT}; continue "
+            f"with: purenn train --resume {run.path}"
+        ) from None
+
+    early_stopping.restore(model)
+    model.eval()
+    save_model(run / RunDir.BEST, model, {**metadata, "epoch": early_stopping.best_epoch})
+    s = trainer.state
+    stopped_early = s.epoch < config.epochs
+    progress.info(
+        ("early stopping: " if stopped_early else "done: ")
+        + f"{s.epoch} epochs; best epoch {early_stopping.best_epoch} restored, saved to "
+        f"{run / RunDir.BEST}"
+    )
+    report = None
+    test_loader = data.loader("test", config.batch_size)
+    if test_loader is not None:
+        logits, labels = predict_logits(model, test_loader)
+        report = classification_report(logits, labels, cache.class_names)
+        write_report(run.path, {"model": str(run / RunDir.BEST), "split": "test", **report})
+        progress.info(format_report(report))
+    return RunResult(run.path, model, s.history, early_stopping.best_epoch, stopped_early, report)
+
+
+def _restore(checkpoint: tuple, model: Sequential, trainer: Trainer, cache, metadata: dict) -> None:
+    saved_model, saved_meta, scalars, arrays = checkpoint
+    if saved_meta["class_names"] != cache.class_names:
+        raise DataError(
+            f"the classes under {cache.root} changed since the run started "
+            f"(was {saved_meta['class_names']}, now {cache.class_names})"
+        )
+    if saved_meta.get("data_key") != cache.key:
+        trainer.progress.info(
+            f"warning: the files under {cache.root} changed since the run started; the resumed "
+            "run will not match an uninterrupted one"
+        )
+    model.load_state_dict(saved_model.state_dict())
+    trainer.load_state_dict(scalars, arrays)
+
+
+def _write_history(run: RunDir, trainer: Trainer) -> None:
+    history = trainer.state.history
+    run.write_metrics(history)
+    if history:
+        plot_curves(run / RunDir.CURVES, history, trainer.early_stopping.best_epoch)

@@ -1,0 +1,111 @@
+"""Classification metrics in pure NumPy: accuracy, top-k, confusion matrix, precision/recall/F1.
+
+Definitions follow scikit-learn (``accuracy_score``, ``top_k_accuracy_score``,
+``confusion_matrix``, ``precision_recall_fscore_support`` with ``zero_division=0``).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from purenn.losses import SoftmaxCrossEntropy
+
+
+def accuracy(scores: np.ndarray, labels: np.ndarray) -> float:
+    """Fraction of rows of ``scores`` (N, K) whose argmax is ``labels`` (N,)."""
+    return float(np.mean(np.argmax(scores, axis=1) == labels))
+
+
+def top_k_accuracy(scores: np.ndarray, labels: np.ndarray, k: int) -> float:
+    """Fraction of samples whose label is among the ``k`` highest of its ``scores`` row.
+
+    Args:
+        scores: (N, K) logits or probabilities, N >= 1.
+        labels: (N,) int class indices.
+        k: capped at K (then every sample counts).
+    """
+    scores = np.asarray(scores)
+    k = min(int(k), scores.shape[1])
+    label_scores = scores[np.arange(len(labels)), labels]
+    # Rank = number of classes scoring strictly higher: ties count in the sample's favour.
+    rank = (scores > label_scores[:, None]).sum(axis=1)
+    return float(np.mean(rank < k))
+
+
+def confusion_matrix(labels: np.ndarray, predictions: np.ndarray, num_classes: int) -> np.ndarray:
+    """(K, K) int64 counts: row = true class, column = predicted class."""
+    flat = np.asarray(labels, np.int64) * num_classes + np.asarray(predictions, np.int64)
+    return np.bincount(flat, minlength=num_classes * num_classes).reshape(num_classes, -1)
+
+
+def per_class_scores(cm: np.ndarray) -> dict[str, np.ndarray]:
+    """Precision, recall, F1 (float64, 0 where undefined) and support (int64) per class, (K,)."""
+    tp = np.diag(cm).astype(np.float64)
+    predicted, support = cm.sum(axis=0), cm.sum(axis=1)
+    precision = np.divide(tp, predicted, out=np.zeros_like(tp), where=predicted > 0)
+    recall = np.divide(tp, support, out=np.zeros_like(tp), where=support > 0)
+    denom = precision + recall
+    f1 = np.divide(2 * precision * recall, denom, out=np.zeros_like(tp), where=denom > 0)
+    return {"precision": precision, "recall": recall, "f1": f1, "support": support}
+
+
+def classification_report(
+    logits: np.ndarray, labels: np.ndarray, class_names: list[str], top_k: int = 5
+) -> dict:
+    """Every test metric of a set of predictions, JSON-able.
+
+    Args:
+        logits: (N, K) float scores of the model, N >= 1.
+        labels: (N,) int64 true classes.
+        class_names: the K class names.
+        top_k: k of the top-k accuracy (capped at K).
+
+    Returns:
+        ``{"samples", "loss" (plain cross-entropy), "accuracy", "top_k", "top_k_accuracy",
+        "macro_f1", "weighted_f1", "classes": [{"name", "precision", "recall", "f1",
+        "support"}...], "confusion_matrix": K lists of K ints}``.
+    """
+    cm = confusion_matrix(labels, np.argmax(logits, axis=1), len(class_names))
+    scores = per_class_scores(cm)
+    support = scores["support"]
+    # Macro average over the classes that occur (as a label or a prediction), as scikit-learn.
+    present = (support > 0) | (cm.sum(axis=0) > 0)
+    return {
+        "samples": int(len(labels)),
+        "loss": SoftmaxCrossEntropy().forward(logits, labels),
+        "accuracy": accuracy(logits, labels),
+        "top_k": min(top_k, len(class_names)),
+        "top_k_accuracy": top_k_accuracy(logits, labels, top_k),
+        "macro_f1": float(scores["f1"][present].mean()),
+        "weighted_f1": float((scores["f1"] * support).sum() / max(support.sum(), 1)),
+        "classes": [
+            {
+                "name": name,
+                "precision": float(scores["precision"][i]),
+                "recall": float(scores["recall"][i]),
+                "f1": float(scores["f1"][i]),
+                "support": int(support[i]),
+            }
+            for i, name in enumerate(class_names)
+        ],
+        "confusion_matrix": cm.tolist(),
+    }
+
+
+def format_report(report: dict) -> str:
+    """The per-class table and the summary lines of a :func:`classification_report`."""
+    width = max(len("class"), *(len(c["name"]) for c in report["classes"]))
+    lines = [f"{'class':<{width}}  precision  recall     f1  support"]
+    lines.append("-" * len(lines[0]))
+    for c in report["classes"]:
+        lines.append(
+            f"{c['name']:<{width}}  {c['precision']:9.3f}  {c['recall']:6.3f}  {c['f1']:5.3f}"
+            f"  {c['support']:7d}"
+        )
+    lines.append("-" * len(lines[0]))
+    lines.append(
+        f"{report['samples']} images: loss {report['loss']:.4f}, accuracy "
+        f"{100 * report['accuracy']:.2f}%, top-{report['top_k']} "
+        f"{100 * report['top_k_accuracy']:.2f}%, macro F1 {report['macro_f1']:.4f}"
+    )
+    return "\n".join(lines)

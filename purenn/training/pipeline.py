@@ -1,0 +1,122 @@
+"""From an image folder to loaders: cache, split, statistics (shared by train and evaluate)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from purenn.data import (
+    Augmentation,
+    DataLoader,
+    FolderScan,
+    ImageCache,
+    build_cache,
+    channel_stats,
+    stratified_split,
+    subset_split,
+)
+
+SPLITS = ("train", "val", "test")
+# A channel that is constant over the training set would divide by zero when z-scored.
+MIN_STD = 1e-3
+
+
+def default_cache_dir() -> Path:
+    """``$PURENN_CACHE_DIR``, else ``$XDG_CACHE_HOME/purenn``, else ``~/.cache/purenn``."""
+    if os.environ.get("PURENN_CACHE_DIR"):
+        return Path(os.environ["PURENN_CACHE_DIR"]).expanduser().absolute()
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base).expanduser().absolute() / "purenn"
+
+
+def open_cache(
+    scan: FolderScan,
+    image_size: int,
+    cache_dir: str | None,
+    workers: int | None,
+    progress: bool,
+) -> ImageCache:
+    """The decoded-image cache of ``scan`` at ``image_size`` (built on first use)."""
+    return build_cache(
+        scan,
+        cache_dir or default_cache_dir(),
+        image_size=image_size,
+        workers=workers,
+        progress=progress,
+    )
+
+
+def split_indices(
+    cache: ImageCache, val_fraction: float, test_fraction: float, seed: int
+) -> dict[str, np.ndarray]:
+    """``{"train", "val", "test"}`` int64 indices into the cache.
+
+    A pre-split folder (``train/``, ``val/``, ``test/``) keeps its own split and ignores the
+    fractions; otherwise each class is split by the fractions (``stratified_split``).
+    """
+    if cache.subset is not None:
+        parts = subset_split(cache.subset)
+    else:
+        parts = stratified_split(cache.labels, val_fraction, test_fraction, seed)
+    return dict(zip(SPLITS, parts, strict=True))
+
+
+@dataclass
+class TrainingData:
+    """A cached dataset split for training, with the normalisation statistics of its train part.
+
+    Attributes:
+        cache: the decoded images (uint8 (N, 3, S, S) memmap) and labels.
+        splits: ``{"train", "val", "test"}`` int64 index arrays into the cache.
+        mean, std: float64 (3,) statistics of the training images in [0, 1] units.
+    """
+
+    cache: ImageCache
+    splits: dict[str, np.ndarray]
+    mean: np.ndarray
+    std: np.ndarray
+
+    def loader(
+        self,
+        split: str,
+        batch_size: int,
+        seed: int = 0,
+        augment_factor: int = 1,
+    ) -> DataLoader | None:
+        """Batches of ``split`` (shuffled and augmented for ``"train"``); None if it is empty."""
+        indices = self.splits[split]
+        if not len(indices):
+            return None
+        training = split == "train"
+        return DataLoader(
+            self.cache.images,
+            self.cache.labels,
+            indices,
+            batch_size=batch_size,
+            mean=self.mean,
+            std=self.std,
+            shuffle=training,
+            seed=seed,
+            augmentation=Augmentation() if training and augment_factor > 1 else None,
+            augment_factor=augment_factor if training else 1,
+        )
+
+
+def load_training_data(
+    scan: FolderScan,
+    image_size: int,
+    val_fraction: float,
+    test_fraction: float,
+    seed: int,
+    cache_dir: str | None = None,
+    workers: int | None = None,
+    progress: bool = True,
+) -> TrainingData:
+    """Cache and split the images of ``scan``; statistics of the training split."""
+    cache = open_cache(scan, image_size, cache_dir, workers, progress)
+    splits = split_indices(cache, val_fraction, test_fraction, seed)
+    mean, std = channel_stats(cache.images, splits["train"])
+    return TrainingData(cache, splits, mean, np.maximum(std, MIN_STD))

@@ -1,0 +1,82 @@
+"""PNG plots of a run: learning curves and the confusion matrix (matplotlib, Agg backend)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from purenn.serialization import atomic_write
+
+
+def _figure(width: float, height: float):
+    # The object-oriented API with the Agg canvas: no pyplot, no global state, no display needed.
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(width, height), dpi=100, layout="constrained")
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def _save(fig, path: str | Path) -> Path:
+    return atomic_write(path, lambda f: fig.savefig(f, format="png"))
+
+
+def plot_curves(path: str | Path, history: list[dict], best_epoch: int | None = None) -> Path:
+    """Loss and accuracy per epoch, train vs val, side by side; the best epoch marked.
+
+    Args:
+        path: the PNG to write.
+        history: metrics rows with ``epoch``, ``train_loss``, ``val_loss``, ``train_accuracy``,
+            ``val_accuracy`` (val values may be None when there is no validation split).
+        best_epoch: the epoch whose weights were kept, drawn as a dotted line.
+    """
+    fig = _figure(10, 4)
+    epochs = [row["epoch"] for row in history]
+    for ax, metric, title in zip(
+        fig.subplots(1, 2), ("loss", "accuracy"), ("loss", "accuracy"), strict=True
+    ):
+        for split, style in (("train", "-o"), ("val", "-s")):
+            values = [row[f"{split}_{metric}"] for row in history]
+            if any(v is not None for v in values):
+                ys = [np.nan if v is None else v for v in values]
+                ax.plot(epochs, ys, style, markersize=3, label=split)
+        if best_epoch is not None:
+            ax.axvline(best_epoch, color="grey", linestyle=":", label=f"best (epoch {best_epoch})")
+        ax.set_xlabel("epoch")
+        ax.set_title(title)
+        ax.grid(alpha=0.3)
+        ax.legend()
+    return _save(fig, path)
+
+
+def plot_confusion(path: str | Path, cm: np.ndarray, class_names: list[str]) -> Path:
+    """The confusion matrix, rows normalised to recall (colour), counts written when K <= 20.
+
+    Args:
+        path: the PNG to write.
+        cm: (K, K) counts, row = true class, column = predicted.
+        class_names: the K names, used as tick labels.
+    """
+    cm = np.asarray(cm)
+    k = len(class_names)
+    side = min(4 + 0.35 * k, 24)
+    fig = _figure(side + 1.5, side)
+    ax = fig.subplots()
+    rows = cm.sum(axis=1, keepdims=True)
+    recall = np.divide(cm, rows, out=np.zeros(cm.shape), where=rows > 0)
+    image = ax.imshow(recall, cmap="Blues", vmin=0, vmax=1)
+    fig.colorbar(image, ax=ax, label="fraction of the true class")
+    ax.set_xticks(range(k), class_names, rotation=90, fontsize=8)
+    ax.set_yticks(range(k), class_names, fontsize=8)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    if k <= 20:
+        for i in range(k):
+            for j in range(k):
+                if cm[i, j]:
+                    colour = "white" if recall[i, j] > 0.5 else "black"
+                    ax.text(j, i, str(cm[i, j]), ha="center", va="center", color=colour, size=7)
+    ax.set_title(f"confusion matrix ({int(cm.sum())} images)")
+    return _save(fig, path)

@@ -1,0 +1,254 @@
+"""The fit loop: epochs of optimizer steps, validation, early stopping, resumable state.
+
+Everything random in a run comes from the loader (a pure function of seed, epoch and batch
+index) and the model's Dropout generators, so the loop state below is all that is needed to
+continue a run exactly: a resumed run computes bit for bit the same weights as one that was
+never stopped.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import signal
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+from purenn.data import DataLoader
+from purenn.losses import SoftmaxCrossEntropy
+from purenn.model import Sequential
+from purenn.optim import Optimizer, clip_grad_norm
+from purenn.schedules import Schedule
+from purenn.serialization import join_state, split_state
+from purenn.training.callbacks import EarlyStopping, GracefulInterrupt
+from purenn.training.evaluation import predict_logits
+from purenn.training.metrics import accuracy
+from purenn.training.progress import Progress
+
+# Test hook (documented in docs/CLI.md): SIGKILL this process right after optimizer step N, to
+# test that a killed run resumes exactly. Read once; unset in normal use.
+KILL_AFTER_STEP_ENV = "PURENN_TEST_KILL_AFTER_STEP"
+
+
+class NonFiniteLossError(RuntimeError):
+    """The loss or the gradient norm became NaN or infinite; training stopped before the step."""
+
+
+class TrainingInterrupted(Exception):
+    """Ctrl-C: a checkpoint was written at a step boundary and training left cleanly."""
+
+
+@dataclass
+class LoopState:
+    """Where the loop is, and the running sums of the epoch in progress (JSON-able).
+
+    Attributes:
+        epoch: 0-based epoch in progress (== epochs once training is complete).
+        batch: next batch of that epoch.
+        step: optimizer steps taken in the whole run.
+        loss_sum: sum over the epoch's batches of (batch mean loss * batch size).
+        correct: training samples of the epoch classified correctly (before the step).
+        seen: training samples of the epoch so far.
+        train_seconds: time spent in the epoch's training steps so far (over all sessions).
+        finished: all epochs done, or early stopping triggered.
+        history: one metrics row per completed epoch.
+    """
+
+    epoch: int = 0
+    batch: int = 0
+    step: int = 0
+    loss_sum: float = 0.0
+    correct: int = 0
+    seen: int = 0
+    train_seconds: float = 0.0
+    finished: bool = False
+    history: list[dict] = field(default_factory=list)
+
+
+class Trainer:
+    """Runs the epochs of a run and owns its resumable state.
+
+    Args:
+        model, optimizer, schedule: the model, its optimizer over ``model.parameters()``, and
+            the schedule driving the optimizer's ``lr`` (stepped per batch).
+        loss_fn: the training objective (also used for the validation loss).
+        train_loader: shuffled training batches; ``val_loader``: None without a validation split
+            (early stopping then monitors the training loss).
+        epochs: maximum number of epochs.
+        clip_norm: global gradient-norm threshold; 0 disables clipping.
+        early_stopping: tracks the best epoch and decides when to stop.
+        checkpoint_steps: besides every epoch, checkpoint every this many steps (0: never).
+        save_checkpoint: called with no argument to write the checkpoint of ``state_dict()``.
+        end_epoch: called with the epoch's metrics row and whether it improved, after the
+            epoch's checkpoint is written (to update metrics, plots and the best model).
+        progress: where progress is reported.
+    """
+
+    def __init__(
+        self,
+        model: Sequential,
+        optimizer: Optimizer,
+        schedule: Schedule,
+        loss_fn: SoftmaxCrossEntropy,
+        train_loader: DataLoader,
+        val_loader: DataLoader | None,
+        epochs: int,
+        clip_norm: float,
+        early_stopping: EarlyStopping,
+        checkpoint_steps: int,
+        save_checkpoint: Callable[[], None],
+        end_epoch: Callable[[dict, bool], None],
+        progress: Progress,
+    ) -> None:
+        self.model = model
+        self.optimizer = optimizer
+        self.schedule = schedule
+        self.loss_fn = loss_fn
+        self.train_loader = train_loader
+        self.val_loader = val_loader
+        self.epochs = epochs
+        self.clip_norm = clip_norm
+        self.early_stopping = early_stopping
+        self.checkpoint_steps = checkpoint_steps
+        self.save_checkpoint = save_checkpoint
+        self.end_epoch = end_epoch
+        self.progress = progress
+        self.state = LoopState()
+        self._params = model.parameters()
+        kill = os.environ.get(KILL_AFTER_STEP_ENV)
+        self._kill_after_step = int(kill) if kill else None
+
+    # -- state ----------------------------------------------------------------------------------
+    def state_dict(self) -> tuple[dict, dict[str, np.ndarray]]:
+        """The loop's state as JSON scalars and named arrays (for ``save_checkpoint``).
+
+        The model's weights are not included (the checkpoint stores them as a model file does).
+        """
+        optim, optim_arrays = split_state(self.optimizer.state_dict(), "optim")
+        stopping, best_arrays = self.early_stopping.state_dict()
+        scalars = {
+            "loop": asdict(self.state),
+            "optimizer": optim,
+            "schedule": self.schedule.state_dict(),
+            "early_stopping": stopping,
+            "rng_states": self.model.rng_states(),
+        }
+        return scalars, {**optim_arrays, **best_arrays}
+
+    def load_state_dict(self, scalars: dict, arrays: dict[str, np.ndarray]) -> None:
+        """Restore a state from :meth:`state_dict` (the model's weights are loaded separately)."""
+        self.optimizer.load_state_dict(join_state(scalars["optimizer"], arrays, "optim"))
+        self.schedule.load_state_dict(scalars["schedule"])
+        self.early_stopping.load_state_dict(scalars["early_stopping"], arrays)
+        self.model.set_rng_states(scalars["rng_states"])
+        self.state = LoopState(**scalars["loop"])
+
+    # -- the loop -------------------------------------------------------------------------------
+    def fit(self) -> LoopState:
+        """Train from the current state until the last epoch or early stopping.
+
+        Raises:
+            NonFiniteLossError: the loss or gradient norm is NaN/inf (no step is taken with it
+                and no checkpoint written after it).
+            TrainingInterrupted: Ctrl-C; a checkpoint of the last completed step was written.
+        """
+        with GracefulInterrupt() as interrupt:
+            while not self.state.finished:
+                self._train_epoch(interrupt)
+                self._finish_epoch()
+                if interrupt.requested:
+                    raise TrainingInterrupted(self._position())
+        return self.state
+
+    def _position(self) -> str:
+        s = self.state
+        return f"epoch {s.epoch + 1}, batch {s.batch}, step {s.step}"
+
+    def _train_epoch(self, interrupt: GracefulInterrupt) -> None:
+        s, loader = self.state, self.train_loader
+        batches = len(loader)
+        self.progress.start_epoch(s.epoch + 1, self.epochs, batches, s.batch)
+        self.model.train()
+        seconds_before, start = s.train_seconds, time.perf_counter()
+        stream = loader.epoch(s.epoch, start_batch=s.batch)
+        try:
+            for x, y in stream:
+                self._step(x, y)
+                s.train_seconds = seconds_before + time.perf_counter() - start
+                self.progress.update(
+                    s.batch, s.loss_sum / s.seen, s.correct / s.seen, s.seen / s.train_seconds
+                )
+                # (the epoch's last step is checkpointed at the end of the epoch, after validation)
+                if (
+                    self.checkpoint_steps
+                    and s.step % self.checkpoint_steps == 0
+                    and s.batch < batches
+                ):
+                    self.save_checkpoint()
+                if s.step == self._kill_after_step:
+                    os.kill(os.getpid(), signal.SIGKILL)
+                if interrupt.requested:
+                    self.save_checkpoint()
+                    raise TrainingInterrupted(self._position())
+        finally:
+            stream.close()
+            self.progress.end_epoch()
+
+    def _step(self, x: np.ndarray, y: np.ndarray) -> None:
+        s = self.state
+        logits = self.model.forward(x, training=True)
+        loss = self.loss_fn.forward(logits, y)
+        if not math.isfinite(loss):
+            raise NonFiniteLossError(
+                f"the loss is {loss} at epoch {s.epoch + 1}, step {s.step + 1}"
+            )
+        self.model.backward(self.loss_fn.backward())
+        norm = clip_grad_norm(self._params, self.clip_norm or math.inf)
+        if not math.isfinite(norm):
+            raise NonFiniteLossError(
+                f"the gradient norm is {norm} at epoch {s.epoch + 1}, step {s.step + 1}"
+            )
+        self.optimizer.step()
+        self.schedule.step()
+        s.batch += 1
+        s.step += 1
+        s.loss_sum += loss * len(y)
+        s.correct += int(np.count_nonzero(np.argmax(logits, axis=1) == y))
+        s.seen += len(y)
+
+    def _finish_epoch(self) -> None:
+        s = self.state
+        start = time.perf_counter()
+        row = {
+            "epoch": s.epoch + 1,
+            "train_loss": s.loss_sum / s.seen,
+            "train_accuracy": s.correct / s.seen,
+            "val_loss": None,
+            "val_accuracy": None,
+        }
+        if self.val_loader is not None:
+            logits, labels = predict_logits(self.model, self.val_loader)
+            row["val_loss"] = SoftmaxCrossEntropy(self.loss_fn.label_smoothing).forward(
+                logits, labels
+            )
+            row["val_accuracy"] = accuracy(logits, labels)
+        row["lr"] = self.schedule.lr_at(s.step - 1)
+        row["seconds"] = s.train_seconds + time.perf_counter() - start
+        row["images_per_sec"] = s.seen / s.train_seconds
+        monitored = row["train_loss"] if row["val_loss"] is None else row["val_loss"]
+        improved = self.early_stopping.update(row["epoch"], monitored, self.model)
+        s.history.append(row)
+        s.epoch, s.batch, s.loss_sum, s.correct, s.seen, s.train_seconds = (
+            s.epoch + 1,
+            0,
+            0.0,
+            0,
+            0,
+            0.0,
+        )
+        s.finished = s.epoch >= self.epochs or self.early_stopping.should_stop
+        self.save_checkpoint()
+        self.end_epoch(row, improved)
