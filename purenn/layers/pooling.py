@@ -65,8 +65,9 @@ class MaxPool2D(_Pool2D):
         stride: int or pair; defaults to kernel_size. Overlapping windows (stride < kernel) work.
 
     Input shape: (N, C, H, W). Output shape: (N, C, Ho, Wo), ``Ho = (H - kh) // sh + 1``.
-    Keeps only an int8 (or int16 for kernels over 127 cells) argmax per output for backward;
-    ties go to the first maximum in row-major window order, like PyTorch.
+    Keeps only compact masks for backward: two boolean masks in the 2x2 stride-2 case, else an
+    int8 (int16 for kernels over 127 cells) argmax per output. Ties go to the first maximum in
+    row-major window order, like PyTorch.
     """
 
     def forward(self, x: np.ndarray, training: bool = True) -> np.ndarray:
@@ -87,30 +88,40 @@ class MaxPool2D(_Pool2D):
         return out
 
     def _forward_2x2(self, x: np.ndarray, out_h: int, out_w: int) -> np.ndarray:
-        """The common 2x2 stride-2 case: three element-wise maxima of the four strided quarters.
+        """The common 2x2 stride-2 case as two pairwise maxima: across columns, then rows.
 
-        With the window [[a, b], [c, d]], the argmax code is ``2 * row + column`` where
-        row = (max(c, d) > max(a, b)) and column = (b > a) in the top row, (d > c) in the bottom.
+        ``right`` marks where the right column of a pair won, ``lower`` where the bottom row of
+        the column-maxima won. Strict comparisons keep the first maximum in row-major order,
+        as PyTorch does; the masks (1.5 bits per input element) are all backward needs.
         """
-        a, b, c, d = (x[index] for _, index in self._offsets(out_h, out_w))
-        top, bottom = np.maximum(a, b), np.maximum(c, d)
-        lower = bottom > top
-        column = np.where(lower, d > c, b > a)
-        self._argmax = np.left_shift(lower.view(np.int8), 1)
-        self._argmax |= column.view(np.int8)
-        return np.maximum(top, bottom, out=top)
+        x = x[:, :, : 2 * out_h, : 2 * out_w]  # odd borders are outside every window
+        left, right = x[..., 0::2], x[..., 1::2]
+        self._right = right > left
+        columns = np.maximum(left, right)  # (N, C, 2*Ho, Wo)
+        top, bottom = columns[:, :, 0::2], columns[:, :, 1::2]
+        self._lower = bottom > top
+        return np.maximum(top, bottom)
+
+    def _backward_2x2(self, dy: np.ndarray) -> np.ndarray:
+        """Route dy back through the row choice, then the column choice (each exactly split)."""
+        n, c, h, w = self._input_shape
+        out_h, out_w = dy.shape[2:]
+        odd = h % 2 or w % 2
+        dx = (np.zeros if odd else np.empty)(self._input_shape, dtype=self._dtype)
+        d_columns = np.empty((n, c, 2 * out_h, out_w), dtype=self._dtype)
+        # dy * mask and dy - dy * mask are dy or 0 exactly: the gradient is split, not scaled.
+        np.multiply(dy, self._lower, out=d_columns[:, :, 1::2])
+        np.subtract(dy, d_columns[:, :, 1::2], out=d_columns[:, :, 0::2])
+        inside = dx[:, :, : 2 * out_h, : 2 * out_w]
+        np.multiply(d_columns, self._right, out=inside[..., 1::2])
+        np.subtract(d_columns, inside[..., 1::2], out=inside[..., 0::2])
+        return dx
 
     def backward(self, grad_out: np.ndarray, input_grad: bool = True) -> np.ndarray:
         dy = np.asarray(grad_out, dtype=self._dtype)
         _, _, out_h, out_w = dy.shape
         if self._fast:
-            # Windows tile the input: each quarter is written once (zeros only at odd borders).
-            n, c, h, w = self._input_shape
-            odd = h % 2 or w % 2
-            dx = (np.zeros if odd else np.empty)(self._input_shape, dtype=self._dtype)
-            for k, index in self._offsets(out_h, out_w):
-                np.multiply(dy, self._argmax == k, out=dx[index])
-            return dx
+            return self._backward_2x2(dy)
         dx = np.zeros(self._input_shape, dtype=self._dtype)
         # Each output's gradient goes to the one input that won its window.
         for k, index in self._offsets(out_h, out_w):
