@@ -1,4 +1,4 @@
-"""Pure array functions shared by the layers: window geometry, im2col / col2im, padding.
+"""Pure array functions shared by the layers: window geometry, im2col / col2im, log-softmax.
 
 Everything here is stateless and imports only NumPy. Image tensors are NCHW.
 """
@@ -51,70 +51,122 @@ def window_slices(
     )
 
 
-def unpad_nchw(x: np.ndarray, pads: tuple[int, int, int, int]) -> np.ndarray:
-    """Crop (top, bottom, left, right) from the spatial axes of an NCHW array (a view)."""
+def _offset_span(offset: int, size: int, out: int, stride: int, pad: int) -> tuple[int, int, int]:
+    """Which outputs of one kernel offset read real (not padding) input, along one axis.
+
+    Output position p reads input row ``offset + stride * p - pad``. Returns (p_start, p_stop,
+    first input row) for the positions whose row lies in [0, size); p_start == p_stop if none.
+    """
+    p_start = max(0, -((offset - pad) // stride))  # ceil((pad - offset) / stride)
+    p_stop = min(out, (size - 1 + pad - offset) // stride + 1)
+    p_stop = max(p_start, p_stop)
+    return p_start, p_stop, offset + stride * p_start - pad
+
+
+def _offset_windows(shape, kernel, stride, pads):
+    """For each kernel offset (i, j): the output box reading real input and that input's view.
+
+    Yields (i, j, rows, cols, source) with ``rows``/``cols`` slices of the (Ho, Wo) output grid
+    and ``source`` the matching strided slice of the unpadded (N, C, H, W) input.
+    """
+    _, _, h, w = shape
     top, bottom, left, right = pads
-    if not any(pads):
-        return x
-    h, w = x.shape[2], x.shape[3]
-    return x[:, :, top : h - bottom, left : w - right]
+    out_h = output_size(h, kernel[0], stride[0], top + bottom)
+    out_w = output_size(w, kernel[1], stride[1], left + right)
+    for i in range(kernel[0]):
+        p0, p1, r0 = _offset_span(i, h, out_h, stride[0], top)
+        for j in range(kernel[1]):
+            q0, q1, c0 = _offset_span(j, w, out_w, stride[1], left)
+            source = (
+                slice(None),
+                slice(None),
+                slice(r0, r0 + stride[0] * (p1 - p0 - 1) + 1, stride[0]),
+                slice(c0, c0 + stride[1] * (q1 - q0 - 1) + 1, stride[1]),
+            )
+            yield i, j, slice(p0, p1), slice(q0, q1), source
 
 
 def im2col(
-    x_padded: np.ndarray,
+    x: np.ndarray,
     kernel: tuple[int, int],
     stride: tuple[int, int],
+    pads: tuple[int, int, int, int] = (0, 0, 0, 0),
     out: np.ndarray | None = None,
 ) -> np.ndarray:
-    """Gather every sliding window of a padded NCHW batch into one column matrix per sample.
+    """Gather every sliding window of an NCHW batch into one column matrix per sample.
+
+    Zero padding is implicit: each kernel offset copies the outputs that see real input and
+    zero-fills the rest, so no padded copy of x is made.
 
     Args:
-        x_padded: (N, C, Hp, Wp) input, already padded.
+        x: (N, C, H, W) input.
         kernel: (kh, kw).
         stride: (sh, sw).
-        out: optional preallocated (N, C * kh * kw, Ho * Wo) array of x_padded's dtype.
+        pads: zero padding (top, bottom, left, right).
+        out: optional preallocated (N, C * kh * kw, Ho * Wo) array of x's dtype.
 
     Returns:
-        (N, C * kh * kw, Ho * Wo) with ``col[n, (c, i, j), (p, q)] = x[n, c, i + sh*p, j + sw*q]``,
-        so that a convolution is the batched product ``W.reshape(O, C*kh*kw) @ col``. Built
-        with kh * kw strided block copies (one per kernel offset), never a loop over pixels.
+        (N, C * kh * kw, Ho * Wo) with ``col[n, (c, i, j), (p, q)] = xpad[n, c, i + sh*p,
+        j + sw*q]``, so that a convolution is the batched product ``W.reshape(O, K) @ col``.
+        Built with kh * kw strided block copies (one per kernel offset), never a pixel loop.
     """
-    n, c, hp, wp = x_padded.shape
+    n, c, h, w = x.shape
     kh, kw = kernel
-    out_h, out_w = output_size(hp, kh, stride[0]), output_size(wp, kw, stride[1])
+    top, bottom, left, right = pads
+    out_h = output_size(h, kh, stride[0], top + bottom)
+    out_w = output_size(w, kw, stride[1], left + right)
     if out is None:
-        out = np.empty((n, c * kh * kw, out_h * out_w), dtype=x_padded.dtype)
+        out = np.empty((n, c * kh * kw, out_h * out_w), dtype=x.dtype)
     col = out.reshape(n, c, kh, kw, out_h, out_w)
-    for i in range(kh):
-        for j in range(kw):
-            col[:, :, i, j] = x_padded[window_slices(i, j, out_h, out_w, stride)]
+    for i, j, rows, columns, source in _offset_windows(x.shape, kernel, stride, pads):
+        block = col[:, :, i, j]
+        block[:, :, rows, columns] = x[source]
+        # The border of this offset's block reads padding: zero it (four thin strips).
+        block[:, :, : rows.start] = 0
+        block[:, :, rows.stop :] = 0
+        block[:, :, :, : columns.start] = 0
+        block[:, :, :, columns.stop :] = 0
     return out
 
 
 def col2im(
     col: np.ndarray,
-    padded_shape: tuple[int, int, int, int],
+    input_shape: tuple[int, int, int, int],
     kernel: tuple[int, int],
     stride: tuple[int, int],
+    pads: tuple[int, int, int, int] = (0, 0, 0, 0),
 ) -> np.ndarray:
-    """Adjoint of :func:`im2col`: scatter-add column gradients back onto the padded input.
+    """Adjoint of :func:`im2col`: add column gradients back onto the (unpadded) input.
 
     Args:
         col: (N, C * kh * kw, Ho * Wo) gradient with respect to the column matrix.
-        padded_shape: (N, C, Hp, Wp) of the padded input.
+        input_shape: (N, C, H, W) of the unpadded input.
 
     Returns:
-        (N, C, Hp, Wp): ``dx[n, c, i + sh*p, j + sw*q] += dcol[n, (c, i, j), (p, q)]`` summed over
-        all windows, computed as kh * kw strided slice additions (one per kernel offset).
+        (N, C, H, W) with ``dx[n, c, i + sh*p - top, j + sw*q - left] += dcol[n, (c, i, j),
+        (p, q)]`` summed over all windows; entries that fall on padding are dropped. One strided
+        addition per kernel offset; an offset that covers the whole input (the centre of a
+        stride-1 'same' convolution) initialises dx instead of a zero fill.
     """
-    n, c, hp, wp = padded_shape
+    n, c, h, w = input_shape
     kh, kw = kernel
-    out_h, out_w = output_size(hp, kh, stride[0]), output_size(wp, kw, stride[1])
+    top, bottom, left, right = pads
+    out_h = output_size(h, kh, stride[0], top + bottom)
+    out_w = output_size(w, kw, stride[1], left + right)
     cols = col.reshape(n, c, kh, kw, out_h, out_w)
-    grad = np.zeros(padded_shape, dtype=col.dtype)
-    for i in range(kh):
-        for j in range(kw):
-            grad[window_slices(i, j, out_h, out_w, stride)] += cols[:, :, i, j]
+    windows = list(_offset_windows(input_shape, kernel, stride, pads))
+    covering = [
+        k
+        for k, (_, _, rows, columns, _) in enumerate(windows)
+        if stride == (1, 1) and rows.stop - rows.start == h and columns.stop - columns.start == w
+    ]
+    if covering:
+        i, j, rows, columns, _ = windows.pop(covering[0])
+        grad = np.array(cols[:, :, i, j, rows, columns], dtype=col.dtype, order="C")
+    else:
+        grad = np.zeros(input_shape, dtype=col.dtype)
+    for i, j, rows, columns, source in windows:
+        grad[source] += cols[:, :, i, j, rows, columns]
     return grad
 
 

@@ -2,14 +2,15 @@
 
 Shapes (N batch, C in channels, O out channels, kernel kh x kw, K = C*kh*kw, P = Ho*Wo):
 
-    col = im2col(pad(x))          (N, K, P)   every receptive field as a column
+    col = im2col(x)               (N, K, P)   every receptive field as a column (zero padding
+                                              implicit: no padded copy of x is made)
     y   = W.reshape(O, K) @ col   (N, O, P)   already NCHW: no transpose on the way out
 
 Backward, with dy reshaped to (N, O, P):
 
     dW   = sum_n dy[n] @ col[n].T   (O, K)
     db   = sum over n and p of dy   (O,)
-    dcol = W.T @ dy                 (N, K, P), then col2im adds it back onto the padded input
+    dcol = W.T @ dy                 (N, K, P), then col2im adds it back onto the input
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import numpy as np
 
 from purenn.layers.base import check_positive_int
 from purenn.layers.weighted import WeightedLayer
-from purenn.ops import col2im, im2col, output_size, pair, unpad_nchw
+from purenn.ops import col2im, im2col, output_size, pair
 
 
 def resolve_padding(padding, kernel: tuple[int, int], stride: tuple[int, int]):
@@ -105,27 +106,15 @@ class Conv2D(WeightedLayer):
         x = np.asarray(x, dtype=self.dtype)
         self.check_input(x, 4, 1, self.in_channels)
         _, out_h, out_w = self.output_shape(x.shape[1:])
-        x_padded = self._pad(x)
-        self._padded_shape = x_padded.shape
+        self._input_shape = x.shape
         n, c, kh, kw = x.shape[0], self.in_channels, *self.kernel_size
         col = self.scratch("col", (n, c * kh * kw, out_h * out_w), self.dtype)
-        self._col = im2col(x_padded, self.kernel_size, self.stride, out=col)
+        self._col = im2col(x, self.kernel_size, self.stride, self.pads, out=col)
         self._w = self.weight()
         y = np.matmul(self._w.reshape(self.out_channels, -1), self._col)  # (N, O, P)
         if self.use_bias:
             y += self.params["bias"][:, None]
         return y.reshape(x.shape[0], self.out_channels, out_h, out_w)
-
-    def _pad(self, x: np.ndarray) -> np.ndarray:
-        """x zero-padded in a reused buffer: its border stays zero, only the interior is written."""
-        if not any(self.pads):
-            return x
-        top, bottom, left, right = self.pads
-        n, c, h, w = x.shape
-        shape = (n, c, h + top + bottom, w + left + right)
-        padded = self.scratch("padded", shape, self.dtype, zeros=True)
-        padded[:, :, top : top + h, left : left + w] = x
-        return padded
 
     def backward(self, grad_out: np.ndarray, input_grad: bool = True) -> np.ndarray | None:
         n = grad_out.shape[0]
@@ -140,8 +129,7 @@ class Conv2D(WeightedLayer):
             return None
         # dcol reuses the column buffer: col is no longer needed once dW is computed.
         dcol = np.matmul(self._w.reshape(self.out_channels, -1).T, dy, out=self._col)  # (N, K, P)
-        dx_padded = col2im(dcol, self._padded_shape, self.kernel_size, self.stride)
-        return unpad_nchw(dx_padded, self.pads)
+        return col2im(dcol, self._input_shape, self.kernel_size, self.stride, self.pads)
 
     def flops(self, input_shape: tuple[int, ...]) -> int:
         _, out_h, out_w = self.output_shape(input_shape)
