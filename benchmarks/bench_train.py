@@ -56,8 +56,10 @@ def purenn_worker(args) -> dict:
     from purenn.losses import SoftmaxCrossEntropy
     from purenn.optim import Adam, clip_grad_norm
     from purenn.presets import build_preset
+    from purenn.runtime import retain_freed_memory
 
     threadpool_limits(args.threads)
+    retained = args.malloc == "retain" and retain_freed_memory()
     baseline = rss_mb("VmRSS")
     model = build_preset(PRESETS[args.model], image_size=args.image_size, seed=0)
     params = model.parameters()
@@ -80,7 +82,7 @@ def purenn_worker(args) -> dict:
     x1 = x[:1].copy()
     result["latency"] = median_seconds(lambda: model.forward(x1, training=False), args.repeats, 1)
     blas = [(i["internal_api"], i.get("version"), i["num_threads"]) for i in threadpool_info()]
-    result["backend"] = f"numpy {np.__version__}, BLAS {blas}"
+    result["backend"] = f"numpy {np.__version__}, BLAS {blas}, malloc heap retained: {retained}"
     if args.profile:
         result["profile"] = purenn_profile(model, train_step, optimizer, args)
     return result
@@ -154,7 +156,7 @@ def torch_worker(args) -> dict:
 
 def run_worker(framework: str, args) -> dict:
     command = [sys.executable, __file__, "--worker", framework, "--model", args.model]
-    for flag in ("batch", "threads", "repeats", "warmup", "image_size"):
+    for flag in ("batch", "threads", "repeats", "warmup", "image_size", "malloc"):
         command += [f"--{flag.replace('_', '-')}", str(getattr(args, flag))]
     command += ["--profile"] if args.profile and framework == "purenn" else []
     done = subprocess.run(command, capture_output=True, text=True, check=False)
@@ -172,6 +174,13 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--image-size", type=int, default=128)
     parser.add_argument("--profile", action="store_true", help="per-layer profile of purenn")
+    parser.add_argument(
+        "--malloc",
+        choices=["retain", "default"],
+        default="retain",
+        help="purenn's process keeps freed memory for reuse, as `purenn train` does (default), "
+        "or uses glibc's defaults",
+    )
     parser.add_argument("--quick", action="store_true", help="tiny run to check the script works")
     parser.add_argument("--worker", choices=["purenn", "torch"], help=argparse.SUPPRESS)
     args = parser.parse_args()
