@@ -1,0 +1,267 @@
+"""Train the same architecture in PyTorch on exactly the arrays a purenn run trained on.
+
+Reads a finished (or started) purenn run folder's ``config.json`` and reproduces its setup in
+PyTorch: the same cached images, split and normalisation, the same batches in the same order
+with the same augmentation (purenn's loader), the same initial weights (the preset built with
+the run's seed, copied into the torch twin), Adam with the same learning-rate schedule (purenn's
+own ``lr_at`` drives a ``LambdaLR``), the same clipping, label smoothing and early stopping.
+Even the Dropout masks are the same: the twin's dropout draws its masks from a copy of
+the purenn layer's generator, with purenn's formula.
+
+It also replays the first epoch in purenn and PyTorch side by side from identical weights and
+batches and records both training losses at every step.
+
+    python benchmarks/torch_reference.py runs/cnn            # writes runs/cnn/torch-reference/
+
+Output folder: ``metrics.csv`` (purenn's columns), ``report.json`` (test metrics, purenn's
+format), ``first_epoch_losses.csv`` (step, purenn loss, torch loss) and ``compare.png`` (both
+runs' curves and the first-epoch losses in one figure).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import time
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from torch_twin import torch_twin
+
+from purenn.data import scan_image_folder
+from purenn.losses import SoftmaxCrossEntropy
+from purenn.optim import clip_grad_norm
+from purenn.presets import build_preset
+from purenn.training.callbacks import EarlyStopping
+from purenn.training.config import make_config
+from purenn.training.fit import make_optimizer, make_schedule
+from purenn.training.metrics import classification_report, format_report
+from purenn.training.pipeline import load_training_data
+
+
+class SameMaskDropout(torch.nn.Module):
+    """Inverted dropout whose masks come from a NumPy generator exactly as purenn draws them."""
+
+    def __init__(self, p: float, rng: np.random.Generator) -> None:
+        super().__init__()
+        self.p, self.rng = p, rng
+
+    def forward(self, x):
+        if not self.training or self.p == 0:
+            return x
+        keep = self.rng.random(tuple(x.shape), dtype=np.float32) >= self.p
+        return x * torch.from_numpy(keep) * (1.0 / (1.0 - self.p))
+
+
+def twin_with_same_masks(model) -> torch.nn.Sequential:
+    """The torch twin of ``model`` whose Dropout layers replay ``model``'s initial RNG states."""
+    twin = torch_twin(model)
+    for index, layer in enumerate(model.layers):
+        if hasattr(layer, "rng"):
+            rng = np.random.Generator(type(layer.rng.bit_generator)())
+            rng.bit_generator.state = layer.rng.bit_generator.state
+            twin[index] = SameMaskDropout(layer.p, rng)
+    return twin
+
+
+def torch_logits(model, loader) -> tuple[np.ndarray, np.ndarray]:
+    model.eval()
+    logits, labels = [], []
+    with torch.inference_mode():
+        for x, y in loader.epoch(0):
+            logits.append(model(torch.from_numpy(x)).numpy())
+            labels.append(y)
+    return np.concatenate(logits), np.concatenate(labels)
+
+
+def first_epoch_losses(config, data, steps: int | None) -> list[tuple[int, float, float]]:
+    """Both frameworks' training loss at each step of epoch 1, from identical weights/batches."""
+    ours = build_preset(
+        config.preset, len(data.cache.class_names), config.image_size, seed=config.seed
+    )
+    theirs = twin_with_same_masks(ours).train()
+    train = data.loader("train", config.batch_size, config.seed, config.augment_factor)
+    optimizer = make_optimizer(config, ours)
+    schedule = make_schedule(config, optimizer, len(train))
+    torch_optimizer, torch_schedule = torch_training(config, theirs, schedule)
+    loss_fn = SoftmaxCrossEntropy(config.label_smoothing)
+    rows = []
+    for step, (x, y) in enumerate(train.epoch(0)):
+        if steps is not None and step >= steps:
+            break
+        loss = loss_fn.forward(ours.forward(x, training=True), y)
+        ours.backward(loss_fn.backward(), input_grad=False)
+        clip_grad_norm(ours.parameters(), config.clip_norm or math.inf)
+        optimizer.step()
+        schedule.step()
+        rows.append((step + 1, loss, torch_step(config, theirs, torch_optimizer, x, y)[0]))
+        torch_schedule.step()
+    return rows
+
+
+def torch_training(config, model, schedule):
+    """Torch Adam (or SGD) and a LambdaLR replaying purenn's schedule step by step."""
+    if config.optimizer == "sgd":
+        optimizer = torch.optim.SGD(
+            model.parameters(),
+            lr=config.lr,
+            momentum=config.momentum,
+            weight_decay=config.weight_decay,
+        )
+    else:
+        cls = torch.optim.AdamW if config.optimizer == "adamw" else torch.optim.Adam
+        optimizer = cls(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    lr_lambda = lambda step: schedule.lr_at(step) / config.lr  # noqa: E731
+    return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda)
+
+
+def torch_step(config, model, optimizer, x, y) -> tuple[float, int]:
+    """One training step; returns the batch's loss and number of correct predictions."""
+    optimizer.zero_grad(set_to_none=True)
+    logits = model(torch.from_numpy(x))
+    loss = torch.nn.functional.cross_entropy(
+        logits, torch.from_numpy(y), label_smoothing=config.label_smoothing
+    )
+    loss.backward()
+    if config.clip_norm:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), config.clip_norm)
+    optimizer.step()
+    return loss.item(), int((logits.detach().argmax(1).numpy() == y).sum())
+
+
+def train_torch(config, data, log) -> tuple[torch.nn.Module, list[dict], int]:
+    purenn_model = build_preset(
+        config.preset, len(data.cache.class_names), config.image_size, seed=config.seed
+    )
+    model = twin_with_same_masks(purenn_model)
+    train = data.loader("train", config.batch_size, config.seed, config.augment_factor)
+    val = data.loader("val", config.batch_size)
+    schedule = make_schedule(config, make_optimizer(config, purenn_model), len(train))
+    optimizer, lr_schedule = torch_training(config, model, schedule)
+    stopper, history = EarlyStopping(config.patience), []
+    best_state = None
+    for epoch in range(config.epochs):
+        model.train()
+        start, losses, correct, seen = time.perf_counter(), 0.0, 0, 0
+        for x, y in train.epoch(epoch):
+            lr = optimizer.param_groups[0]["lr"]  # the rate of the epoch's last step is logged
+            loss, hits = torch_step(config, model, optimizer, x, y)
+            lr_schedule.step()
+            losses, correct, seen = losses + loss * len(y), correct + hits, seen + len(y)
+        seconds = time.perf_counter() - start
+        logits, labels = torch_logits(model, val)
+        # As purenn's trainer: the validation loss includes the label smoothing of training.
+        val_loss = SoftmaxCrossEntropy(config.label_smoothing).forward(logits, labels)
+        row = {
+            "epoch": epoch + 1,
+            "train_loss": losses / seen,
+            "train_accuracy": correct / seen,
+            "val_loss": val_loss,
+            "val_accuracy": float((logits.argmax(1) == labels).mean()),
+            "lr": lr,
+            "seconds": seconds,
+            "images_per_sec": seen / seconds,
+        }
+        history.append(row)
+        if val_loss < stopper.best:
+            stopper.best, stopper.best_epoch, stopper.wait = val_loss, epoch + 1, 0
+            best_state = {k: v.clone() for k, v in model.state_dict().items()}
+        else:
+            stopper.wait += 1
+        log(
+            f"torch epoch {epoch + 1}: train loss {row['train_loss']:.4f}, val loss "
+            f"{val_loss:.4f} acc {100 * row['val_accuracy']:.2f}%, {row['images_per_sec']:.1f} "
+            "img/s"
+        )
+        if stopper.should_stop:
+            break
+    model.load_state_dict(best_state)
+    return model, history, stopper.best_epoch
+
+
+def read_metrics(path: Path) -> list[dict]:
+    with path.open() as handle:
+        return [
+            {k: float(v) if v else math.nan for k, v in row.items()}
+            for row in csv.DictReader(handle)
+        ]
+
+
+def plot_comparison(path: Path, ours: list[dict], theirs: list[dict], steps) -> None:
+    fig, (loss_axes, acc_axes, step_axes) = plt.subplots(1, 3, figsize=(15, 4))
+    for history, name, style in ((ours, "purenn", "-"), (theirs, "PyTorch", "--")):
+        epochs = [row["epoch"] for row in history]
+        for key, axes in (("loss", loss_axes), ("accuracy", acc_axes)):
+            axes.plot(epochs, [r[f"train_{key}"] for r in history], style, label=f"{name} train")
+            axes.plot(epochs, [r[f"val_{key}"] for r in history], style, label=f"{name} val")
+    for axes, title in ((loss_axes, "loss"), (acc_axes, "accuracy")):
+        axes.set(xlabel="epoch", title=title)
+        axes.legend()
+    step_axes.plot([s for s, _, _ in steps], [a for _, a, _ in steps], label="purenn")
+    step_axes.plot([s for s, _, _ in steps], [b for _, _, b in steps], "--", label="PyTorch")
+    step_axes.set(xlabel="step", ylabel="training loss", title="first epoch, per batch")
+    step_axes.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("run_dir", type=Path, help="a purenn run folder (its config.json)")
+    parser.add_argument("--out", type=Path, help="output folder (default RUN_DIR/torch-reference)")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--first-epoch-steps", type=int, help="replay only this many steps")
+    args = parser.parse_args()
+    config = make_config(args.run_dir / "config.json")
+    out = args.out or args.run_dir / "torch-reference"
+    out.mkdir(parents=True, exist_ok=True)
+    torch.set_num_threads(args.threads)
+    data = load_training_data(
+        scan_image_folder(config.data_dir),
+        config.image_size,
+        config.val_fraction,
+        config.test_fraction,
+        config.seed,
+        config.cache_dir,
+        args.threads,
+        progress=False,
+    )
+
+    steps = first_epoch_losses(config, data, args.first_epoch_steps)
+    with (out / "first_epoch_losses.csv").open("w", newline="") as handle:
+        csv.writer(handle).writerows([("step", "purenn_loss", "torch_loss"), *steps])
+    gaps = [abs(a - b) for _, a, b in steps]
+    print(
+        f"first epoch, {len(steps)} steps: mean |purenn - torch| training loss "
+        f"{np.mean(gaps):.4f}, max {np.max(gaps):.4f}",
+        flush=True,
+    )
+
+    started = time.perf_counter()
+    model, history, best_epoch = train_torch(config, data, lambda line: print(line, flush=True))
+    wall = time.perf_counter() - started
+    with (out / "metrics.csv").open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(history[0]))
+        writer.writeheader()
+        writer.writerows(history)
+    logits, labels = torch_logits(model, data.loader("test", config.batch_size))
+    report = classification_report(logits, labels, data.cache.class_names)
+    report.update(best_epoch=best_epoch, epochs=len(history), wall_seconds=wall)
+    (out / "report.json").write_text(json.dumps(report, indent=2))
+    print(format_report(report))
+    print(f"torch: best epoch {best_epoch} of {len(history)}, wall {wall:.0f} s")
+    ours = args.run_dir / "metrics.csv"
+    if ours.exists():
+        plot_comparison(out / "compare.png", read_metrics(ours), history, steps)
+
+
+if __name__ == "__main__":
+    main()
