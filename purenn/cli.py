@@ -89,7 +89,10 @@ def _writable_folder(path: Path) -> Path:
 
 # -- commands --------------------------------------------------------------------------------
 def _cmd_train(args: argparse.Namespace, progress: Progress) -> int:
-    given = {name: getattr(args, name) for name in KEYS if hasattr(args, name)}
+    # Config flags default to SUPPRESS: only the ones given are attributes. DATA_DIR is optional.
+    given = {
+        name: getattr(args, name) for name in KEYS if name != "data_dir" and hasattr(args, name)
+    }
     if args.data_dir is not None:
         given["data_dir"] = args.data_dir
     if args.resume is not None:
@@ -243,7 +246,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Run the command line ``argv`` (default ``sys.argv[1:]``); returns the exit code."""
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as exit:  # --help, --version, or a usage error already printed
+        return exit.code
     progress = Progress(quiet=args.quiet)
     try:
         return args.func(args, progress)

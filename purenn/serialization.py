@@ -117,8 +117,11 @@ def _read_archive(path: str | Path) -> tuple[dict[str, np.ndarray], dict]:
         with np.load(path, allow_pickle=False) as archive:
             if META_KEY not in archive.files:
                 raise ModelFileError(f"not a purenn model file (no {META_KEY} entry): {path}")
-            header = json.loads(archive[META_KEY].tobytes().decode("utf-8"))
-            arrays = {key: archive[key] for key in archive.files if key != META_KEY}
+            # Members that are not .npy files load as bytes: the archive was not written by us.
+            arrays = {key: archive[key] for key in archive.files}
+            if not all(isinstance(value, np.ndarray) for value in arrays.values()):
+                raise ValueError("an entry is not a NumPy array")
+            header = json.loads(arrays.pop(META_KEY).tobytes().decode("utf-8"))
     except ModelFileError:
         raise
     except (OSError, ValueError, zipfile.BadZipFile, EOFError) as err:

@@ -132,7 +132,10 @@ def validate(config: TrainConfig) -> TrainConfig:
     )
     if c.schedule == "cosine":
         _require(
-            c.warmup_epochs < c.epochs, "warmup_epochs", f"< epochs ({c.epochs})", c.warmup_epochs
+            c.warmup_epochs < c.epochs,
+            "warmup_epochs",
+            f"< epochs ({c.epochs}; use warmup_epochs 0 for runs this short)",
+            c.warmup_epochs,
         )
     return config
 

@@ -65,11 +65,13 @@ def run_demo(
     Returns:
         The :class:`RunResult`; its ``test_report["accuracy"]`` is the demo's accuracy.
     """
+    settings = {**DEMO_SETTINGS, **overrides}
+    # Shorter runs (e.g. --epochs 1) warm up for less than their length.
+    settings["warmup_epochs"] = min(settings["warmup_epochs"], settings["epochs"] / 2)
     with tempfile.TemporaryDirectory(prefix="purenn-demo-") as tmp:
         config = make_config(
             overrides={
-                **DEMO_SETTINGS,
-                **overrides,
+                **settings,
                 "data_dir": str(write_digits(Path(tmp) / "digits")),
                 "cache_dir": str(Path(tmp) / "cache"),
                 "out": str(out) if out is not None else str(Path(tmp) / "run"),

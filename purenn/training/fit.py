@@ -9,6 +9,7 @@ test split (``report.json``, ``confusion.png``).
 from __future__ import annotations
 
 import contextlib
+import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,6 +38,9 @@ from purenn.training.plots import plot_curves
 from purenn.training.progress import Progress
 from purenn.training.rundir import RunDir
 from purenn.training.trainer import NonFiniteLossError, Trainer, TrainingInterrupted
+
+# Seconds between redraws of curves.png during training (always drawn after the last epoch).
+PLOT_INTERVAL = 30.0
 
 
 @dataclass
@@ -159,9 +163,10 @@ def _describe(config: TrainConfig, data: TrainingData, model: Sequential, steps:
     recipe += f", {config.schedule} schedule"
     if config.schedule == "cosine" and config.warmup_epochs:
         recipe += f" (warmup {config.warmup_epochs:g} epochs)"
+    recipe += f", label smoothing {config.label_smoothing:g}, "
+    recipe += f"clip norm {config.clip_norm:g}" if config.clip_norm else "no clipping"
     recipe += (
-        f", label smoothing {config.label_smoothing:g}, clip norm {config.clip_norm:g}, "
-        f"batch {config.batch_size}, {config.epochs} epochs x {steps} steps, patience "
+        f", batch {config.batch_size}, {config.epochs} epochs x {steps} steps, patience "
         f"{config.patience}, augment x{config.augment_factor}"
     )
     return [
@@ -183,10 +188,8 @@ def _epoch_line(row: dict, epochs: int, improved: bool) -> str:
     )
     if row["val_loss"] is not None:
         line += f", val loss {row['val_loss']:.4f} acc {100 * row['val_accuracy']:.2f}%"
-    line += f", lr {row['lr']:.3g}, {row['seconds']:.1f} s, {row['images_per_sec']:.0f} img/s" + (
-        " *" if improved else ""
-    )
-    return line
+    line += f", lr {row['lr']:.3g}, {row['seconds']:.2f} s, {row['images_per_sec']:.0f} img/s"
+    return line + (" *" if improved else "")
 
 
 def _run(
@@ -254,10 +257,15 @@ def _fit(
             run / RunDir.CHECKPOINT, model, {**metadata, "data_key": cache.key}, scalars, arrays
         )
 
+    last_plot = -math.inf
+
     def end_epoch(row: dict, improved: bool) -> None:
+        nonlocal last_plot
         if improved:
             save_model(run / RunDir.BEST, model, {**metadata, "epoch": row["epoch"]})
-        _write_history(run, trainer)
+        plot = trainer.state.finished or time.monotonic() - last_plot >= PLOT_INTERVAL
+        _write_history(run, trainer, plot)
+        last_plot = time.monotonic() if plot else last_plot
         progress.info(_epoch_line(row, config.epochs, improved))
 
     trainer = Trainer(
@@ -279,7 +287,7 @@ def _fit(
         progress.info(line)
     if checkpoint is not None:
         _restore(checkpoint, model, trainer, cache, metadata)
-        _write_history(run, trainer)
+        _write_history(run, trainer, plot=True)
         if early_stopping.best_weights is not None:
             best = {**metadata, "epoch": early_stopping.best_epoch}
             save_model(run / RunDir.BEST, model, best, weights=early_stopping.best_weights)
@@ -337,8 +345,9 @@ def _restore(checkpoint: tuple, model: Sequential, trainer: Trainer, cache, meta
     trainer.load_state_dict(scalars, arrays)
 
 
-def _write_history(run: RunDir, trainer: Trainer) -> None:
+def _write_history(run: RunDir, trainer: Trainer, plot: bool) -> None:
+    """``metrics.csv`` and, if ``plot``, ``curves.png`` (0.3 s or more to draw)."""
     history = trainer.state.history
     run.write_metrics(history)
-    if history:
+    if plot and history:
         plot_curves(run / RunDir.CURVES, history, trainer.early_stopping.best_epoch)

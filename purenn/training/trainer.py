@@ -28,9 +28,18 @@ from purenn.training.evaluation import predict_logits
 from purenn.training.metrics import accuracy
 from purenn.training.progress import Progress
 
-# Test hook (documented in docs/CLI.md): SIGKILL this process right after optimizer step N, to
-# test that a killed run resumes exactly. Read once; unset in normal use.
-KILL_AFTER_STEP_ENV = "PURENN_TEST_KILL_AFTER_STEP"
+# Test hook (documented in docs/CLI.md): PURENN_TEST_SIGNAL=KILL@7 makes the process send itself
+# SIGKILL (or INT: Ctrl-C, ...) right after optimizer step 7 and its checkpoint, if any, to test
+# that a killed or interrupted run resumes exactly. Read when the trainer is built.
+SIGNAL_ENV = "PURENN_TEST_SIGNAL"
+
+
+def _test_signal() -> tuple[signal.Signals, int] | None:
+    value = os.environ.get(SIGNAL_ENV)
+    if not value:
+        return None
+    name, _, step = value.partition("@")
+    return signal.Signals[f"SIG{name}"], int(step)
 
 
 class NonFiniteLossError(RuntimeError):
@@ -118,8 +127,7 @@ class Trainer:
         self.progress = progress
         self.state = LoopState()
         self._params = model.parameters()
-        kill = os.environ.get(KILL_AFTER_STEP_ENV)
-        self._kill_after_step = int(kill) if kill else None
+        self._test_signal = _test_signal()
 
     # -- state ----------------------------------------------------------------------------------
     def state_dict(self) -> tuple[dict, dict[str, np.ndarray]]:
@@ -188,8 +196,8 @@ class Trainer:
                     and s.batch < batches
                 ):
                     self.save_checkpoint()
-                if s.step == self._kill_after_step:
-                    os.kill(os.getpid(), signal.SIGKILL)
+                if self._test_signal and s.step == self._test_signal[1]:
+                    signal.raise_signal(self._test_signal[0])
                 if interrupt.requested:
                     self.save_checkpoint()
                     raise TrainingInterrupted(self._position())
@@ -199,18 +207,17 @@ class Trainer:
 
     def _step(self, x: np.ndarray, y: np.ndarray) -> None:
         s = self.state
-        logits = self.model.forward(x, training=True)
-        loss = self.loss_fn.forward(logits, y)
-        if not math.isfinite(loss):
-            raise NonFiniteLossError(
-                f"the loss is {loss} at epoch {s.epoch + 1}, step {s.step + 1}"
-            )
-        self.model.backward(self.loss_fn.backward())
-        norm = clip_grad_norm(self._params, self.clip_norm or math.inf)
+        where = f"at epoch {s.epoch + 1}, step {s.step + 1}"
+        # Overflow is detected here and reported once, with the step: no NumPy warnings.
+        with np.errstate(over="ignore", invalid="ignore"):
+            logits = self.model.forward(x, training=True)
+            loss = self.loss_fn.forward(logits, y)
+            if not math.isfinite(loss):
+                raise NonFiniteLossError(f"the loss is {loss} {where}")
+            self.model.backward(self.loss_fn.backward())
+            norm = clip_grad_norm(self._params, self.clip_norm or math.inf)
         if not math.isfinite(norm):
-            raise NonFiniteLossError(
-                f"the gradient norm is {norm} at epoch {s.epoch + 1}, step {s.step + 1}"
-            )
+            raise NonFiniteLossError(f"the gradient norm is {norm} {where}")
         self.optimizer.step()
         self.schedule.step()
         s.batch += 1

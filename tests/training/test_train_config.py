@@ -1,0 +1,107 @@
+"""TrainConfig: the seed's recipe as defaults, config files, overrides and validation."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from purenn.presets import build_preset
+from purenn.training import ConfigError, TrainConfig, make_config
+from purenn.training.config import KEYS
+from purenn.training.fit import make_optimizer, make_schedule
+
+
+def test_defaults_are_the_seed_recipe():
+    c = make_config()
+    assert (c.optimizer, c.lr, c.batch_size) == ("adam", 1e-3, 32)
+    assert (c.schedule, c.warmup_epochs) == ("cosine", 2.0)
+    assert (c.label_smoothing, c.clip_norm, c.patience, c.augment_factor) == (0.1, 1.0, 5, 2)
+    assert (c.weight_decay, c.weight_norm) == (0.0, False)
+    optimizer = make_optimizer(c, build_preset("demo-cnn", num_classes=3, image_size=8))
+    assert (optimizer.betas, optimizer.eps) == ((0.9, 0.999), 1e-8)
+
+
+def test_toml_and_json_files_give_the_same_config(tmp_path):
+    (tmp_path / "a.toml").write_text(
+        'epochs = 7\nlr = 0.01\noptimizer = "sgd"\nweight-norm = true\n'
+    )
+    (tmp_path / "a.json").write_text(
+        json.dumps({"epochs": 7, "lr": 0.01, "optimizer": "sgd", "weight_norm": True})
+    )
+    toml, js = make_config(tmp_path / "a.toml"), make_config(tmp_path / "a.json")
+    assert toml == js
+    assert (toml.epochs, toml.lr, toml.optimizer, toml.weight_norm) == (7, 0.01, "sgd", True)
+
+
+def test_overrides_win_over_the_file(tmp_path):
+    (tmp_path / "a.json").write_text(json.dumps({"epochs": 7, "seed": 3, "warmup_epochs": 1}))
+    c = make_config(tmp_path / "a.json", {"epochs": 2})
+    assert (c.epochs, c.seed) == (2, 3)
+
+
+def test_a_value_fixed_by_an_override_is_not_an_error_in_the_file(tmp_path):
+    """Cross-key checks run on the merged config: the file alone may not satisfy them."""
+    (tmp_path / "a.json").write_text(json.dumps({"epochs": 1}))
+    assert make_config(tmp_path / "a.json", {"epochs": 5}).epochs == 5
+    with pytest.raises(ConfigError, match="warmup_epochs must be < epochs"):
+        make_config(tmp_path / "a.json")
+
+
+def test_unknown_key_lists_the_valid_ones():
+    with pytest.raises(ConfigError, match="unknown config key 'epoch' in the arguments") as err:
+        make_config(overrides={"epoch": 3})
+    assert all(key in str(err.value) for key in KEYS)
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "message"),
+    [
+        ("epochs", 2.5, "epochs must be an int"),
+        ("epochs", True, "epochs must be an int"),
+        ("lr", "fast", "lr must be a float"),
+        ("lr", float("nan"), "lr must be a float"),
+        ("weight_norm", 1, "weight_norm must be a bool"),
+        ("optimizer", "rmsprop", "optimizer must be one of adam, adamw, sgd"),
+        ("schedule", "linear", "schedule must be one of cosine, step, constant"),
+        ("label_smoothing", 1.0, r"label_smoothing must be in \[0, 1\)"),
+        ("threads", 0, "threads must be >= 1"),
+        ("test_fraction", 1.0, r"test_fraction must be in \[0, 1\)"),
+        ("min_lr", 1.0, r"min_lr must be <= lr \(0.001\)"),
+        ("step_gamma", 0.0, r"step_gamma must be in \(0, 1\]"),
+    ],
+)
+def test_bad_values_name_the_key_and_value(key, value, message):
+    with pytest.raises(ConfigError, match=message):
+        make_config(overrides={"epochs": 3, key: value})
+
+
+def test_ints_are_accepted_for_floats_and_stored_as_floats():
+    c = make_config(overrides={"lr": 1, "warmup_epochs": 0})
+    assert c.lr == 1.0 and isinstance(c.lr, float)
+
+
+def test_resolved_config_is_json_round_trippable(tmp_path):
+    c = make_config(overrides={"data_dir": "/data", "threads": 2})
+    (tmp_path / "config.json").write_text(json.dumps(c.to_dict()))
+    assert make_config(tmp_path / "config.json") == c
+    assert TrainConfig(**c.to_dict()) == c
+
+
+@pytest.mark.parametrize(
+    ("overrides", "lrs"),
+    [
+        # 4 steps per epoch: warmup over 2 epochs from 0, then a cosine over the other 2.
+        ({"schedule": "cosine", "warmup_epochs": 2.0, "epochs": 4}, [0.0, 0.125, 0.5, 0.875, 1.0]),
+        (
+            {"schedule": "step", "step_epochs": 0.5, "step_gamma": 0.5},
+            [1.0, 1.0, 0.25, 0.125, 0.0625],
+        ),
+        ({"schedule": "constant"}, [1.0] * 5),
+    ],
+)
+def test_schedules_are_stepped_per_batch_with_epochs_converted(overrides, lrs):
+    c = make_config(overrides={"lr": 1.0, **overrides})
+    optimizer = make_optimizer(c, build_preset("demo-cnn", num_classes=3, image_size=8))
+    schedule = make_schedule(c, optimizer, steps_per_epoch=4)
+    assert [schedule.lr_at(step) for step in (0, 1, 4, 7, 8)] == pytest.approx(lrs)
