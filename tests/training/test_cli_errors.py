@@ -106,7 +106,7 @@ def test_config_file_must_exist_and_be_toml_or_json(cli, colour_folder, tmp_path
     [
         (["--lr", "-1"], "lr must be > 0, received: lr=-1.0"),
         (["--val-fraction", "0.6", "--test-fraction", "0.5"], "val_fraction + test_fraction"),
-        (["--epochs", "2", "--warmup-epochs", "2"], "warmup_epochs must be < epochs (2)"),
+        (["--epochs", "2", "--warmup-epochs", "2"], "warmup_epochs must be < epochs (2; use warmup_epochs 0"),
         (["--batch-size", "0"], "batch_size must be >= 1"),
     ],
 )
