@@ -50,6 +50,16 @@ class _Parser(argparse.ArgumentParser):
         self.exit(EXIT_USAGE, f"purenn: error: {message} (see {self.prog} --help)\n")
 
 
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise ValueError(text)
+    return value
+
+
+_positive_int.__name__ = "positive int"  # argparse names the type in its message
+
+
 def _flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
@@ -167,7 +177,9 @@ def _cmd_summary(args: argparse.Namespace, progress: Progress) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace, progress: Progress) -> int:
-    overrides = {k: getattr(args, k) for k in ("epochs", "seed", "threads") if getattr(args, k)}
+    overrides = {
+        k: getattr(args, k) for k in ("epochs", "seed", "threads") if getattr(args, k) is not None
+    }
     start = time.perf_counter()
     result = run_demo(args.out, overwrite=args.overwrite, progress=progress, **overrides)
     report = result.test_report
@@ -209,19 +221,19 @@ def build_parser() -> argparse.ArgumentParser:
         help="for report.json and confusion.png "
         "(default: <model folder>/eval-<data folder>[-<split>])",
     )
-    p.add_argument("--batch-size", type=int, default=64, metavar="N")
+    p.add_argument("--batch-size", type=_positive_int, default=64, metavar="N")
     p.add_argument("--cache-dir", metavar="DIR", help="decoded-image cache")
     p.add_argument("--json", action="store_true", help="print the JSON report")
-    p.add_argument("--threads", type=int, metavar="N")
+    p.add_argument("--threads", type=_positive_int, metavar="N")
     p.set_defaults(func=_cmd_evaluate)
 
     p = commands.add_parser("predict", help="top-k classes of image files")
     p.add_argument("model", metavar="MODEL", help="a .npz model file")
     p.add_argument("images", nargs="+", metavar="IMAGE", help="image files or folders")
-    p.add_argument("--top-k", type=int, default=5, metavar="K")
-    p.add_argument("--batch-size", type=int, default=64, metavar="N")
+    p.add_argument("--top-k", type=_positive_int, default=5, metavar="K")
+    p.add_argument("--batch-size", type=_positive_int, default=64, metavar="N")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    p.add_argument("--threads", type=int, metavar="N")
+    p.add_argument("--threads", type=_positive_int, metavar="N")
     p.set_defaults(func=_cmd_predict)
 
     p = commands.add_parser("summary", help="layers, output shapes, parameters, FLOPs")
@@ -234,9 +246,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = commands.add_parser("demo", help="train a small CNN on the digits shipped with sklearn")
     p.add_argument("--out", metavar="RUN_DIR", help="keep the run folder here")
     p.add_argument("--overwrite", action="store_true", help="reuse an existing run folder")
-    p.add_argument("--epochs", type=int, metavar="N")
+    p.add_argument("--epochs", type=_positive_int, metavar="N")
     p.add_argument("--seed", type=int, metavar="N")
-    p.add_argument("--threads", type=int, metavar="N")
+    p.add_argument("--threads", type=_positive_int, metavar="N")
     p.set_defaults(func=_cmd_demo)
 
     for sub in commands.choices.values():

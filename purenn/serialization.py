@@ -182,8 +182,12 @@ def save_model(
     return _write_archive(path, weights, _header(MODEL_FORMAT, model, metadata))
 
 
-def load_model(path: str | Path) -> tuple[Sequential, dict]:
+def load_model(path: str | Path, require: tuple[str, ...] = ()) -> tuple[Sequential, dict]:
     """Read a model file (or a checkpoint, giving its latest weights).
+
+    Args:
+        path: the file.
+        require: metadata keys the caller needs (e.g. ``("class_names", "image_size")``).
 
     Returns:
         ``(model, metadata)``: the rebuilt model in eval mode, and the JSON header (the
@@ -192,9 +196,13 @@ def load_model(path: str | Path) -> tuple[Sequential, dict]:
 
     Raises:
         ModelFileError: the file is missing, a pickle, not an ``.npz``, lacks the purenn entry,
-            has a newer format version, or its arrays do not fit its architecture.
+            has a newer format version, its arrays do not fit its architecture, or a key of
+            ``require`` is missing.
     """
     arrays, header = _read_archive(path)
+    missing = [key for key in require if key not in header]
+    if missing:
+        raise ModelFileError(f"model file {path} lacks the metadata {missing}")
     return _build_model(Path(path), arrays, header).eval(), header
 
 

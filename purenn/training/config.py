@@ -14,6 +14,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from purenn.data.decode import MIN_IMAGE_SIZE
 from purenn.presets import PRESETS
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
@@ -110,7 +111,8 @@ def validate(config: TrainConfig) -> TrainConfig:
     for name in KEYS:
         setattr(config, name, _check_type(name, getattr(config, name)))
     c = config
-    for name in ("image_size", "epochs", "batch_size", "augment_factor"):
+    _require(c.image_size >= MIN_IMAGE_SIZE, "image_size", f">= {MIN_IMAGE_SIZE}", c.image_size)
+    for name in ("epochs", "batch_size", "augment_factor"):
         _require(getattr(c, name) >= 1, name, ">= 1", getattr(c, name))
     for name in ("patience", "seed", "checkpoint_steps"):
         _require(getattr(c, name) >= 0, name, ">= 0", getattr(c, name))

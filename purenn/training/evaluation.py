@@ -14,6 +14,7 @@ from purenn.serialization import atomic_write, load_model
 from purenn.training.metrics import classification_report
 from purenn.training.pipeline import SPLITS, open_cache, split_indices
 from purenn.training.plots import plot_confusion
+from purenn.training.prediction import INFERENCE_KEYS
 
 REPORT_FILE = "report.json"
 CONFUSION_FILE = "confusion.png"
@@ -82,7 +83,9 @@ def evaluate(
     """
     if split not in ("all", *SPLITS):
         raise ValueError(f"split must be one of all, {', '.join(SPLITS)}, received: {split!r}")
-    model, meta = load_model(model_path)
+    model, meta = load_model(
+        model_path, require=INFERENCE_KEYS + (() if split == "all" else ("split",))
+    )
     scan = scan_image_folder(data_dir)
     known = {name: i for i, name in enumerate(meta["class_names"])}
     unknown = [name for name in scan.class_names if name not in known]

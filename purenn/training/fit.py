@@ -9,6 +9,7 @@ test split (``report.json``, ``confusion.png``).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 import time
 from dataclasses import dataclass
@@ -79,10 +80,10 @@ def train(
         NonFiniteLossError: the loss diverged; the last good checkpoint is kept.
         TrainingInterrupted: Ctrl-C; a checkpoint was written.
     """
-    config = validate(config)
+    config = validate(dataclasses.replace(config))
     if config.data_dir is None:
         raise ConfigError("data_dir is required (the image folder to train on)")
-    scan = scan_image_folder(config.data_dir)
+    scan, model = _prepare(config)
     config.data_dir = str(scan.root)
     if config.out is None:
         config.out = f"runs/{config.preset}-{time.strftime('%Y%m%d-%H%M%S')}"
@@ -91,7 +92,7 @@ def train(
     if config.cache_dir is not None:
         config.cache_dir = str(Path(config.cache_dir).expanduser().absolute())
     run.write_config(config.to_dict())
-    return _run(config, run, scan, None, progress or Progress())
+    return _run(config, run, scan, model, None, progress or Progress())
 
 
 def resume(
@@ -117,8 +118,21 @@ def resume(
     checkpoint = None
     if (run / RunDir.CHECKPOINT).exists():
         checkpoint = load_checkpoint(run / RunDir.CHECKPOINT)
+    scan, model = _prepare(config)
+    return _run(config, run, scan, model, checkpoint, progress or Progress())
+
+
+def _prepare(config: TrainConfig) -> tuple[FolderScan, Sequential]:
+    """Scan the data folder and build the initial model: the checks that precede any work."""
     scan = scan_image_folder(config.data_dir)
-    return _run(config, run, scan, checkpoint, progress or Progress())
+    model = build_preset(
+        config.preset,
+        num_classes=len(scan.class_names),
+        image_size=config.image_size,
+        seed=config.seed,
+        weight_norm=config.weight_norm,
+    )
+    return scan, model
 
 
 def make_optimizer(config: TrainConfig, model: Sequential) -> Optimizer:
@@ -196,6 +210,7 @@ def _run(
     config: TrainConfig,
     run: RunDir,
     scan: FolderScan,
+    model: Sequential,
     checkpoint: tuple | None,
     progress: Progress,
 ) -> RunResult:
@@ -212,24 +227,18 @@ def _run(
             progress.bars,
         )
         run.write_skipped(data.cache.skipped_path)
-        return _fit(config, run, data, checkpoint, progress)
+        return _fit(config, run, data, model, checkpoint, progress)
 
 
 def _fit(
     config: TrainConfig,
     run: RunDir,
     data: TrainingData,
+    model: Sequential,
     checkpoint: tuple | None,
     progress: Progress,
 ) -> RunResult:
     cache = data.cache
-    model = build_preset(
-        config.preset,
-        num_classes=len(cache.class_names),
-        image_size=config.image_size,
-        seed=config.seed,
-        weight_norm=config.weight_norm,
-    )
     optimizer = make_optimizer(config, model)
     train_loader = data.loader("train", config.batch_size, config.seed, config.augment_factor)
     schedule = make_schedule(config, optimizer, len(train_loader))

@@ -9,6 +9,9 @@ import numpy as np
 from purenn.data import IMAGE_EXTENSIONS, DataError, load_image, normalize_batch
 from purenn.serialization import load_model
 
+# What a model file must hold besides its weights to classify image files.
+INFERENCE_KEYS = ("class_names", "image_size", "mean", "std")
+
 
 def collect_images(paths: list[str | Path]) -> list[Path]:
     """The files given, and the image files inside the folders given (recursively, sorted).
@@ -63,9 +66,10 @@ def predict(
     Raises:
         ModelFileError: not a purenn model. DataError: missing or unreadable image.
     """
-    if top_k < 1:
-        raise ValueError(f"top_k must be >= 1, received: top_k={top_k}")
-    model, meta = load_model(model_path)
+    for name, value in (("top_k", top_k), ("batch_size", batch_size)):
+        if value < 1:
+            raise ValueError(f"{name} must be >= 1, received: {name}={value}")
+    model, meta = load_model(model_path, require=INFERENCE_KEYS)
     files = collect_images(paths)
     images = np.stack([load_image(f, meta["image_size"]) for f in files])
     names = meta["class_names"]

@@ -214,7 +214,7 @@ class Trainer:
             loss = self.loss_fn.forward(logits, y)
             if not math.isfinite(loss):
                 raise NonFiniteLossError(f"the loss is {loss} {where}")
-            self.model.backward(self.loss_fn.backward())
+            self.model.backward(self.loss_fn.backward(), input_grad=False)
             norm = clip_grad_norm(self._params, self.clip_norm or math.inf)
         if not math.isfinite(norm):
             raise NonFiniteLossError(f"the gradient norm is {norm} {where}")

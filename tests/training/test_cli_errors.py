@@ -75,6 +75,15 @@ def test_unknown_preset(cli, colour_folder, tmp_path):
     assert result.err.startswith("purenn: error: ") and result.err.count("\n") == 1
 
 
+def test_image_size_the_preset_cannot_take(cli, colour_folder, tmp_path):
+    out, cache = tmp_path / "run", tmp_path / "c"
+    args = ("train", colour_folder, "--out", out, "--cache-dir", cache, "--preset")
+    result = cli(*args, "plantvillage-cnn", "--image-size", 24)
+    assert_usage_error(result, "must be a multiple of 16", "image_size=24")
+    assert_usage_error(cli(*args, "demo-cnn", "--image-size", 4), "image_size must be >= 8")
+    assert not out.exists() and not cache.exists()
+
+
 @pytest.mark.parametrize(
     ("text", "fragments"),
     [
@@ -106,7 +115,10 @@ def test_config_file_must_exist_and_be_toml_or_json(cli, colour_folder, tmp_path
     [
         (["--lr", "-1"], "lr must be > 0, received: lr=-1.0"),
         (["--val-fraction", "0.6", "--test-fraction", "0.5"], "val_fraction + test_fraction"),
-        (["--epochs", "2", "--warmup-epochs", "2"], "warmup_epochs must be < epochs (2; use warmup_epochs 0"),
+        (
+            ["--epochs", "2", "--warmup-epochs", "2"],
+            "warmup_epochs must be < epochs (2; use warmup_epochs 0",
+        ),
         (["--batch-size", "0"], "batch_size must be >= 1"),
     ],
 )
@@ -188,6 +200,14 @@ def test_object_arrays_are_never_unpickled(tmp_path):
     with pytest.raises(ModelFileError, match="damaged model file"):
         load_model(path)
     assert not (tmp_path / "pwned").exists()
+
+
+def test_model_files_without_the_metadata_a_command_needs(cli, colour_folder, model_file, tmp_path):
+    bare = save_model(tmp_path / "bare.npz", build_preset("demo-cnn", 3, 8), {})
+    result = cli("predict", bare, colour_folder / "red" / "00.png")
+    assert_usage_error(result, str(bare), "lacks the metadata ['class_names', 'image_size'")
+    result = cli("evaluate", model_file, colour_folder, "--split", "test")
+    assert_usage_error(result, str(model_file), "lacks the metadata ['split']")
 
 
 # -- predict -------------------------------------------------------------------------------------
