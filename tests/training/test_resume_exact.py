@@ -16,7 +16,7 @@ import time
 import numpy as np
 import pytest
 
-from purenn.serialization import load_checkpoint
+from purenn.serialization import ModelFileError, load_checkpoint
 
 TIMING = ("seconds", "images_per_sec")
 
@@ -95,21 +95,39 @@ def test_killed_at_several_steps_resumes_to_identical_weights(
     assert_same_run(out, reference, metrics_reader)
 
 
+def checkpoint_step(out) -> int:
+    """The step of the checkpoint on disk (-1 before the first); safe while it is replaced."""
+    try:
+        return load_checkpoint(out / "last.ckpt.npz")[2]["loop"]["step"]
+    except ModelFileError:
+        return -1
+
+
 def test_killed_at_random_moments_resumes_to_identical_weights(
     run_args, reference, tmp_path, purenn_subprocess, metrics_reader
 ):
-    """Kills land anywhere: during start-up, a step, validation, a file write, the test report."""
+    """Kills land anywhere: start-up, a step, validation, a file being written.
+
+    The first kill comes at a random time after start; the others a random few milliseconds
+    after the checkpoint on disk reaches a random step, i.e. anywhere in the following steps.
+    """
     out = tmp_path / "run"
-    delays = random.Random(0)
+    rng = random.Random(0)
     process = purenn_subprocess(*run_args, "--out", out)
-    for _ in range(6):
-        time.sleep(delays.uniform(0.5, 2.5))
+    time.sleep(rng.uniform(0.1, 0.6))
+    kills = []
+    for target in [None, *sorted(rng.sample(range(2, 19), 3))]:
+        while target is not None and process.poll() is None and checkpoint_step(out) < target:
+            time.sleep(0.005)
+        time.sleep(rng.uniform(0, 0.05))
         if process.poll() is not None:
             break
         process.kill()
         process.communicate(timeout=60)
+        kills.append(checkpoint_step(out))
         process = purenn_subprocess("train", "--resume", out)
     finish(process)
+    assert len(kills) >= 3, kills
     assert_same_run(out, reference, metrics_reader)
 
 
