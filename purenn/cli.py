@@ -106,13 +106,16 @@ def _cmd_train(args: argparse.Namespace, progress: Progress) -> int:
     if args.data_dir is not None:
         given["data_dir"] = args.data_dir
     if args.resume is not None:
-        fixed = [name for name in given if name not in RESUMABLE_OVERRIDES]
-        if fixed or args.config or args.overwrite:
-            what = "DATA_DIR" if fixed == ["data_dir"] else _flag(fixed[0]) if fixed else None
-            what = what or ("--config" if args.config else "--overwrite")
+        conflicts = [
+            "DATA_DIR" if name == "data_dir" else _flag(name)
+            for name in given
+            if name not in RESUMABLE_OVERRIDES
+        ]
+        conflicts += [flag for flag in ("--config", "--overwrite") if getattr(args, flag[2:])]
+        if conflicts:
             raise UsageError(
-                f"{what} cannot be used with --resume: a resumed run keeps the config saved "
-                f"in {Path(args.resume) / 'config.json'}"
+                f"{conflicts[0]} cannot be used with --resume: a resumed run keeps the config "
+                f"saved in {Path(args.resume) / 'config.json'}"
             )
         result = resume(args.resume, threads=given.get("threads"), progress=progress)
     else:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import logging
 import math
 import time
 from dataclasses import dataclass
@@ -18,7 +19,7 @@ from pathlib import Path
 from threadpoolctl import threadpool_info, threadpool_limits
 
 import purenn
-from purenn.data import DataError, FolderScan, scan_image_folder
+from purenn.data import DataError, FolderScan, ImageCache, scan_image_folder
 from purenn.losses import SoftmaxCrossEntropy
 from purenn.model import Sequential
 from purenn.optim import SGD, Adam, AdamW, Optimizer
@@ -39,6 +40,8 @@ from purenn.training.plots import plot_curves
 from purenn.training.progress import Progress
 from purenn.training.rundir import RunDir
 from purenn.training.trainer import NonFiniteLossError, Trainer, TrainingInterrupted
+
+logger = logging.getLogger(__name__)
 
 # Seconds between redraws of curves.png during training (always drawn after the last epoch).
 PLOT_INTERVAL = 30.0
@@ -119,6 +122,11 @@ def resume(
     if (run / RunDir.CHECKPOINT).exists():
         checkpoint = load_checkpoint(run / RunDir.CHECKPOINT)
     scan, model = _prepare(config)
+    if checkpoint is not None and checkpoint[1]["class_names"] != scan.class_names:
+        raise DataError(
+            f"the classes under {scan.root} changed since the run started "
+            f"(was {checkpoint[1]['class_names']}, now {scan.class_names})"
+        )
     return _run(config, run, scan, model, checkpoint, progress or Progress())
 
 
@@ -242,22 +250,7 @@ def _fit(
     optimizer = make_optimizer(config, model)
     train_loader = data.loader("train", config.batch_size, config.seed, config.augment_factor)
     schedule = make_schedule(config, optimizer, len(train_loader))
-    metadata = {
-        "class_names": cache.class_names,
-        "image_size": config.image_size,
-        "in_channels": 3,
-        "mean": data.mean.tolist(),
-        "std": data.std.tolist(),
-        "preset": config.preset,
-        "data_dir": str(cache.root),
-        "split": {
-            "val_fraction": config.val_fraction,
-            "test_fraction": config.test_fraction,
-            "seed": config.seed,
-            "presplit": cache.subset is not None,
-        },
-        "purenn_version": purenn.__version__,
-    }
+    metadata = _model_metadata(config, data)
     early_stopping = EarlyStopping(config.patience)
 
     def save() -> None:
@@ -295,7 +288,7 @@ def _fit(
     for line in _describe(config, data, model, len(train_loader)):
         progress.info(line)
     if checkpoint is not None:
-        _restore(checkpoint, model, trainer, cache, metadata)
+        _restore(checkpoint, trainer, cache)
         _write_history(run, trainer, plot=True)
         if early_stopping.best_weights is not None:
             best = {**metadata, "epoch": early_stopping.best_epoch}
@@ -318,10 +311,43 @@ def _fit(
             f"with: purenn train --resume {run.path}"
         ) from None
 
+    return _finish(config, run, data, trainer, metadata, progress)
+
+
+def _model_metadata(config: TrainConfig, data: TrainingData) -> dict:
+    """What a model file of this run holds besides its weights (see docs/CLI.md)."""
+    cache = data.cache
+    return {
+        "class_names": cache.class_names,
+        "image_size": config.image_size,
+        "in_channels": 3,
+        "mean": data.mean.tolist(),
+        "std": data.std.tolist(),
+        "preset": config.preset,
+        "data_dir": str(cache.root),
+        "split": {
+            "val_fraction": config.val_fraction,
+            "test_fraction": config.test_fraction,
+            "seed": config.seed,
+            "presplit": cache.subset is not None,
+        },
+        "purenn_version": purenn.__version__,
+    }
+
+
+def _finish(
+    config: TrainConfig,
+    run: RunDir,
+    data: TrainingData,
+    trainer: Trainer,
+    metadata: dict,
+    progress: Progress,
+) -> RunResult:
+    """After the last epoch: restore the best weights, save best.npz, evaluate the test split."""
+    model, early_stopping, s = trainer.model, trainer.early_stopping, trainer.state
     early_stopping.restore(model)
     model.eval()
     save_model(run / RunDir.BEST, model, {**metadata, "epoch": early_stopping.best_epoch})
-    s = trainer.state
     stopped_early = s.epoch < config.epochs
     progress.info(
         ("early stopping: " if stopped_early else "done: ")
@@ -332,25 +358,22 @@ def _fit(
     test_loader = data.loader("test", config.batch_size)
     if test_loader is not None:
         logits, labels = predict_logits(model, test_loader)
-        report = classification_report(logits, labels, cache.class_names)
+        report = classification_report(logits, labels, data.cache.class_names)
         write_report(run.path, {"model": str(run / RunDir.BEST), "split": "test", **report})
         progress.info(format_report(report))
     return RunResult(run.path, model, s.history, early_stopping.best_epoch, stopped_early, report)
 
 
-def _restore(checkpoint: tuple, model: Sequential, trainer: Trainer, cache, metadata: dict) -> None:
+def _restore(checkpoint: tuple, trainer: Trainer, cache: ImageCache) -> None:
+    """Load a checkpoint's weights and loop state, after checking it fits the data."""
     saved_model, saved_meta, scalars, arrays = checkpoint
-    if saved_meta["class_names"] != cache.class_names:
-        raise DataError(
-            f"the classes under {cache.root} changed since the run started "
-            f"(was {saved_meta['class_names']}, now {cache.class_names})"
-        )
     if saved_meta.get("data_key") != cache.key:
-        trainer.progress.info(
-            f"warning: the files under {cache.root} changed since the run started; the resumed "
-            "run will not match an uninterrupted one"
+        logger.warning(
+            "the files under %s changed since the run started; the resumed run will not match "
+            "an uninterrupted one",
+            cache.root,
         )
-    model.load_state_dict(saved_model.state_dict())
+    trainer.model.load_state_dict(saved_model.state_dict())
     trainer.load_state_dict(scalars, arrays)
 
 

@@ -4,6 +4,7 @@ traceback, and nothing done (no cache built, no existing file touched)."""
 from __future__ import annotations
 
 import pickle
+import shutil
 import zipfile
 
 import numpy as np
@@ -232,3 +233,17 @@ def test_summary_of_something_unknown(cli):
 def test_evaluate_folder_with_classes_the_model_does_not_know(cli, model_file, colour_folder):
     result = cli("evaluate", model_file, colour_folder)
     assert_usage_error(result, "class folder 'blue'", "not one of the model's")
+
+
+def test_resume_after_the_data_changed(cli, colour_folder, tiny_args, tmp_path, caplog):
+    data, run = tmp_path / "data", tmp_path / "run"
+    shutil.copytree(colour_folder, data)
+    assert cli("train", data, "--out", run, "--epochs", 1, "-q", *tiny_args).code == 0
+
+    (data / "red" / "00.png").unlink()  # other files: a warning, and the run goes on
+    result = cli("train", "--resume", run, "-q")
+    assert result.code == 0 and "changed since the run started" in caplog.text
+
+    shutil.copytree(data / "red", data / "yellow")  # other classes: the model cannot fit them
+    result = cli("train", "--resume", run)
+    assert_usage_error(result, "classes under", "changed since the run started", "yellow")
