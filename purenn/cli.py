@@ -7,17 +7,15 @@ on stderr, no traceback); 130 interrupted (Ctrl-C; ``train`` saves a checkpoint 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-from threadpoolctl import threadpool_limits
-
 import purenn
 from purenn.presets import PRESETS, build_preset
+from purenn.runtime import limit_threads
 from purenn.serialization import load_model
 from purenn.training import (
     NonFiniteLossError,
@@ -84,10 +82,6 @@ def _add_config_flags(parser: argparse.ArgumentParser) -> None:
         parser.add_argument(_flag(name), dest=name, **kwargs)
 
 
-def _threads(n: int | None):
-    return threadpool_limits(n) if n else contextlib.nullcontext()
-
-
 def _writable_folder(path: Path) -> Path:
     try:
         path.mkdir(parents=True, exist_ok=True)
@@ -135,7 +129,7 @@ def _cmd_evaluate(args: argparse.Namespace, progress: Progress) -> int:
     out = Path(args.out) if args.out else default_eval_dir(args.model, args.data_dir, args.split)
     load_model(args.model)  # a bad model file is reported before the folder is created
     _writable_folder(out.absolute())
-    with _threads(args.threads):
+    with limit_threads(args.threads):
         report = evaluate(
             args.model,
             args.data_dir,
@@ -155,7 +149,7 @@ def _cmd_evaluate(args: argparse.Namespace, progress: Progress) -> int:
 
 
 def _cmd_predict(args: argparse.Namespace, progress: Progress) -> int:
-    with _threads(args.threads):
+    with limit_threads(args.threads):
         results = predict(args.model, args.images, top_k=args.top_k, batch_size=args.batch_size)
     print(json.dumps(results, indent=2) if args.json else format_predictions(results))
     return EXIT_OK

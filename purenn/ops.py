@@ -1,11 +1,14 @@
 """Pure array functions shared by the layers: window geometry, im2col / col2im, log-softmax.
 
-Everything here is stateless and imports only NumPy. Image tensors are NCHW.
+Everything here is stateless. Image tensors are NCHW. im2col and col2im split the batch over
+threads (``purenn.parallel``), which is exact: each thread copies or adds its own samples.
 """
 
 from __future__ import annotations
 
 import numpy as np
+
+from purenn.parallel import over_batch
 
 
 def pair(value: int | tuple[int, int], name: str) -> tuple[int, int]:
@@ -118,14 +121,19 @@ def im2col(
     if out is None:
         out = np.empty((n, c * kh * kw, out_h * out_w), dtype=x.dtype)
     col = out.reshape(n, c, kh, kw, out_h, out_w)
-    for i, j, rows, columns, source in _offset_windows(x.shape, kernel, stride, pads):
-        block = col[:, :, i, j]
-        block[:, :, rows, columns] = x[source]
-        # The border of this offset's block reads padding: zero it (four thin strips).
-        block[:, :, : rows.start] = 0
-        block[:, :, rows.stop :] = 0
-        block[:, :, :, : columns.start] = 0
-        block[:, :, :, columns.stop :] = 0
+    windows = list(_offset_windows(x.shape, kernel, stride, pads))
+
+    def gather(batch: slice) -> None:
+        for i, j, rows, columns, source in windows:
+            block = col[batch, :, i, j]
+            block[:, :, rows, columns] = x[batch][source]
+            # The border of this offset's block reads padding: zero it (four thin strips).
+            block[:, :, : rows.start] = 0
+            block[:, :, rows.stop :] = 0
+            block[:, :, :, : columns.start] = 0
+            block[:, :, :, columns.stop :] = 0
+
+    over_batch(n, gather, out.nbytes)
     return out
 
 
@@ -160,13 +168,19 @@ def col2im(
         for k, (_, _, rows, columns, _) in enumerate(windows)
         if stride == (1, 1) and rows.stop - rows.start == h and columns.stop - columns.start == w
     ]
-    if covering:
-        i, j, rows, columns, _ = windows.pop(covering[0])
-        grad = np.array(cols[:, :, i, j, rows, columns], dtype=col.dtype, order="C")
-    else:
-        grad = np.zeros(input_shape, dtype=col.dtype)
-    for i, j, rows, columns, source in windows:
-        grad[source] += cols[:, :, i, j, rows, columns]
+    first = windows.pop(covering[0]) if covering else None
+    grad = np.empty(input_shape, dtype=col.dtype)
+
+    def scatter(batch: slice) -> None:
+        if first is None:
+            grad[batch] = 0
+        else:
+            i, j, rows, columns, _ = first
+            grad[batch] = cols[batch, :, i, j, rows, columns]
+        for i, j, rows, columns, source in windows:
+            grad[batch][source] += cols[batch, :, i, j, rows, columns]
+
+    over_batch(n, scatter, col.nbytes)
     return grad
 
 

@@ -1,4 +1,4 @@
-"""Process-wide settings that make training faster: the C allocator's treatment of big arrays.
+"""Process-wide settings for speed: thread counts, and the C allocator's treatment of big arrays.
 
 A training step allocates and frees the same large activations every step. By default glibc
 serves every allocation above 32 MB with a fresh ``mmap`` and returns it with ``munmap`` when
@@ -9,9 +9,15 @@ in malloc's heap lets the next step reuse the same pages.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
 import sys
+from collections.abc import Iterator
+
+from threadpoolctl import threadpool_limits
+
+from purenn import parallel
 
 # mallopt parameter numbers from glibc's <malloc.h>.
 _M_TRIM_THRESHOLD = -1
@@ -37,3 +43,21 @@ def retain_freed_memory() -> bool:
         return False
     mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
     return bool(mallopt(_M_MMAP_MAX, 0)) and bool(mallopt(_M_TRIM_THRESHOLD, 2**31 - 1))
+
+
+@contextlib.contextmanager
+def limit_threads(threads: int | None) -> Iterator[None]:
+    """Within the block, BLAS and purenn's own batch-parallel work use ``threads`` threads.
+
+    None leaves both at their defaults (all available cores).
+    """
+    if threads is None:
+        yield
+        return
+    previous = parallel.num_threads()
+    parallel.set_num_threads(threads)
+    try:
+        with threadpool_limits(threads):
+            yield
+    finally:
+        parallel.set_num_threads(previous)

@@ -5,18 +5,35 @@ from __future__ import annotations
 import numpy as np
 
 from purenn.layers.base import Layer, as_float_array
+from purenn.parallel import over_batch
 
 
 class ReLU(Layer):
-    """``max(x, 0)``; derivative 1 where x > 0, else 0 (kept as a boolean mask)."""
+    """``max(x, 0)``; derivative 1 where x > 0, else 0 (kept as a boolean mask).
+
+    Both passes split the batch over threads (``purenn.parallel``; exact, element-wise).
+    """
 
     def forward(self, x: np.ndarray, training: bool = True) -> np.ndarray:
         x = as_float_array(x)
-        self._mask = x > 0
-        return np.multiply(x, self._mask, dtype=x.dtype)
+        self._mask = np.empty(x.shape, dtype=bool)
+        y = np.empty_like(x)
+
+        def relu(rows: slice) -> None:
+            np.greater(x[rows], 0, out=self._mask[rows])
+            np.multiply(x[rows], self._mask[rows], out=y[rows])
+
+        over_batch(len(x), relu, x.nbytes)
+        return y
 
     def backward(self, grad_out: np.ndarray, input_grad: bool = True) -> np.ndarray:
-        return np.multiply(grad_out, self._mask, dtype=grad_out.dtype)
+        dx = np.empty_like(grad_out)
+
+        def gate(rows: slice) -> None:
+            np.multiply(grad_out[rows], self._mask[rows], out=dx[rows])
+
+        over_batch(len(dx), gate, dx.nbytes)
+        return dx
 
     def flops(self, input_shape: tuple[int, ...]) -> int:
         return int(np.prod(input_shape))

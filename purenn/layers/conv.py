@@ -20,6 +20,7 @@ import numpy as np
 from purenn.layers.base import check_positive_int
 from purenn.layers.weighted import WeightedLayer
 from purenn.ops import col2im, im2col, output_size, pair
+from purenn.parallel import over_batch
 
 
 def resolve_padding(padding, kernel: tuple[int, int], stride: tuple[int, int]):
@@ -113,7 +114,8 @@ class Conv2D(WeightedLayer):
         self._w = self.weight()
         y = np.matmul(self._w.reshape(self.out_channels, -1), self._col)  # (N, O, P)
         if self.use_bias:
-            y += self.params["bias"][:, None]
+            bias = self.params["bias"][:, None]
+            over_batch(len(y), lambda rows: np.add(y[rows], bias, out=y[rows]), y.nbytes)
         return y.reshape(x.shape[0], self.out_channels, out_h, out_w)
 
     def backward(self, grad_out: np.ndarray, input_grad: bool = True) -> np.ndarray | None:

@@ -11,6 +11,7 @@ import numpy as np
 
 from purenn.layers.base import Layer, as_float_array
 from purenn.ops import output_size, pair, window_slices
+from purenn.parallel import over_batch
 
 
 class _Pool2D(Layer):
@@ -94,13 +95,22 @@ class MaxPool2D(_Pool2D):
         the column-maxima won. Strict comparisons keep the first maximum in row-major order,
         as PyTorch does; the masks (1.5 bits per input element) are all backward needs.
         """
+        n, c = x.shape[:2]
         x = x[:, :, : 2 * out_h, : 2 * out_w]  # odd borders are outside every window
-        left, right = x[..., 0::2], x[..., 1::2]
-        self._right = right > left
-        columns = np.maximum(left, right)  # (N, C, 2*Ho, Wo)
-        top, bottom = columns[:, :, 0::2], columns[:, :, 1::2]
-        self._lower = bottom > top
-        return np.maximum(top, bottom)
+        out = np.empty((n, c, out_h, out_w), dtype=x.dtype)
+        self._right = np.empty((n, c, 2 * out_h, out_w), dtype=bool)
+        self._lower = np.empty((n, c, out_h, out_w), dtype=bool)
+
+        def pool(batch: slice) -> None:
+            left, right = x[batch, :, :, 0::2], x[batch, :, :, 1::2]
+            np.greater(right, left, out=self._right[batch])
+            columns = np.maximum(left, right)  # (n, C, 2*Ho, Wo)
+            top, bottom = columns[:, :, 0::2], columns[:, :, 1::2]
+            np.greater(bottom, top, out=self._lower[batch])
+            np.maximum(top, bottom, out=out[batch])
+
+        over_batch(n, pool, x.nbytes)
+        return out
 
     def _backward_2x2(self, dy: np.ndarray) -> np.ndarray:
         """Route dy back through the row choice, then the column choice (each exactly split)."""
@@ -108,13 +118,18 @@ class MaxPool2D(_Pool2D):
         out_h, out_w = dy.shape[2:]
         odd = h % 2 or w % 2
         dx = (np.zeros if odd else np.empty)(self._input_shape, dtype=self._dtype)
-        d_columns = np.empty((n, c, 2 * out_h, out_w), dtype=self._dtype)
-        # dy * mask and dy - dy * mask are dy or 0 exactly: the gradient is split, not scaled.
-        np.multiply(dy, self._lower, out=d_columns[:, :, 1::2])
-        np.subtract(dy, d_columns[:, :, 1::2], out=d_columns[:, :, 0::2])
-        inside = dx[:, :, : 2 * out_h, : 2 * out_w]
-        np.multiply(d_columns, self._right, out=inside[..., 1::2])
-        np.subtract(d_columns, inside[..., 1::2], out=inside[..., 0::2])
+
+        def route(batch: slice) -> None:
+            dy_rows = dy[batch]
+            d_columns = np.empty((len(dy_rows), c, 2 * out_h, out_w), dtype=self._dtype)
+            # dy * mask and dy - dy * mask are dy or 0 exactly: the gradient is split, not scaled.
+            np.multiply(dy_rows, self._lower[batch], out=d_columns[:, :, 1::2])
+            np.subtract(dy_rows, d_columns[:, :, 1::2], out=d_columns[:, :, 0::2])
+            inside = dx[batch, :, : 2 * out_h, : 2 * out_w]
+            np.multiply(d_columns, self._right[batch], out=inside[..., 1::2])
+            np.subtract(d_columns, inside[..., 1::2], out=inside[..., 0::2])
+
+        over_batch(n, route, dx.nbytes)
         return dx
 
     def backward(self, grad_out: np.ndarray, input_grad: bool = True) -> np.ndarray:

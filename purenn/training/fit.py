@@ -8,7 +8,6 @@ test split (``report.json``, ``confusion.png``).
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import logging
 import math
@@ -16,7 +15,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from threadpoolctl import threadpool_info, threadpool_limits
+from threadpoolctl import threadpool_info
 
 import purenn
 from purenn.data import DataError, FolderScan, ImageCache, scan_image_folder
@@ -24,6 +23,7 @@ from purenn.losses import SoftmaxCrossEntropy
 from purenn.model import Sequential
 from purenn.optim import SGD, Adam, AdamW, Optimizer
 from purenn.presets import build_preset
+from purenn.runtime import limit_threads, retain_freed_memory
 from purenn.schedules import Constant, CosineWarmup, Schedule, StepDecay
 from purenn.serialization import load_checkpoint, save_checkpoint, save_model
 from purenn.training.callbacks import EarlyStopping
@@ -222,8 +222,9 @@ def _run(
     checkpoint: tuple | None,
     progress: Progress,
 ) -> RunResult:
-    limits = threadpool_limits(config.threads) if config.threads else contextlib.nullcontext()
-    with limits:
+    # Each step frees and reallocates the same large activations: keep them in malloc's heap.
+    retain_freed_memory()
+    with limit_threads(config.threads):
         data = load_training_data(
             scan,
             config.image_size,

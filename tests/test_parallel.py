@@ -1,0 +1,59 @@
+"""Batch-parallel array work is exact: the same bits whatever the thread count."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import purenn as pn
+from purenn import parallel
+
+
+@pytest.fixture
+def restore_threads(monkeypatch):
+    monkeypatch.setattr(parallel, "MIN_PARALLEL_BYTES", 0)  # split even these small arrays
+    yield
+    parallel.set_num_threads(None)
+
+
+def run_model(threads: int, x: np.ndarray, dy: np.ndarray):
+    parallel.set_num_threads(threads)
+    model = pn.Sequential(
+        [pn.Conv2D(4, 8, 3, padding=1, rng=0), pn.ReLU(), pn.MaxPool2D(2), pn.ReLU()]
+    )
+    y = model.forward(x)
+    dx = model.backward(dy)
+    return y, dx, [grad.copy() for _, grad in model.parameters()]
+
+
+@pytest.mark.usefixtures("restore_threads")
+def test_threads_do_not_change_a_single_bit():
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((7, 4, 33, 30)).astype(np.float32)  # odd sizes
+    dy = rng.standard_normal((7, 8, 16, 15)).astype(np.float32)
+    y1, dx1, grads1 = run_model(1, x, dy)
+    for threads in (2, 3):
+        y, dx, grads = run_model(threads, x, dy)
+        assert parallel.num_threads() == threads
+        np.testing.assert_array_equal(y, y1)
+        np.testing.assert_array_equal(dx, dx1)
+        for a, b in zip(grads, grads1, strict=True):
+            np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.usefixtures("restore_threads")
+def test_over_batch_covers_every_row_once():
+    parallel.set_num_threads(3)
+    seen = np.zeros(10, dtype=int)
+
+    def mark(rows):
+        seen[rows] += 1
+
+    parallel.over_batch(10, mark, nbytes=1 << 30)
+    np.testing.assert_array_equal(seen, 1)
+
+
+@pytest.mark.parametrize("bad", [0, -2, 1.5, True])
+def test_set_num_threads_rejects_bad_values(bad):
+    with pytest.raises(ValueError, match="threads must be a positive int"):
+        parallel.set_num_threads(bad)
