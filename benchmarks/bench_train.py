@@ -174,6 +174,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=3, help="alternations of the two workers")
     parser.add_argument("--image-size", type=int, default=128)
     parser.add_argument("--profile", action="store_true", help="per-layer profile of purenn")
     parser.add_argument(
@@ -187,7 +188,7 @@ def main() -> None:
     parser.add_argument("--worker", choices=["purenn", "torch"], help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.quick:
-        args.repeats, args.warmup, args.image_size, args.batch = 2, 1, 32, 4
+        args.repeats, args.warmup, args.image_size, args.batch, args.rounds = 2, 1, 32, 4, 1
     if args.worker:
         worker = purenn_worker if args.worker == "purenn" else torch_worker
         print(json.dumps(worker(args)))
@@ -195,30 +196,53 @@ def main() -> None:
 
     for key in ("cnn", "ann") if args.model == "both" else (args.model,):
         args.model = key
-        results = {fw: run_worker(fw, args) for fw in ("purenn", "torch")}
-        shape = f"batch {args.batch}, float32, 3x{args.image_size}x{args.image_size}"
-        head = f"{PRESETS[key]}, {args.threads} threads, {shape}, median of {args.repeats}"
-        for fw, r in results.items():
-            print(f"{head}: {fw:6s} [{r['backend']}]")
-        ours, theirs = results["purenn"], results["torch"]
-        for label, field, size in (
-            ("train step", "train", args.batch),
-            ("inference", "infer", args.batch),
-        ):
-            a, b = size / ours[field], size / theirs[field]
-            print(f"{head}: {label} images/s purenn {a:8.1f}  torch {b:8.1f}  ratio {a / b:5.2f}x")
-        a, b = 1000 * ours["latency"], 1000 * theirs["latency"]
-        print(f"{head}: latency batch 1 ms purenn {a:8.2f}  torch {b:8.2f}  ratio {b / a:5.2f}x")
-        for field, label in (
-            ("peak_mb", "peak RSS"),
-            ("peak_above_baseline_mb", "peak RSS above imports"),
-        ):
-            a, b = ours[field], theirs[field]
-            print(f"{head}: train {label} MB purenn {a:8.0f}  torch {b:8.0f}  ratio {a / b:5.2f}")
-        for name, fwd, bwd in ours.get("profile", []):
-            print(
-                f"profile {PRESETS[key]}: {name:60s} forward {fwd:8.2f} ms  backward {bwd:8.2f} ms"
-            )
+        report(key, args)
+
+
+def report(key: str, args) -> None:
+    """Alternate the two workers ``--rounds`` times; print medians over rounds and their ratios.
+
+    Each round measures both frameworks back to back, so a ratio compares runs a few seconds
+    apart; the median over rounds damps what other processes on the machine did meanwhile.
+    """
+    rounds = [
+        {fw: run_worker(fw, args if r == 0 else _no_profile(args)) for fw in ("purenn", "torch")}
+        for r in range(args.rounds)
+    ]
+    shape = f"batch {args.batch}, float32, 3x{args.image_size}x{args.image_size}"
+    head = (
+        f"{PRESETS[key]}, {args.threads} threads, {shape}, median of {args.repeats} steps, "
+        f"median of {args.rounds} rounds"
+    )
+    for fw, r in rounds[0].items():
+        print(f"{head}: {fw:6s} [{r['backend']}]")
+
+    def median(fw: str, field: str, scale: float = 1.0) -> float:
+        return statistics.median(scale / r[fw][field] for r in rounds)
+
+    def ratio(field: str) -> float:  # purenn speed / torch speed, per round
+        return statistics.median(r["torch"][field] / r["purenn"][field] for r in rounds)
+
+    for label, field in (("train step", "train"), ("inference", "infer")):
+        a, b = median("purenn", field, args.batch), median("torch", field, args.batch)
+        print(
+            f"{head}: {label} images/s purenn {a:8.1f}  torch {b:8.1f}  ratio {ratio(field):5.2f}x"
+        )
+    a, b = 1 / median("purenn", "latency", 1e-3), 1 / median("torch", "latency", 1e-3)
+    print(f"{head}: latency batch 1 ms purenn {a:8.2f}  torch {b:8.2f}  ratio {b / a:5.2f}x")
+    for field, label in (
+        ("peak_mb", "peak RSS"),
+        ("peak_above_baseline_mb", "peak RSS above imports"),
+    ):
+        a = statistics.median(r["purenn"][field] for r in rounds)
+        b = statistics.median(r["torch"][field] for r in rounds)
+        print(f"{head}: train {label} MB purenn {a:8.0f}  torch {b:8.0f}  ratio {a / b:5.2f}")
+    for name, fwd, bwd in rounds[0]["purenn"].get("profile", []):
+        print(f"profile {PRESETS[key]}: {name:60s} forward {fwd:8.2f} ms  backward {bwd:8.2f} ms")
+
+
+def _no_profile(args):
+    return argparse.Namespace(**{**vars(args), "profile": False})
 
 
 if __name__ == "__main__":
