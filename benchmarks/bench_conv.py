@@ -14,31 +14,24 @@ the full output (stated in each line).
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
 from threadpoolctl import threadpool_limits
+from timing import median_seconds
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from naive_conv import naive_conv2d, naive_conv2d_backward  # noqa: E402
 
-from purenn import Conv2D  # noqa: E402
+from purenn import Conv2D, parallel  # noqa: E402
 
 LAYERS = [(3, 32, 128), (32, 64, 64), (64, 128, 32), (128, 128, 16)]  # (C_in, C_out, H=W)
 
 
-def median_ms(fn, repeats: int, warmup: int = 2) -> float:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return 1000 * statistics.median(times)
+def median_ms(fn, repeats: int) -> float:
+    return 1000 * median_seconds(fn, repeats, warmup=2)
 
 
 def naive_ms(x, weight, bias, dy, sample: int, rng) -> tuple[float, float]:
@@ -75,14 +68,10 @@ def main() -> None:
     if args.quick:
         args.batch, args.repeats, args.sample = 2, 2, 20
         layers = [(c_in, c_out, h // 8) for c_in, c_out, h in LAYERS]
-    try:
-        import torch
-    except ImportError:
-        torch = None
     threadpool_limits(args.threads)
-    if torch is not None:
-        torch.set_num_threads(args.threads)
+    parallel.set_num_threads(args.threads)
     rng = np.random.default_rng(0)
+    cases = []
     for c_in, c_out, size in layers:
         head = (
             f"conv {c_in}->{c_out} 3x3 pad 1 on {size}x{size}, batch {args.batch}, float32, "
@@ -107,10 +96,17 @@ def main() -> None:
         ):
             print(
                 f"{head}: {label:16s} purenn {mine:9.2f} ms  naive loops {naive / 1000:9.1f} s "
-                f"(extrapolated from {args.sample} outputs)  speed-up {naive / mine:9.0f}x"
+                f"(extrapolated from {args.sample} outputs)  speed-up {naive / mine:9.0f}x",
+                flush=True,
             )
-        if torch is None:
-            continue
+        cases.append((head, x, layer, dy, ours))
+    # torch last, so that its OpenMP threads (which spin after each call) never overlap ours.
+    try:
+        import torch
+    except ImportError:
+        return
+    torch.set_num_threads(args.threads)
+    for head, x, layer, dy, ours in cases:
         xt = torch.from_numpy(x).requires_grad_(True)
         wt = torch.from_numpy(layer.params["weight"].copy()).requires_grad_(True)
         bt = torch.from_numpy(layer.params["bias"].copy()).requires_grad_(True)

@@ -9,6 +9,15 @@ from __future__ import annotations
 import numpy as np
 
 
+def zero_padded(x, pads):
+    """(N, C, H, W) x inside a zero border of (top, bottom, left, right) pixels."""
+    n, c, h, w = x.shape
+    top, bottom, left, right = pads
+    xp = np.zeros((n, c, h + top + bottom, w + left + right), dtype=x.dtype)
+    xp[:, :, top : top + h, left : left + w] = x
+    return xp
+
+
 def naive_conv2d(x, weight, bias, stride, pads, outputs=None):
     """Loop convolution over (N, C, H, W) ``x`` with (O, C, kh, kw) ``weight``.
 
@@ -18,9 +27,7 @@ def naive_conv2d(x, weight, bias, stride, pads, outputs=None):
     n, c, h, w = x.shape
     o, _, kh, kw = weight.shape
     sh, sw = stride
-    top, bottom, left, right = pads
-    xp = np.zeros((n, c, h + top + bottom, w + left + right), dtype=x.dtype)
-    xp[:, :, top : top + h, left : left + w] = x
+    xp = zero_padded(x, pads)
     out_h = (xp.shape[2] - kh) // sh + 1
     out_w = (xp.shape[3] - kw) // sw + 1
     y = np.zeros((n, o, out_h, out_w), dtype=x.dtype)
@@ -45,8 +52,7 @@ def naive_conv2d_backward(x, weight, dy, stride, pads, outputs=None):
     o, _, kh, kw = weight.shape
     sh, sw = stride
     top, bottom, left, right = pads
-    xp = np.zeros((n, c, h + top + bottom, w + left + right), dtype=x.dtype)
-    xp[:, :, top : top + h, left : left + w] = x
+    xp = zero_padded(x, pads)
     dxp = np.zeros_like(xp)
     dweight = np.zeros_like(weight)
     for b, oc, p, q in np.ndindex(*dy.shape) if outputs is None else outputs:
