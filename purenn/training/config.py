@@ -61,7 +61,7 @@ class TrainConfig:
     val_fraction: float = _key("fraction of each class held out for validation", default=0.1)
     test_fraction: float = _key("fraction of each class held out for the test", default=0.1)
     seed: int = _key("seed of the initial weights, split, shuffles and augmentation", default=0)
-    threads: int | None = _key("BLAS threads and image-decoding processes (default: all)")
+    threads: int | None = _key("BLAS, array and image-decoding threads (default: all cores)")
     checkpoint_steps: int = _key("also checkpoint every N steps; 0: per epoch only", default=500)
     cache_dir: str | None = _key("decoded-image cache (default: ~/.cache/purenn)")
 
