@@ -79,16 +79,16 @@ class Layer:
         self.params[name] = value
         self.grads[name] = np.zeros_like(value)
 
-    def scratch(self, name: str, shape: tuple[int, ...], dtype, zeros: bool = False) -> np.ndarray:
+    def scratch(self, name: str, shape: tuple[int, ...], dtype) -> np.ndarray:
         """A work array kept across calls and reallocated only when shape or dtype change.
 
-        Large temporaries (im2col matrices, padded inputs) then cost no fresh page faults per
-        training step. Only for internal use: an array returned to the caller must be new.
-        With ``zeros``, a newly allocated array is zero-filled (a reused one keeps its content).
+        Large temporaries (im2col matrices) then cost no fresh page faults per training step.
+        Only for internal use: an array returned to the caller must be new. Its content on
+        return is whatever the last user left there.
         """
         array = self._scratch.get(name)
         if array is None or array.shape != tuple(shape) or array.dtype != dtype:
-            array = (np.zeros if zeros else np.empty)(shape, dtype=dtype)
+            array = np.empty(shape, dtype=dtype)
             self._scratch[name] = array
         return array
 
