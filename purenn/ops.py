@@ -1,4 +1,4 @@
-"""Pure array functions shared by the layers: window geometry, im2col / col2im, log-softmax.
+"""Pure array functions shared by the layers: window geometry, im2col / col2im, (log-)softmax.
 
 Everything here is stateless. Image tensors are NCHW. im2col and col2im split the batch over
 threads (``purenn.parallel``), which is exact: each thread copies or adds its own samples.
@@ -182,6 +182,12 @@ def col2im(
 
     over_batch(n, scatter, col.nbytes)
     return grad
+
+
+def softmax(x: np.ndarray, axis: int = -1) -> np.ndarray:
+    """Softmax along ``axis``, shifted by the maximum so ``exp`` cannot overflow; keeps dtype."""
+    e = np.exp(x - x.max(axis=axis, keepdims=True))
+    return e / e.sum(axis=axis, keepdims=True)
 
 
 def log_softmax(x: np.ndarray, axis: int = -1) -> np.ndarray:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from purenn.layers.base import Layer, as_float_array
+from purenn.ops import softmax
 from purenn.parallel import over_batch
 
 
@@ -105,9 +106,7 @@ class Softmax(Layer):
     """
 
     def forward(self, x: np.ndarray, training: bool = True) -> np.ndarray:
-        x = as_float_array(x)
-        e = np.exp(x - x.max(axis=-1, keepdims=True))
-        self._y = e / e.sum(axis=-1, keepdims=True)
+        self._y = softmax(as_float_array(x))
         return self._y
 
     def backward(self, grad_out: np.ndarray, input_grad: bool = True) -> np.ndarray:

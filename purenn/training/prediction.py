@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from purenn.data import IMAGE_EXTENSIONS, DataError, load_image, normalize_batch
+from purenn.ops import softmax
 from purenn.serialization import load_model
 
 # What a model file must hold besides its weights to classify image files.
@@ -37,12 +38,6 @@ def collect_images(paths: list[str | Path]) -> list[Path]:
         else:
             raise DataError(f"image does not exist: {path}")
     return files
-
-
-def softmax(logits: np.ndarray) -> np.ndarray:
-    """Row-wise softmax of (N, K) logits, computed stably."""
-    e = np.exp(logits - logits.max(axis=1, keepdims=True))
-    return e / e.sum(axis=1, keepdims=True)
 
 
 def predict(

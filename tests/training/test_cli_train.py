@@ -12,9 +12,9 @@ from PIL import Image
 
 from purenn.cli import main
 from purenn.data import build_cache, normalize_batch, scan_image_folder
+from purenn.ops import softmax
 from purenn.serialization import load_checkpoint, load_model
 from purenn.training import predict
-from purenn.training.prediction import softmax
 
 EPOCHS = 4
 RUN_FILES = {
