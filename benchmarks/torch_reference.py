@@ -229,7 +229,7 @@ def main() -> None:
         config.image_size,
         config.val_fraction,
         config.test_fraction,
-        config.seed,
+        config.split_seed,
         config.cache_dir,
         args.threads,
         progress=False,

@@ -60,7 +60,8 @@ class TrainConfig:
     weight_norm: bool = _key("weight normalization of conv and dense layers", default=False)
     val_fraction: float = _key("fraction of each class held out for validation", default=0.1)
     test_fraction: float = _key("fraction of each class held out for the test", default=0.1)
-    seed: int = _key("seed of the initial weights, split, shuffles and augmentation", default=0)
+    seed: int = _key("seed of the initial weights, shuffles, augmentation and dropout", default=0)
+    split_seed: int | None = _key("seed of the train/val/test split (default: the seed)")
     threads: int | None = _key("BLAS, array and image-decoding threads (default: all cores)")
     checkpoint_steps: int = _key("also checkpoint every N steps; 0: per epoch only", default=500)
     cache_dir: str | None = _key("decoded-image cache (default: ~/.cache/purenn)")
@@ -116,6 +117,9 @@ def validate(config: TrainConfig) -> TrainConfig:
         _require(getattr(c, name) >= 1, name, ">= 1", getattr(c, name))
     for name in ("patience", "seed", "checkpoint_steps"):
         _require(getattr(c, name) >= 0, name, ">= 0", getattr(c, name))
+    if c.split_seed is None:
+        c.split_seed = c.seed
+    _require(c.split_seed >= 0, "split_seed", ">= 0", c.split_seed)
     _require(c.threads is None or c.threads >= 1, "threads", ">= 1", c.threads)
     _require(c.lr > 0, "lr", "> 0", c.lr)
     for name in ("momentum", "weight_decay", "clip_norm", "min_lr", "warmup_epochs"):

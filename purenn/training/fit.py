@@ -230,7 +230,7 @@ def _run(
             config.image_size,
             config.val_fraction,
             config.test_fraction,
-            config.seed,
+            config.split_seed,
             config.cache_dir,
             config.threads,
             progress.bars,
@@ -329,7 +329,7 @@ def _model_metadata(config: TrainConfig, data: TrainingData) -> dict:
         "split": {
             "val_fraction": config.val_fraction,
             "test_fraction": config.test_fraction,
-            "seed": config.seed,
+            "seed": config.split_seed,
             "presplit": cache.subset is not None,
         },
         "purenn_version": purenn.__version__,

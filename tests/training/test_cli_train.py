@@ -137,6 +137,28 @@ def test_config_file_values_are_used_and_flags_override_them(
     assert saved["seed"] == 7 and saved["label_smoothing"] == 0.0  # from the file
 
 
+def test_split_seed_fixes_the_split_while_the_seed_changes_the_weights(
+    cli, colour_folder, tiny_args, tmp_path
+):
+    def run(*seeds):
+        out = tmp_path / "-".join(seeds)
+        result = cli("train", colour_folder, "--out", out, "--epochs", 1, *seeds, *tiny_args)
+        assert result.code == 0, result.err
+        return load_model(out / "best.npz")
+
+    (model_a, meta_a), (model_b, meta_b), (_, meta_c) = (
+        run("--seed", "1", "--split-seed", "0"),
+        run("--seed", "2", "--split-seed", "0"),
+        run("--seed", "2"),
+    )
+    # The normalisation statistics are those of the training split: the same split gives the
+    # same statistics, another split (split seed 2, the seed's default) other statistics.
+    assert meta_a["mean"] == meta_b["mean"] and meta_a["std"] == meta_b["std"]
+    assert meta_c["mean"] != meta_a["mean"]
+    assert meta_a["split"]["seed"] == meta_b["split"]["seed"] == 0 and meta_c["split"]["seed"] == 2
+    assert not np.array_equal(model_a.state_dict()["0.weight"], model_b.state_dict()["0.weight"])
+
+
 def test_evaluate_reproduces_the_test_report_and_writes_its_files(cli, trained_run, colour_folder):
     out = trained_run.parent / "eval"
     result = cli(

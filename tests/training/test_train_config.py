@@ -66,6 +66,7 @@ def test_unknown_key_lists_the_valid_ones():
         ("schedule", "linear", "schedule must be one of cosine, step, constant"),
         ("label_smoothing", 1.0, r"label_smoothing must be in \[0, 1\)"),
         ("threads", 0, "threads must be >= 1"),
+        ("split_seed", -1, "split_seed must be >= 0"),
         ("test_fraction", 1.0, r"test_fraction must be in \[0, 1\)"),
         ("min_lr", 1.0, r"min_lr must be <= lr \(0.001\)"),
         ("step_gamma", 0.0, r"step_gamma must be in \(0, 1\]"),
@@ -74,6 +75,11 @@ def test_unknown_key_lists_the_valid_ones():
 def test_bad_values_name_the_key_and_value(key, value, message):
     with pytest.raises(ConfigError, match=message):
         make_config(overrides={"epochs": 3, key: value})
+
+
+def test_split_seed_defaults_to_the_seed():
+    assert make_config(overrides={"seed": 3}).split_seed == 3
+    assert make_config(overrides={"seed": 3, "split_seed": 0}).split_seed == 0
 
 
 def test_ints_are_accepted_for_floats_and_stored_as_floats():
