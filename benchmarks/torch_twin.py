@@ -49,12 +49,15 @@ def _module(layer_type: str, config: dict) -> nn.Module:
 
 
 def torch_twin(model) -> nn.Sequential:
-    """An ``nn.Sequential`` computing what ``model`` computes, with a copy of its weights."""
+    """An ``nn.Sequential`` computing what ``model`` computes, with a copy of its weights (in
+    their dtype)."""
     twin = nn.Sequential(
         *(_module(spec["type"], spec["config"]) for spec in model.get_config()["layers"])
     )
     state = {
         key: torch.from_numpy(np.ascontiguousarray(v)) for key, v in model.state_dict().items()
     }
+    if state:  # in the model's precision: loading float64 weights into float32 would round them
+        twin.to(next(iter(state.values())).dtype)
     twin.load_state_dict(state)
     return twin
