@@ -31,16 +31,12 @@ from typing import Any
 
 import numpy as np
 
+from purenn.checks import require
+
 Param = tuple[np.ndarray, np.ndarray]
 
 #: Elements per chunk of an update step (512 KB of float32 per array: cache-resident).
 CHUNK = 131072
-
-
-def _check(ok: bool, name: str, requirement: str, value: Any) -> None:
-    """Raises ``ValueError("<name> must be <requirement>, received: <name>=<value>")`` if not ok."""
-    if not ok:
-        raise ValueError(f"{name} must be {requirement}, received: {name}={value!r}")
 
 
 def _add_scaled(y: np.ndarray, alpha: float, x: np.ndarray, out: np.ndarray, tmp: np.ndarray):
@@ -128,7 +124,7 @@ class Optimizer:
 
     @lr.setter
     def lr(self, value: float) -> None:
-        _check(value >= 0, "lr", ">= 0", value)
+        require(value >= 0, "lr", ">= 0", value)
         self._lr = float(value)
 
     def zero_grad(self) -> None:
@@ -249,8 +245,8 @@ class SGD(Optimizer):
         nesterov: bool = False,
         weight_decay: float = 0.0,
     ) -> None:
-        _check(momentum >= 0, "momentum", ">= 0", momentum)
-        _check(weight_decay >= 0, "weight_decay", ">= 0", weight_decay)
+        require(momentum >= 0, "momentum", ">= 0", momentum)
+        require(weight_decay >= 0, "weight_decay", ">= 0", weight_decay)
         if nesterov and momentum == 0:
             raise ValueError(
                 f"nesterov=True requires momentum > 0, received: momentum={momentum!r}"
@@ -318,14 +314,14 @@ class Adam(Optimizer):
         weight_decay: float = 0.0,
     ) -> None:
         betas = tuple(betas)
-        _check(
+        require(
             len(betas) == 2 and all(0 <= beta < 1 for beta in betas),
             "betas",
             "a pair of numbers in [0, 1)",
             betas,
         )
-        _check(eps > 0, "eps", "> 0", eps)
-        _check(weight_decay >= 0, "weight_decay", ">= 0", weight_decay)
+        require(eps > 0, "eps", "> 0", eps)
+        require(weight_decay >= 0, "weight_decay", ">= 0", weight_decay)
         self.betas = (float(betas[0]), float(betas[1]))
         self.eps = float(eps)
         self.weight_decay = float(weight_decay)
@@ -395,7 +391,7 @@ def clip_grad_norm(params: Iterable[Param], max_norm: float) -> float:
     Raises:
         ValueError: ``max_norm`` is negative or NaN.
     """
-    _check(max_norm >= 0, "max_norm", ">= 0", max_norm)
+    require(max_norm >= 0, "max_norm", ">= 0", max_norm)
     grads = [grad for _, grad in params]
     # ||g||^2 as a dot product of a flat view with itself: accumulated in the gradient's own
     # dtype without a float64 (or squared) copy; the per-array sums are added in Python floats.

@@ -13,6 +13,8 @@ import os
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
+from purenn.checks import check_int
+
 #: Below this many bytes of work, a thread handoff costs more than it saves.
 MIN_PARALLEL_BYTES = 1 << 20
 
@@ -35,10 +37,8 @@ def num_threads() -> int:
 def set_num_threads(threads: int | None) -> None:
     """Use ``threads`` threads for batch-parallel array work; None restores the default."""
     global _threads, _pool
-    if threads is not None and (
-        isinstance(threads, bool) or not isinstance(threads, int) or threads < 1
-    ):
-        raise ValueError(f"threads must be a positive int or None, received: threads={threads!r}")
+    if threads is not None:
+        threads = check_int(threads, "threads")
     if _pool is not None:
         _pool.shutdown(wait=True)
         _pool = None

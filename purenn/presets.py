@@ -11,8 +11,8 @@ from collections.abc import Callable
 
 import numpy as np
 
+from purenn.checks import check_int
 from purenn.layers import Conv2D, Dense, Dropout, Flatten, MaxPool2D, ReLU
-from purenn.layers.base import check_positive_int
 from purenn.model import Sequential
 
 
@@ -104,9 +104,9 @@ def build_preset(
     """
     if name not in PRESETS:
         raise ValueError(f"unknown preset {name!r}; known presets: {', '.join(sorted(PRESETS))}")
-    num_classes = check_positive_int(num_classes, "num_classes")
-    image_size = check_positive_int(image_size, "image_size")
-    in_channels = check_positive_int(in_channels, "in_channels")
+    num_classes = check_int(num_classes, "num_classes")
+    image_size = check_int(image_size, "image_size")
+    in_channels = check_int(in_channels, "in_channels")
     rng = np.random.default_rng(seed)
     layers = PRESETS[name](num_classes, image_size, in_channels, rng, dtype, weight_norm)
     return Sequential(layers, input_shape=(in_channels, image_size, image_size))

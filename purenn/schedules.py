@@ -14,10 +14,10 @@ state (which holds an already scheduled ``lr``) has been loaded.
 from __future__ import annotations
 
 import math
-import numbers
 from typing import Any
 
-from purenn.optim import Optimizer, _check
+from purenn.checks import is_int, require
+from purenn.optim import Optimizer
 
 
 class Schedule:
@@ -53,7 +53,7 @@ class Schedule:
         Raises:
             ValueError: ``step`` is negative.
         """
-        _check(step >= 0, "step", ">= 0", step)
+        require(step >= 0, "step", ">= 0", step)
         return self._lr(step)
 
     def _lr(self, step: int) -> float:
@@ -75,14 +75,10 @@ class Schedule:
             state: Mapping with ``"step"`` and ``"base_lr"`` (plain scalars or 0-d arrays).
         """
         step = int(state["step"])
-        _check(step >= 0, "step", ">= 0", step)
+        require(step >= 0, "step", ">= 0", step)
         self.base_lr = float(state["base_lr"])
         self.position = step
         self.optimizer.lr = self.lr_at(step)
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
 class Constant(Schedule):
@@ -107,8 +103,8 @@ class StepDecay(Schedule):
     """
 
     def __init__(self, optimizer: Optimizer, step_size: int, gamma: float = 0.1) -> None:
-        _check(_is_int(step_size) and step_size >= 1, "step_size", "an int >= 1", step_size)
-        _check(0 < gamma <= 1, "gamma", "in (0, 1]", gamma)
+        require(is_int(step_size) and step_size >= 1, "step_size", "an int >= 1", step_size)
+        require(0 < gamma <= 1, "gamma", "in (0, 1]", gamma)
         self.step_size = step_size
         self.gamma = float(gamma)
         super().__init__(optimizer)
@@ -148,22 +144,22 @@ class CosineWarmup(Schedule):
         warmup_start_factor: float = 0.0,
         min_lr: float = 0.0,
     ) -> None:
-        _check(
-            _is_int(total_steps) and total_steps >= 1,
+        require(
+            is_int(total_steps) and total_steps >= 1,
             "total_steps",
             "an int >= 1",
             total_steps,
         )
-        _check(
-            _is_int(warmup_steps) and 0 <= warmup_steps < total_steps,
+        require(
+            is_int(warmup_steps) and 0 <= warmup_steps < total_steps,
             "warmup_steps",
             f"an int in [0, total_steps={total_steps})",
             warmup_steps,
         )
-        _check(
+        require(
             0 <= warmup_start_factor <= 1, "warmup_start_factor", "in [0, 1]", warmup_start_factor
         )
-        _check(0 <= min_lr <= optimizer.lr, "min_lr", f"in [0, lr={optimizer.lr}]", min_lr)
+        require(0 <= min_lr <= optimizer.lr, "min_lr", f"in [0, lr={optimizer.lr}]", min_lr)
         self.total_steps = total_steps
         self.warmup_steps = warmup_steps
         self.warmup_start_factor = float(warmup_start_factor)

@@ -55,5 +55,5 @@ def test_over_batch_covers_every_row_once():
 
 @pytest.mark.parametrize("bad", [0, -2, 1.5, True])
 def test_set_num_threads_rejects_bad_values(bad):
-    with pytest.raises(ValueError, match="threads must be a positive int"):
+    with pytest.raises(ValueError, match="threads must be an int >= 1, received: threads="):
         parallel.set_num_threads(bad)

@@ -6,6 +6,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from purenn.checks import check_fraction
+
 
 @dataclass(frozen=True)
 class Augmentation:
@@ -28,9 +30,7 @@ class Augmentation:
 
     def __post_init__(self) -> None:
         for name in ("brightness", "contrast"):
-            value = getattr(self, name)
-            if not (isinstance(value, (int, float)) and 0 <= value < 1):
-                raise ValueError(f"{name} must be a number in [0, 1); received: {name}={value!r}")
+            check_fraction(getattr(self, name), name)
 
     @classmethod
     def none(cls) -> Augmentation:
@@ -56,7 +56,7 @@ class Augmentation:
             ``batch``, augmented and clipped to [0, 1].
         """
         if batch.ndim != 4:
-            raise ValueError(f"batch must have shape (N, C, H, W); received: {batch.shape}")
+            raise ValueError(f"batch must have shape (N, C, H, W), received: {batch.shape}")
         n = batch.shape[0]
         if self.hflip:
             flip = np.flatnonzero(rng.random(n) < 0.5)
@@ -64,7 +64,7 @@ class Augmentation:
         if self.rotate:
             if batch.shape[2] != batch.shape[3]:
                 raise ValueError(
-                    f"rotation needs square images; received: batch of shape {batch.shape}"
+                    f"rotation needs square images, received: batch of shape {batch.shape}"
                 )
             quarter_turns = rng.integers(0, 4, size=n)
             for k in (1, 2, 3):

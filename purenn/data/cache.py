@@ -33,6 +33,7 @@ import numpy as np
 import PIL
 from tqdm import tqdm
 
+from purenn.checks import check_int
 from purenn.data.decode import check_image_size, try_decode
 from purenn.data.errors import DataError
 from purenn.data.folder import FolderScan
@@ -300,8 +301,7 @@ def build_cache(
     s = check_image_size(image_size)
     if workers is None:
         workers = _default_workers()
-    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
-        raise DataError(f"workers must be an integer >= 1; received: workers={workers!r}")
+    workers = check_int(workers, "workers", 1, DataError)
     cache_dir = Path(cache_dir).expanduser().absolute()
     cache_dir.mkdir(parents=True, exist_ok=True)
 

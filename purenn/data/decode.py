@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps
 
+from purenn.checks import check_int
 from purenn.data.errors import DataError
 
 MIN_IMAGE_SIZE = 8
@@ -18,16 +19,7 @@ _WIDE_GREY_MODES = ("I", "I;16", "I;16B", "I;16L", "I;16N")
 
 def check_image_size(image_size: int) -> int:
     """Return ``image_size`` if it is an integer >= 8, else raise DataError naming the value."""
-    if isinstance(image_size, bool) or not isinstance(image_size, (int, np.integer)):
-        raise DataError(
-            f"image_size must be an integer >= {MIN_IMAGE_SIZE}; "
-            f"received: image_size={image_size!r}"
-        )
-    if image_size < MIN_IMAGE_SIZE:
-        raise DataError(
-            f"image_size must be an integer >= {MIN_IMAGE_SIZE}; received: image_size={image_size}"
-        )
-    return int(image_size)
+    return check_int(image_size, "image_size", MIN_IMAGE_SIZE, DataError)
 
 
 def _to_rgb(im: Image.Image) -> Image.Image:

@@ -6,5 +6,5 @@ class DataError(ValueError):
 
     The message always names the offending path or value, e.g.
     ``"class folder has no image files: /data/pv/Apple___healthy"`` or
-    ``"image_size must be an integer >= 8; received: image_size=4"``.
+    ``"image_size must be an int >= 8, received: image_size=4"``.
     """

@@ -8,16 +8,11 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
+from purenn.checks import check_int
 from purenn.data.augment import Augmentation
 from purenn.data.stats import channel_columns, standardize_
 
 Batch = tuple[np.ndarray, np.ndarray]
-
-
-def _check_int(name: str, value: int, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}; received: {name}={value!r}")
-    return int(value)
 
 
 class DataLoader:
@@ -66,47 +61,47 @@ class DataLoader:
     ) -> None:
         if images.ndim != 4 or images.dtype != np.uint8:
             raise ValueError(
-                f"images must be uint8 of shape (N, C, H, W); "
+                f"images must be uint8 of shape (N, C, H, W), "
                 f"received: {images.dtype} {images.shape}"
             )
         labels = np.asarray(labels)
         if labels.shape != images.shape[:1] or not np.issubdtype(labels.dtype, np.integer):
             raise ValueError(
-                f"labels must be integers of shape ({len(images)},); "
+                f"labels must be integers of shape ({len(images)},), "
                 f"received: {labels.dtype} {labels.shape}"
             )
         indices = np.asarray(indices)
         if indices.ndim != 1 or (indices.size and not np.issubdtype(indices.dtype, np.integer)):
             raise ValueError(
-                f"indices must be a 1-D integer array; received: {indices.dtype} {indices.shape}"
+                f"indices must be a 1-D integer array, received: {indices.dtype} {indices.shape}"
             )
         if indices.size and (indices.min() < 0 or indices.max() >= len(images)):
             raise ValueError(
-                f"indices must lie in [0, {len(images)}); "
+                f"indices must lie in [0, {len(images)}), "
                 f"received: {indices.min()}..{indices.max()}"
             )
-        self.augment_factor = _check_int("augment_factor", augment_factor, 1)
+        self.augment_factor = check_int(augment_factor, "augment_factor", 1)
         augmenting = augmentation is not None and augmentation.enabled
         if augmenting != (self.augment_factor > 1):
             # View 0 is never augmented: F = 1 would silently ignore the augmentation, and F > 1
             # without one would only repeat images.
             raise ValueError(
                 "an enabled augmentation needs augment_factor >= 2 and augment_factor >= 2 needs "
-                f"an enabled augmentation; received: augment_factor={augment_factor}, "
+                f"an enabled augmentation, received: augment_factor={augment_factor}, "
                 f"augmentation={augmentation}"
             )
         if augmentation is not None and augmentation.rotate and images.shape[2] != images.shape[3]:
             raise ValueError(
-                f"rotation needs square images; received: images of shape {images.shape}"
+                f"rotation needs square images, received: images of shape {images.shape}"
             )
         channel_columns(mean, std, images.shape[1])  # validate now rather than at the first batch
         self.images = images
         self.labels = labels.astype(np.int64, copy=False)
         self.indices = indices.astype(np.int64, copy=False)
-        self.batch_size = _check_int("batch_size", batch_size, 1)
+        self.batch_size = check_int(batch_size, "batch_size", 1)
         self.mean, self.std = mean, std
         self.shuffle = shuffle
-        self.seed = _check_int("seed", seed, 0)
+        self.seed = check_int(seed, "seed", 0)
         self.augmentation = augmentation
         self.drop_last = drop_last
         self.prefetch = prefetch
@@ -131,11 +126,11 @@ class DataLoader:
         Closing the iterator early (``break``, ``close()``) stops the prefetch thread; an
         exception raised while preparing a batch is raised here.
         """
-        epoch = _check_int("epoch", epoch, 0)
-        start_batch = _check_int("start_batch", start_batch, 0)
+        epoch = check_int(epoch, "epoch", 0)
+        start_batch = check_int(start_batch, "start_batch", 0)
         if start_batch > len(self):
             raise ValueError(
-                f"start_batch must be <= {len(self)} (batches per epoch); "
+                f"start_batch must be <= {len(self)} (batches per epoch), "
                 f"received: start_batch={start_batch}"
             )
         if self.shuffle:

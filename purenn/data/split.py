@@ -7,13 +7,9 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from purenn.checks import check_fraction
+
 SUBSETS = ("train", "val", "test")
-
-
-def _check_fraction(name: str, value: float) -> float:
-    if not (isinstance(value, (int, float, np.floating)) and 0 <= value < 1):
-        raise ValueError(f"{name} must be a number in [0, 1); received: {name}={value!r}")
-    return float(value)
 
 
 def _round_half_up(x: float) -> int:
@@ -40,17 +36,17 @@ def stratified_split(
         ``(train, val, test)``: sorted int64 index arrays into ``labels``, disjoint, covering
         ``range(N)``.
     """
-    val_fraction = _check_fraction("val_fraction", val_fraction)
-    test_fraction = _check_fraction("test_fraction", test_fraction)
+    val_fraction = check_fraction(val_fraction, "val_fraction")
+    test_fraction = check_fraction(test_fraction, "test_fraction")
     if val_fraction + test_fraction >= 1:
         raise ValueError(
-            "val_fraction + test_fraction must be < 1; "
+            "val_fraction + test_fraction must be < 1, "
             f"received: val_fraction={val_fraction}, test_fraction={test_fraction}"
         )
     labels = np.asarray(labels)
     if labels.ndim != 1 or not np.issubdtype(labels.dtype, np.integer) or (labels < 0).any():
         raise ValueError(
-            f"labels must be a 1-D array of integers >= 0; "
+            f"labels must be a 1-D array of integers >= 0, "
             f"received: shape {labels.shape}, dtype {labels.dtype}"
         )
 
@@ -83,6 +79,6 @@ def subset_split(subset: Sequence[str]) -> tuple[np.ndarray, np.ndarray, np.ndar
     subset = np.asarray(subset, dtype=object)
     unknown = sorted(set(subset.tolist()) - set(SUBSETS))
     if unknown:
-        raise ValueError(f"subset entries must be one of {SUBSETS}; received: {unknown[0]!r}")
+        raise ValueError(f"subset entries must be one of {SUBSETS}, received: {unknown[0]!r}")
     train, val, test = (np.flatnonzero(subset == name).astype(np.int64) for name in SUBSETS)
     return train, val, test

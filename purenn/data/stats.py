@@ -26,13 +26,13 @@ def channel_stats(
     """
     if images.ndim != 4 or images.dtype != np.uint8:
         raise ValueError(
-            f"images must be uint8 of shape (N, C, H, W); received: {images.dtype} {images.shape}"
+            f"images must be uint8 of shape (N, C, H, W), received: {images.dtype} {images.shape}"
         )
     indices = np.sort(np.asarray(indices, dtype=np.int64))  # sorted: sequential memmap reads
     if indices.size == 0:
-        raise ValueError("indices must not be empty; received: indices of size 0")
+        raise ValueError("indices must not be empty, received: indices of size 0")
     if chunk < 1:
-        raise ValueError(f"chunk must be >= 1; received: chunk={chunk}")
+        raise ValueError(f"chunk must be >= 1, received: chunk={chunk}")
     channels = images.shape[1]
     total = np.zeros(channels, dtype=np.uint64)
     total_sq = np.zeros(channels, dtype=np.uint64)
@@ -59,18 +59,18 @@ def channel_columns(
     if mean is None and std is None:
         return None
     if mean is None or std is None:
-        raise ValueError(f"mean and std must be given together; received: mean={mean}, std={std}")
+        raise ValueError(f"mean and std must be given together, received: mean={mean}, std={std}")
     columns = []
     for name, values in (("mean", mean), ("std", std)):
         values = np.asarray(values, dtype=np.float32)
         if values.shape != (channels,) or not np.isfinite(values).all():
             raise ValueError(
-                f"{name} must be {channels} finite values, one per channel; "
+                f"{name} must be {channels} finite values, one per channel, "
                 f"received: {name}={values}"
             )
         columns.append(values.reshape(channels, 1, 1))
     if not (columns[1] > 0).all():
-        raise ValueError(f"std must be > 0 in every channel; received: std={std}")
+        raise ValueError(f"std must be > 0 in every channel, received: std={std}")
     return columns[0], 1 / columns[1]
 
 
@@ -100,10 +100,10 @@ def normalize_batch(x: np.ndarray, mean: np.ndarray | None, std: np.ndarray | No
     """
     x = np.asarray(x)
     if x.ndim not in (3, 4):
-        raise ValueError(f"x must have shape (C, H, W) or (N, C, H, W); received: {x.shape}")
+        raise ValueError(f"x must have shape (C, H, W) or (N, C, H, W), received: {x.shape}")
     out = x.astype(np.float32)
     if x.dtype == np.uint8:
         out *= np.float32(1 / 255)
     elif not np.issubdtype(x.dtype, np.floating):
-        raise ValueError(f"x must be uint8 or float in [0, 1]; received dtype {x.dtype}")
+        raise ValueError(f"x must be uint8 or float in [0, 1], received dtype {x.dtype}")
     return standardize_(out, mean, std)

@@ -27,13 +27,6 @@ def check_dtype(dtype) -> np.dtype:
     return dtype
 
 
-def check_positive_int(value, name: str) -> int:
-    """A strictly positive int, else ValueError naming the argument and the value received."""
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise ValueError(f"{name} must be a positive int, received: {name}={value!r}")
-    return int(value)
-
-
 def as_float_array(x, dtype: np.dtype | None = None) -> np.ndarray:
     """``x`` as a float array: ``dtype`` when given, else x's own float dtype (float32 otherwise).
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from purenn.layers.base import check_positive_int
+from purenn.checks import check_int
 from purenn.layers.weighted import WeightedLayer
 from purenn.ops import col2im, im2col, output_size, pair
 from purenn.parallel import over_batch
@@ -74,8 +74,8 @@ class Conv2D(WeightedLayer):
         rng: np.random.Generator | int | None = None,
         dtype=np.float32,
     ) -> None:
-        self.in_channels = check_positive_int(in_channels, "in_channels")
-        self.out_channels = check_positive_int(out_channels, "out_channels")
+        self.in_channels = check_int(in_channels, "in_channels")
+        self.out_channels = check_int(out_channels, "out_channels")
         self.kernel_size = pair(kernel_size, "kernel_size")
         self.stride = pair(stride, "stride")
         self.padding = padding

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from purenn.layers.base import check_positive_int
+from purenn.checks import check_int
 from purenn.layers.weighted import WeightedLayer
 
 
@@ -34,8 +34,8 @@ class Dense(WeightedLayer):
         rng: np.random.Generator | int | None = None,
         dtype=np.float32,
     ) -> None:
-        self.in_features = check_positive_int(in_features, "in_features")
-        self.out_features = check_positive_int(out_features, "out_features")
+        self.in_features = check_int(in_features, "in_features")
+        self.out_features = check_int(out_features, "out_features")
         super().__init__((self.out_features, self.in_features), bias, init, weight_norm, rng, dtype)
 
     def forward(self, x: np.ndarray, training: bool = True) -> np.ndarray:

@@ -17,7 +17,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from purenn.layers.base import Layer, check_dtype, check_positive_int
+from purenn.checks import check_int
+from purenn.layers.base import Layer, check_dtype
 
 
 class _BatchNorm(Layer):
@@ -28,7 +29,7 @@ class _BatchNorm(Layer):
         self, num_features: int, momentum: float = 0.1, eps: float = 1e-5, dtype=np.float32
     ) -> None:
         super().__init__()
-        self.num_features = check_positive_int(num_features, "num_features")
+        self.num_features = check_int(num_features, "num_features")
         if not 0.0 <= momentum <= 1.0:
             raise ValueError(f"momentum must be in [0, 1], received: momentum={momentum!r}")
         if not eps > 0:

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from purenn.checks import require
 from purenn.data.decode import MIN_IMAGE_SIZE
 from purenn.presets import PRESETS
 
@@ -103,8 +104,7 @@ def _check_type(name: str, value: Any) -> Any:
 
 
 def _require(ok: bool, name: str, requirement: str, value: Any) -> None:
-    if not ok:
-        raise ConfigError(f"{name} must be {requirement}, received: {name}={value!r}")
+    require(ok, name, requirement, value, ConfigError)
 
 
 def validate(config: TrainConfig) -> TrainConfig:

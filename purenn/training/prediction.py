@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
+from purenn.checks import check_int
 from purenn.data import IMAGE_EXTENSIONS, DataError, load_image, normalize_batch
 from purenn.ops import softmax
 from purenn.serialization import load_model
@@ -61,9 +62,7 @@ def predict(
     Raises:
         ModelFileError: not a purenn model. DataError: missing or unreadable image.
     """
-    for name, value in (("top_k", top_k), ("batch_size", batch_size)):
-        if value < 1:
-            raise ValueError(f"{name} must be >= 1, received: {name}={value}")
+    top_k, batch_size = check_int(top_k, "top_k"), check_int(batch_size, "batch_size")
     model, meta = load_model(model_path, require=INFERENCE_KEYS)
     files = collect_images(paths)
     images = np.stack([load_image(f, meta["image_size"]) for f in files])
