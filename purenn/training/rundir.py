@@ -53,6 +53,8 @@ class RunDir:
     def create(cls, path: str | Path, overwrite: bool = False) -> RunDir:
         """Make (or reuse an empty) run folder and check that it is writable.
 
+        A folder holding only temporary files counts as empty: those are what a run killed
+        while writing its first file (``config.json``) leaves, and such a run starts again.
         With ``overwrite``, the run files of an existing folder (``FILES``) are deleted; nothing
         else in it is touched.
 
@@ -61,6 +63,8 @@ class RunDir:
                 cannot be created or written.
         """
         run = cls(path)
+        if run.path.is_dir():
+            remove_stale_temporaries(run.path)
         if run.path.is_dir() and any(run.path.iterdir()):
             if not overwrite:
                 raise RunDirError(
@@ -69,7 +73,6 @@ class RunDir:
                 )
             for name in cls.FILES:
                 (run / name).unlink(missing_ok=True)
-            remove_stale_temporaries(run.path)
         try:
             run.path.mkdir(parents=True, exist_ok=True)
             tempfile.TemporaryFile(dir=run.path).close()
@@ -84,7 +87,10 @@ class RunDir:
         """An existing run folder (to resume): it must hold ``config.json`` and be writable."""
         run = cls(path)
         if not (run / cls.CONFIG).is_file():
-            raise RunDirError(f"not a run folder (no {cls.CONFIG}): {run.path}")
+            raise RunDirError(
+                f"not a run folder (no {cls.CONFIG}): {run.path} (a run stopped before it wrote "
+                f"{cls.CONFIG} has nothing to resume: start it again with --out {run.path})"
+            )
         try:
             tempfile.TemporaryFile(dir=run.path).close()
         except OSError as err:

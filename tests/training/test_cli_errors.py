@@ -143,6 +143,21 @@ def test_resume_needs_a_run_folder(cli, tmp_path):
     assert_usage_error(cli("train", "--resume", tmp_path), "not a run folder", str(tmp_path))
 
 
+def test_a_run_killed_while_writing_its_config_starts_again(
+    cli, colour_folder, tiny_args, tmp_path
+):
+    """The folder holds only the temporary file of the interrupted config.json write: resume
+    says to start again, and starting again with the same --out works."""
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / ".config.json.123.abcd.tmp").write_text('{"data_dir": ')
+    result = cli("train", "--resume", run)
+    assert_usage_error(result, "not a run folder", f"start it again with --out {run}")
+    result = cli("train", colour_folder, "--out", run, "--epochs", 1, *tiny_args)
+    assert result.code == 0, result.err
+    assert sorted(p.name for p in run.iterdir() if p.name.startswith(".")) == []
+
+
 def test_resume_refuses_flags_that_would_change_the_run(cli, tmp_path):
     result = cli("train", "--resume", tmp_path, "--lr", "0.1")
     assert_usage_error(result, "--lr cannot be used with --resume", "config.json")
