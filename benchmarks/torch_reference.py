@@ -19,8 +19,9 @@ step in both precisions.
 
 Output folder: ``metrics.csv`` (purenn's columns), ``report.json`` (test metrics, purenn's
 format), ``first_epoch_losses.csv`` (step, purenn loss, torch loss; ``_float64`` in the name
-for a float64 replay) and ``compare.png`` (both runs' curves and the first-epoch losses in one
-figure).
+for a float64 replay), ``compare.png`` (both runs' curves and the first-epoch losses in one
+figure) and, once both replays exist, ``replay_precision.png`` (the loss difference per step in
+float32 and in float64).
 """
 
 from __future__ import annotations
@@ -52,6 +53,9 @@ from purenn.training.pipeline import load_training_data
 
 # Two losses "agree" while they differ by at most this (they print the same to 4 decimals).
 REPLAY_AGREEMENT = 1e-4
+REPLAY64 = "first_epoch_losses_float64.csv"
+# Exactly equal losses are drawn at this difference, below float64's resolution of a loss ~1.
+TIE_FLOOR = 1e-17
 
 
 class SameMaskDropout(torch.nn.Module):
@@ -229,6 +233,34 @@ def plot_comparison(path: Path, ours: list[dict], theirs: list[dict], steps) -> 
     plt.close(fig)
 
 
+def read_replay(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """Steps and |purenn - torch| training-loss differences of a ``first_epoch_losses*.csv``."""
+    with path.open(newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    steps = np.array([int(row["step"]) for row in rows])
+    gaps = np.array([abs(float(row["purenn_loss"]) - float(row["torch_loss"])) for row in rows])
+    return steps, gaps
+
+
+def plot_replay_precision(out: Path) -> None:
+    """Loss differences per step of the float32 and float64 replays, on a log scale."""
+    fig, axes = plt.subplots(figsize=(7, 4))
+    for dtype, name in (("float32", "first_epoch_losses.csv"), ("float64", REPLAY64)):
+        steps, gaps = read_replay(out / name)
+        axes.semilogy(steps, np.maximum(gaps, TIE_FLOOR), label=dtype)
+    axes.set(
+        ylim=(TIE_FLOOR / 2, 10),
+        xlabel="step of epoch 1",
+        ylabel=f"|purenn loss - PyTorch loss| (0 drawn at {TIE_FLOOR:g})",
+        title="first epoch from identical weights and batches",
+    )
+    axes.grid(alpha=0.3)
+    axes.legend()
+    fig.tight_layout()
+    fig.savefig(out / "replay_precision.png", dpi=100)
+    plt.close(fig)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("run_dir", type=Path, help="a purenn run folder (its config.json)")
@@ -261,9 +293,11 @@ def main() -> None:
     )
 
     steps = first_epoch_losses(config, data, args.first_epoch_steps, args.replay_dtype)
-    suffix = "" if args.replay_dtype == "float32" else f"_{args.replay_dtype}"
-    with (out / f"first_epoch_losses{suffix}.csv").open("w", newline="") as handle:
+    name = REPLAY64 if args.replay_dtype == "float64" else "first_epoch_losses.csv"
+    with (out / name).open("w", newline="") as handle:
         csv.writer(handle).writerows([("step", "purenn_loss", "torch_loss"), *steps])
+    if (out / "first_epoch_losses.csv").exists() and (out / REPLAY64).exists():
+        plot_replay_precision(out)
     gaps = np.array([abs(a - b) for _, a, b in steps])
     apart = np.flatnonzero(gaps > REPLAY_AGREEMENT)
     print(
