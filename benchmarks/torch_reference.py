@@ -14,14 +14,21 @@ float64 instead: where the float32 losses part because rounding differences grow
 losses stay together for longer, while a difference in the math would part them at the same
 step in both precisions.
 
+``--replay-epochs N`` replays N epochs (no validation or early stopping) and then compares both
+models' test predictions; in float64 over the whole run this shows whether the two frameworks
+reach the same model when float32 rounding is taken out.
+
     python benchmarks/torch_reference.py runs/cnn            # writes runs/cnn/torch-reference/
     python benchmarks/torch_reference.py runs/cnn --replay-only --replay-dtype float64
+    python benchmarks/torch_reference.py runs/ann --replay-only --replay-dtype float64 \
+        --replay-epochs 20
 
 Output folder: ``metrics.csv`` (purenn's columns), ``report.json`` (test metrics, purenn's
 format), ``first_epoch_losses.csv`` (step, purenn loss, torch loss; ``_float64`` in the name
 for a float64 replay), ``compare.png`` (both runs' curves and the first-epoch losses in one
-figure) and, once both replays exist, ``replay_precision.png`` (the loss difference per step in
-float32 and in float64).
+figure), once both replays exist ``replay_precision.png`` (the loss difference per step in
+float32 and in float64), and for a replay of several epochs ``replay_<dtype>.json`` (mean losses
+per epoch, both test accuracies, how many test predictions agree).
 """
 
 from __future__ import annotations
@@ -43,10 +50,12 @@ from torch_twin import torch_twin
 
 from purenn.data import scan_image_folder
 from purenn.losses import SoftmaxCrossEntropy
+from purenn.model import Sequential
 from purenn.optim import clip_grad_norm
 from purenn.presets import build_preset
 from purenn.training.callbacks import EarlyStopping
 from purenn.training.config import make_config
+from purenn.training.evaluation import predict_logits
 from purenn.training.fit import make_optimizer, make_schedule
 from purenn.training.metrics import classification_report, format_report
 from purenn.training.pipeline import load_training_data
@@ -83,21 +92,28 @@ def twin_with_same_masks(model) -> torch.nn.Sequential:
     return twin
 
 
-def torch_logits(model, loader) -> tuple[np.ndarray, np.ndarray]:
+def torch_logits(model, batches) -> tuple[np.ndarray, np.ndarray]:
+    """Logits and labels of ``model`` in eval mode over ``(x, y)`` batches (x in its dtype)."""
     model.eval()
     logits, labels = [], []
     with torch.inference_mode():
-        for x, y in loader.epoch(0):
+        for x, y in batches:
             logits.append(model(torch.from_numpy(x)).numpy())
             labels.append(y)
     return np.concatenate(logits), np.concatenate(labels)
 
 
-def first_epoch_losses(
-    config, data, steps: int | None, dtype: str = "float32"
-) -> list[tuple[int, float, float]]:
-    """Both frameworks' training loss at each step of epoch 1, from identical weights/batches,
-    computed in ``dtype`` ("float32" or "float64")."""
+def replay(
+    config, data, epochs: int = 1, steps: int | None = None, dtype: str = "float32"
+) -> tuple[list[tuple[int, int, float, float]], Sequential, torch.nn.Module]:
+    """Train purenn and PyTorch side by side, step by step, from identical weights and batches,
+    in ``dtype`` ("float32" or "float64"): ``epochs`` epochs of at most ``steps`` steps each,
+    no validation or early stopping.
+
+    Returns:
+        ``(rows, ours, theirs)``: rows ``(epoch, step, purenn loss, torch loss)`` (both 1-based)
+        and the two trained models.
+    """
     ours = build_preset(
         config.preset,
         len(data.cache.class_names),
@@ -112,18 +128,49 @@ def first_epoch_losses(
     torch_optimizer, torch_schedule = torch_training(config, theirs, schedule)
     loss_fn = SoftmaxCrossEntropy(config.label_smoothing)
     rows = []
-    for step, (x, y) in enumerate(train.epoch(0)):
-        if steps is not None and step >= steps:
-            break
-        x = x.astype(dtype, copy=False)
-        loss = loss_fn.forward(ours.forward(x, training=True), y)
-        ours.backward(loss_fn.backward(), input_grad=False)
-        clip_grad_norm(ours.parameters(), config.clip_norm or math.inf)
-        optimizer.step()
-        schedule.step()
-        rows.append((step + 1, loss, torch_step(config, theirs, torch_optimizer, x, y)[0]))
-        torch_schedule.step()
-    return rows
+    for epoch in range(epochs):
+        for step, (x, y) in enumerate(train.epoch(epoch)):
+            if steps is not None and step >= steps:
+                break
+            x = x.astype(dtype, copy=False)
+            loss = loss_fn.forward(ours.forward(x, training=True), y)
+            ours.backward(loss_fn.backward(), input_grad=False)
+            clip_grad_norm(ours.parameters(), config.clip_norm or math.inf)
+            optimizer.step()
+            schedule.step()
+            torch_loss = torch_step(config, theirs, torch_optimizer, x, y)[0]
+            torch_schedule.step()
+            rows.append((epoch + 1, step + 1, loss, torch_loss))
+    return rows, ours, theirs
+
+
+def replay_summary(rows, ours, theirs, loader, dtype: str) -> dict:
+    """Per-epoch mean losses of a replay, and both models' predictions on ``loader``."""
+    epochs = []
+    for epoch in sorted({row[0] for row in rows}):
+        ours_losses, their_losses = np.array([row[2:] for row in rows if row[0] == epoch]).T
+        gaps = np.abs(ours_losses - their_losses)
+        epochs.append(
+            {
+                "epoch": epoch,
+                "purenn_loss": float(ours_losses.mean()),
+                "torch_loss": float(their_losses.mean()),
+                "max_step_gap": float(gaps.max()),
+            }
+        )
+    batches = [(x.astype(dtype), y) for x, y in loader.epoch(0)]
+    ours_logits, labels = predict_logits(ours, batches)
+    their_logits, _ = torch_logits(theirs, batches)
+    ours_pred, their_pred = ours_logits.argmax(1), their_logits.argmax(1)
+    return {
+        "dtype": dtype,
+        "epochs": epochs,
+        "test_images": len(labels),
+        "purenn_test_accuracy": float((ours_pred == labels).mean()),
+        "torch_test_accuracy": float((their_pred == labels).mean()),
+        "same_predictions": int((ours_pred == their_pred).sum()),
+        "max_logit_gap": float(np.abs(ours_logits - their_logits).max()),
+    }
 
 
 def torch_training(config, model, schedule):
@@ -176,7 +223,7 @@ def train_torch(config, data, log) -> tuple[torch.nn.Module, list[dict], int]:
             lr_schedule.step()
             losses, correct, seen = losses + loss * len(y), correct + hits, seen + len(y)
         seconds = time.perf_counter() - start
-        logits, labels = torch_logits(model, val)
+        logits, labels = torch_logits(model, val.epoch(0))
         # As purenn's trainer: the validation loss includes the label smoothing of training.
         val_loss = SoftmaxCrossEntropy(config.label_smoothing).forward(logits, labels)
         row = {
@@ -266,15 +313,23 @@ def main() -> None:
     parser.add_argument("run_dir", type=Path, help="a purenn run folder (its config.json)")
     parser.add_argument("--out", type=Path, help="output folder (default RUN_DIR/torch-reference)")
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--first-epoch-steps", type=int, help="replay only this many steps")
+    parser.add_argument(
+        "--first-epoch-steps", type=int, help="replay only this many steps of each epoch"
+    )
+    parser.add_argument(
+        "--replay-epochs",
+        type=int,
+        default=1,
+        help="replay this many epochs (more than 1: also writes replay_<dtype>.json)",
+    )
     parser.add_argument(
         "--replay-dtype",
         choices=("float32", "float64"),
         default="float32",
-        help="precision of the first-epoch replay (training is float32 either way)",
+        help="precision of the replay (training is float32 either way)",
     )
     parser.add_argument(
-        "--replay-only", action="store_true", help="replay the first epoch, skip the training"
+        "--replay-only", action="store_true", help="replay, then stop: skip the training"
     )
     args = parser.parse_args()
     config = make_config(args.run_dir / "config.json")
@@ -292,7 +347,10 @@ def main() -> None:
         progress=False,
     )
 
-    steps = first_epoch_losses(config, data, args.first_epoch_steps, args.replay_dtype)
+    rows, ours, theirs = replay(
+        config, data, args.replay_epochs, args.first_epoch_steps, args.replay_dtype
+    )
+    steps = [(step, a, b) for epoch, step, a, b in rows if epoch == 1]
     name = REPLAY64 if args.replay_dtype == "float64" else "first_epoch_losses.csv"
     with (out / name).open("w", newline="") as handle:
         csv.writer(handle).writerows([("step", "purenn_loss", "torch_loss"), *steps])
@@ -306,6 +364,23 @@ def main() -> None:
         f"{REPLAY_AGREEMENT:g} for the first {apart[0] if len(apart) else len(steps)} steps",
         flush=True,
     )
+    if args.replay_epochs > 1:
+        test = data.loader("test", config.batch_size)
+        summary = replay_summary(rows, ours, theirs, test, args.replay_dtype)
+        (out / f"replay_{args.replay_dtype}.json").write_text(json.dumps(summary, indent=2))
+        for row in summary["epochs"]:
+            print(
+                f"replay epoch {row['epoch']}: loss purenn {row['purenn_loss']:.6f}, torch "
+                f"{row['torch_loss']:.6f}, largest step difference {row['max_step_gap']:.3g}"
+            )
+        print(
+            f"after {args.replay_epochs} epochs in {args.replay_dtype}: test accuracy purenn "
+            f"{100 * summary['purenn_test_accuracy']:.2f}%, torch "
+            f"{100 * summary['torch_test_accuracy']:.2f}%; same prediction on "
+            f"{summary['same_predictions']} of {summary['test_images']} test images, largest "
+            f"logit difference {summary['max_logit_gap']:.3g}",
+            flush=True,
+        )
     if args.replay_only:
         return
 
@@ -316,7 +391,7 @@ def main() -> None:
         writer = csv.DictWriter(handle, fieldnames=list(history[0]))
         writer.writeheader()
         writer.writerows(history)
-    logits, labels = torch_logits(model, data.loader("test", config.batch_size))
+    logits, labels = torch_logits(model, data.loader("test", config.batch_size).epoch(0))
     report = classification_report(logits, labels, data.cache.class_names)
     report.update(best_epoch=best_epoch, epochs=len(history), wall_seconds=wall)
     (out / "report.json").write_text(json.dumps(report, indent=2))
