@@ -104,11 +104,11 @@ def torch_logits(model, batches) -> tuple[np.ndarray, np.ndarray]:
 
 
 def replay(
-    config, data, epochs: int = 1, steps: int | None = None, dtype: str = "float32"
+    config, data, epochs: int = 1, steps: int | None = None, dtype: str = "float32", log=None
 ) -> tuple[list[tuple[int, int, float, float]], Sequential, torch.nn.Module]:
     """Train purenn and PyTorch side by side, step by step, from identical weights and batches,
     in ``dtype`` ("float32" or "float64"): ``epochs`` epochs of at most ``steps`` steps each,
-    no validation or early stopping.
+    no validation or early stopping. ``log(line)``, if given, gets each epoch's mean losses.
 
     Returns:
         ``(rows, ours, theirs)``: rows ``(epoch, step, purenn loss, torch loss)`` (both 1-based)
@@ -141,30 +141,35 @@ def replay(
             torch_loss = torch_step(config, theirs, torch_optimizer, x, y)[0]
             torch_schedule.step()
             rows.append((epoch + 1, step + 1, loss, torch_loss))
+        if log is not None:
+            row = epoch_losses(rows, epoch + 1)
+            log(
+                f"replay epoch {row['epoch']}: loss purenn {row['purenn_loss']:.6f}, torch "
+                f"{row['torch_loss']:.6f}, largest step difference {row['max_step_gap']:.3g}"
+            )
     return rows, ours, theirs
+
+
+def epoch_losses(rows, epoch: int) -> dict:
+    """Mean training losses of one epoch of replay ``rows``, and their largest step gap."""
+    ours_losses, their_losses = np.array([row[2:] for row in rows if row[0] == epoch]).T
+    return {
+        "epoch": epoch,
+        "purenn_loss": float(ours_losses.mean()),
+        "torch_loss": float(their_losses.mean()),
+        "max_step_gap": float(np.abs(ours_losses - their_losses).max()),
+    }
 
 
 def replay_summary(rows, ours, theirs, loader, dtype: str) -> dict:
     """Per-epoch mean losses of a replay, and both models' predictions on ``loader``."""
-    epochs = []
-    for epoch in sorted({row[0] for row in rows}):
-        ours_losses, their_losses = np.array([row[2:] for row in rows if row[0] == epoch]).T
-        gaps = np.abs(ours_losses - their_losses)
-        epochs.append(
-            {
-                "epoch": epoch,
-                "purenn_loss": float(ours_losses.mean()),
-                "torch_loss": float(their_losses.mean()),
-                "max_step_gap": float(gaps.max()),
-            }
-        )
     batches = [(x.astype(dtype), y) for x, y in loader.epoch(0)]
     ours_logits, labels = predict_logits(ours, batches)
     their_logits, _ = torch_logits(theirs, batches)
     ours_pred, their_pred = ours_logits.argmax(1), their_logits.argmax(1)
     return {
         "dtype": dtype,
-        "epochs": epochs,
+        "epochs": [epoch_losses(rows, epoch) for epoch in sorted({row[0] for row in rows})],
         "test_images": len(labels),
         "purenn_test_accuracy": float((ours_pred == labels).mean()),
         "torch_test_accuracy": float((their_pred == labels).mean()),
@@ -347,8 +352,9 @@ def main() -> None:
         progress=False,
     )
 
+    log = (lambda line: print(line, flush=True)) if args.replay_epochs > 1 else None
     rows, ours, theirs = replay(
-        config, data, args.replay_epochs, args.first_epoch_steps, args.replay_dtype
+        config, data, args.replay_epochs, args.first_epoch_steps, args.replay_dtype, log
     )
     steps = [(step, a, b) for epoch, step, a, b in rows if epoch == 1]
     name = REPLAY64 if args.replay_dtype == "float64" else "first_epoch_losses.csv"
@@ -368,11 +374,6 @@ def main() -> None:
         test = data.loader("test", config.batch_size)
         summary = replay_summary(rows, ours, theirs, test, args.replay_dtype)
         (out / f"replay_{args.replay_dtype}.json").write_text(json.dumps(summary, indent=2))
-        for row in summary["epochs"]:
-            print(
-                f"replay epoch {row['epoch']}: loss purenn {row['purenn_loss']:.6f}, torch "
-                f"{row['torch_loss']:.6f}, largest step difference {row['max_step_gap']:.3g}"
-            )
         print(
             f"after {args.replay_epochs} epochs in {args.replay_dtype}: test accuracy purenn "
             f"{100 * summary['purenn_test_accuracy']:.2f}%, torch "
