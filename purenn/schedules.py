@@ -16,7 +16,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from purenn.checks import is_int, require
+from purenn.checks import check_int, is_int, require
 from purenn.optim import Optimizer
 
 
@@ -103,9 +103,8 @@ class StepDecay(Schedule):
     """
 
     def __init__(self, optimizer: Optimizer, step_size: int, gamma: float = 0.1) -> None:
-        require(is_int(step_size) and step_size >= 1, "step_size", "an int >= 1", step_size)
+        self.step_size = check_int(step_size, "step_size")
         require(0 < gamma <= 1, "gamma", "in (0, 1]", gamma)
-        self.step_size = step_size
         self.gamma = float(gamma)
         super().__init__(optimizer)
 
@@ -144,12 +143,7 @@ class CosineWarmup(Schedule):
         warmup_start_factor: float = 0.0,
         min_lr: float = 0.0,
     ) -> None:
-        require(
-            is_int(total_steps) and total_steps >= 1,
-            "total_steps",
-            "an int >= 1",
-            total_steps,
-        )
+        total_steps = check_int(total_steps, "total_steps")
         require(
             is_int(warmup_steps) and 0 <= warmup_steps < total_steps,
             "warmup_steps",

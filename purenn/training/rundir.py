@@ -65,8 +65,7 @@ class RunDir:
         run = cls(path)
         if run.path.is_dir():
             remove_stale_temporaries(run.path)
-        if run.path.is_dir() and any(run.path.iterdir()):
-            if not overwrite:
+            if any(run.path.iterdir()) and not overwrite:
                 raise RunDirError(
                     f"run folder already exists: {run.path} (use --resume {run.path} to "
                     "continue it, or --overwrite to start again)"
