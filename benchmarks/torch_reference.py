@@ -38,6 +38,7 @@ import csv
 import json
 import math
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import matplotlib
@@ -48,11 +49,12 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from torch_twin import torch_twin
 
-from purenn.data import scan_image_folder
+from purenn.data import DataLoader, scan_image_folder
 from purenn.losses import SoftmaxCrossEntropy
 from purenn.model import Sequential
-from purenn.optim import clip_grad_norm
+from purenn.optim import Optimizer, clip_grad_norm
 from purenn.presets import build_preset
+from purenn.schedules import Schedule
 from purenn.training.callbacks import EarlyStopping
 from purenn.training.config import make_config
 from purenn.training.evaluation import predict_logits
@@ -114,32 +116,22 @@ def replay(
         ``(rows, ours, theirs)``: rows ``(epoch, step, purenn loss, torch loss)`` (both 1-based)
         and the two trained models.
     """
-    ours = build_preset(
-        config.preset,
-        len(data.cache.class_names),
-        config.image_size,
-        seed=config.seed,
-        dtype=np.dtype(dtype),
-    )
-    theirs = twin_with_same_masks(ours).train()
-    train = data.loader("train", config.batch_size, config.seed, config.augment_factor)
-    optimizer = make_optimizer(config, ours)
-    schedule = make_schedule(config, optimizer, len(train))
-    torch_optimizer, torch_schedule = torch_training(config, theirs, schedule)
+    twins = start_twins(config, data, dtype)
+    ours, theirs = twins.ours, twins.theirs.train()
     loss_fn = SoftmaxCrossEntropy(config.label_smoothing)
     rows = []
     for epoch in range(epochs):
-        for step, (x, y) in enumerate(train.epoch(epoch)):
+        for step, (x, y) in enumerate(twins.train.epoch(epoch)):
             if steps is not None and step >= steps:
                 break
             x = x.astype(dtype, copy=False)
             loss = loss_fn.forward(ours.forward(x, training=True), y)
             ours.backward(loss_fn.backward(), input_grad=False)
             clip_grad_norm(ours.parameters(), config.clip_norm or math.inf)
-            optimizer.step()
-            schedule.step()
-            torch_loss = torch_step(config, theirs, torch_optimizer, x, y)[0]
-            torch_schedule.step()
+            twins.optimizer.step()
+            twins.schedule.step()
+            torch_loss = torch_step(config, theirs, twins.torch_optimizer, x, y)[0]
+            twins.torch_schedule.step()
             rows.append((epoch + 1, step + 1, loss, torch_loss))
         if log is not None:
             row = epoch_losses(rows, epoch + 1)
@@ -178,6 +170,38 @@ def replay_summary(rows, ours, theirs, loader, dtype: str) -> dict:
     }
 
 
+@dataclass
+class Twins:
+    """A run's start in both frameworks: the preset built with the run's seed and its torch twin
+    (same weights and dropout masks), each framework's optimizer, purenn's schedule and the torch
+    ``LambdaLR`` replaying it, and the run's training loader."""
+
+    ours: Sequential
+    optimizer: Optimizer
+    schedule: Schedule
+    theirs: torch.nn.Module
+    torch_optimizer: torch.optim.Optimizer
+    torch_schedule: torch.optim.lr_scheduler.LambdaLR
+    train: DataLoader
+
+
+def start_twins(config, data, dtype: str = "float32") -> Twins:
+    """Both frameworks at step 0 of the run ``config`` on ``data``, in ``dtype``."""
+    ours = build_preset(
+        config.preset,
+        len(data.cache.class_names),
+        config.image_size,
+        seed=config.seed,
+        dtype=np.dtype(dtype),
+    )
+    theirs = twin_with_same_masks(ours)
+    train = data.loader("train", config.batch_size, config.seed, config.augment_factor)
+    optimizer = make_optimizer(config, ours)
+    schedule = make_schedule(config, optimizer, len(train))
+    torch_optimizer, torch_schedule = torch_training(config, theirs, schedule)
+    return Twins(ours, optimizer, schedule, theirs, torch_optimizer, torch_schedule, train)
+
+
 def torch_training(config, model, schedule):
     """Torch Adam (or SGD) and a LambdaLR replaying purenn's schedule step by step."""
     if config.optimizer == "sgd":
@@ -209,14 +233,9 @@ def torch_step(config, model, optimizer, x, y) -> tuple[float, int]:
 
 
 def train_torch(config, data, log) -> tuple[torch.nn.Module, list[dict], int]:
-    purenn_model = build_preset(
-        config.preset, len(data.cache.class_names), config.image_size, seed=config.seed
-    )
-    model = twin_with_same_masks(purenn_model)
-    train = data.loader("train", config.batch_size, config.seed, config.augment_factor)
-    val = data.loader("val", config.batch_size)
-    schedule = make_schedule(config, make_optimizer(config, purenn_model), len(train))
-    optimizer, lr_schedule = torch_training(config, model, schedule)
+    twins = start_twins(config, data)
+    model, optimizer, lr_schedule = twins.theirs, twins.torch_optimizer, twins.torch_schedule
+    train, val = twins.train, data.loader("val", config.batch_size)
     stopper, history = EarlyStopping(config.patience), []
     best_state = None
     for epoch in range(config.epochs):
