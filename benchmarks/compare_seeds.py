@@ -48,30 +48,33 @@ def mean_std(values: list[float]) -> tuple[float, float]:
     return float(array.mean()), float(array.std(ddof=1)) if len(array) > 1 else 0.0
 
 
+def seed_results(run: Path) -> dict:
+    """One seed's figures, in percent except the F1 scores: test accuracy and macro F1 of both
+    frameworks, their difference, and both validation accuracies at the last epoch."""
+    ours, theirs = read_json(run / "report.json"), read_json(run / TORCH_FOLDER / "report.json")
+    return {
+        "seed": read_json(run / "config.json")["seed"],
+        "purenn": 100 * ours["accuracy"],
+        "purenn_f1": ours["macro_f1"],
+        "torch": 100 * theirs["accuracy"],
+        "torch_f1": theirs["macro_f1"],
+        "diff": 100 * (ours["accuracy"] - theirs["accuracy"]),
+        "purenn_val": 100 * read_column(run / "metrics.csv", "val_accuracy")[-1],
+        "torch_val": 100 * read_column(run / TORCH_FOLDER / "metrics.csv", "val_accuracy")[-1],
+    }
+
+
 def table(runs: list[Path]) -> str:
-    rows, columns = [], {"purenn": [], "torch": [], "purenn_f1": [], "torch_f1": [], "diff": []}
-    last_val = {"purenn": [], "torch": []}
-    for run in runs:
-        for name, folder in (("purenn", run), ("torch", run / TORCH_FOLDER)):
-            last_val[name].append(100 * read_column(folder / "metrics.csv", "val_accuracy")[-1])
-        seed = read_json(run / "config.json")["seed"]
-        ours, theirs = read_json(run / "report.json"), read_json(run / TORCH_FOLDER / "report.json")
-        diff = 100 * (ours["accuracy"] - theirs["accuracy"])
-        for key, value in (
-            ("purenn", 100 * ours["accuracy"]),
-            ("torch", 100 * theirs["accuracy"]),
-            ("purenn_f1", ours["macro_f1"]),
-            ("torch_f1", theirs["macro_f1"]),
-            ("diff", diff),
-        ):
-            columns[key].append(value)
-        rows.append(
-            f"| {seed} | {100 * ours['accuracy']:.2f}% | {ours['macro_f1']:.4f} "
-            f"| {100 * theirs['accuracy']:.2f}% | {theirs['macro_f1']:.4f} | {diff:+.2f} |"
-        )
-    stats = {key: mean_std(values) for key, values in columns.items()}
-    (pm, ps), (tm, ts), (dm, ds) = stats["purenn"], stats["torch"], stats["diff"]
-    (pfm, pfs), (tfm, tfs) = stats["purenn_f1"], stats["torch_f1"]
+    results = [seed_results(run) for run in runs]
+    stats = {key: mean_std([r[key] for r in results]) for key in results[0] if key != "seed"}
+    rows = [
+        f"| {r['seed']} | {r['purenn']:.2f}% | {r['purenn_f1']:.4f} | {r['torch']:.2f}% "
+        f"| {r['torch_f1']:.4f} | {r['diff']:+.2f} |"
+        for r in results
+    ]
+    (pm, ps), (pfm, pfs) = stats["purenn"], stats["purenn_f1"]
+    (tm, ts), (tfm, tfs) = stats["torch"], stats["torch_f1"]
+    dm, ds = stats["diff"]
     n = len(runs)
     lines = [
         "| seed | purenn test acc | purenn macro F1 | PyTorch test acc | PyTorch macro F1 "
@@ -85,7 +88,7 @@ def table(runs: list[Path]) -> str:
         f"difference: {ds / math.sqrt(n):.2f} pp.",
         "Validation accuracy at the last epoch, mean ± sd: purenn "
         "{:.2f} ± {:.2f}%, PyTorch {:.2f} ± {:.2f}%.".format(
-            *mean_std(last_val["purenn"]), *mean_std(last_val["torch"])
+            *stats["purenn_val"], *stats["torch_val"]
         ),
     ]
     return "\n".join(lines)
