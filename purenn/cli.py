@@ -1,19 +1,23 @@
-"""The ``purenn`` command: train, evaluate, predict, summary, demo.
+"""The ``purenn`` command: train, evaluate, predict, summary, demo, cache.
 
 Exit codes: 0 success; 1 training diverged (NaN/inf loss); 2 bad input (``purenn: error: ...``
-on stderr, no traceback); 130 interrupted (Ctrl-C; ``train`` saves a checkpoint first).
+on stderr, no traceback); 130 interrupted (Ctrl-C; ``train`` saves a checkpoint first); 141
+the reader of the output went away (``purenn predict ... | head -1``), silently, as SIGPIPE
+ends other command-line tools.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 import purenn
+from purenn.cache_cli import add_parser as add_cache_parser
 from purenn.presets import PRESETS, build_preset
 from purenn.runtime import limit_threads
 from purenn.serialization import load_model
@@ -29,20 +33,34 @@ from purenn.training import (
     train,
     write_report,
 )
-from purenn.training.config import KEYS, RESUMABLE_OVERRIDES
-from purenn.training.evaluation import default_eval_dir
+from purenn.training.config import KEYS, RESUMABLE_OVERRIDES, ConfigError
+from purenn.training.evaluation import SPLIT_CHOICES, default_eval_dir, describe_scored
 from purenn.training.metrics import format_report
-from purenn.training.prediction import format_predictions
+from purenn.training.prediction import format_predictions, model_file
+from purenn.training.rundir import RunDir
 
-EXIT_OK, EXIT_DIVERGED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+EXIT_OK, EXIT_DIVERGED, EXIT_USAGE, EXIT_INTERRUPTED, EXIT_BROKEN_PIPE = 0, 1, 2, 130, 141
 
 
 class UsageError(ValueError):
     """A bad combination of command-line arguments."""
 
 
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Help with every default shown (except "none" and off switches) and epilogs kept as typed."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        if action.default is None or action.default is False or "default:" in (action.help or ""):
+            return action.help or ""
+        return super()._get_help_string(action)
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse with the one-line ``purenn: error: ...`` of every other input error."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        kwargs.setdefault("formatter_class", _HelpFormatter)
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str):
         self.exit(EXIT_USAGE, f"purenn: error: {message} (see {self.prog} --help)\n")
@@ -100,6 +118,8 @@ def _cmd_train(args: argparse.Namespace, progress: Progress) -> int:
     if args.data_dir is not None:
         given["data_dir"] = args.data_dir
     if args.resume is not None:
+        if "epochs" in given:
+            raise UsageError(_more_epochs_advice(Path(args.resume), given["epochs"]))
         conflicts = [
             "DATA_DIR" if name == "data_dir" else _flag(name)
             for name in given
@@ -113,7 +133,19 @@ def _cmd_train(args: argparse.Namespace, progress: Progress) -> int:
             )
         result = resume(args.resume, threads=given.get("threads"), progress=progress)
     else:
-        result = train(make_config(args.config, given), args.overwrite, progress)
+        if "init_from" in given and "image_size" not in given:
+            # A fine-tuned model keeps the input size it was trained at.
+            _, meta = load_model(model_file(given["init_from"], "--init-from"))
+            if isinstance(meta.get("image_size"), int):
+                given["image_size"] = meta["image_size"]
+        try:
+            config = make_config(args.config, given)
+        except ConfigError as err:
+            key = str(err).split(" ", 1)[0]
+            if key in given:  # name the flag the user typed, too
+                raise ConfigError(f"{_flag(key)}: {err}") from None
+            raise
+        result = train(config, args.overwrite, progress)
     line = f"best model (epoch {result.best_epoch}): {result.run_dir / 'best.npz'}"
     if result.test_report is not None:
         report = result.test_report
@@ -125,13 +157,27 @@ def _cmd_train(args: argparse.Namespace, progress: Progress) -> int:
     return EXIT_OK
 
 
+def _more_epochs_advice(run: Path, epochs: int) -> str:
+    """Why ``--resume RUN --epochs N`` is refused, and the command that trains on."""
+    data = ""
+    if (run / RunDir.CONFIG).is_file():
+        data = f" --config {run / RunDir.CONFIG}"
+    return (
+        f"--epochs cannot change the length of a run being resumed: its learning-rate schedule "
+        f"was planned for the epochs it started with. To train its model further, start a new "
+        f"run from it (a fresh schedule and optimizer): purenn train{data} --init-from {run} "
+        f"--epochs {epochs} --out {run}-more"
+    )
+
+
 def _cmd_evaluate(args: argparse.Namespace, progress: Progress) -> int:
-    out = Path(args.out) if args.out else default_eval_dir(args.model, args.data_dir, args.split)
-    load_model(args.model)  # a bad model file is reported before the folder is created
+    model = model_file(args.model)
+    out = Path(args.out) if args.out else default_eval_dir(model, args.data_dir, args.split)
+    load_model(model)  # a bad model file is reported before the folder is created
     _writable_folder(out.absolute())
     with limit_threads(args.threads):
         report = evaluate(
-            args.model,
+            model,
             args.data_dir,
             split=args.split,
             batch_size=args.batch_size,
@@ -141,30 +187,52 @@ def _cmd_evaluate(args: argparse.Namespace, progress: Progress) -> int:
         )
     json_path, png_path = write_report(out, report)
     if args.json:
+        print(describe_scored(report), file=sys.stderr)
         print(json.dumps(report, indent=2))
     else:
+        progress.info(describe_scored(report))
         progress.result(format_report(report))
         progress.info(f"report: {json_path}\nconfusion matrix: {png_path}")
     return EXIT_OK
 
 
 def _cmd_predict(args: argparse.Namespace, progress: Progress) -> int:
+    skipped: list[tuple[str, str]] | None = None if args.strict else []
     with limit_threads(args.threads):
-        results = predict(args.model, args.images, top_k=args.top_k, batch_size=args.batch_size)
+        results = predict(args.model, args.images, args.top_k, args.batch_size, skipped=skipped)
+    if skipped:
+        listed = "".join(f"\n  {path}: {reason}" for path, reason in skipped)
+        print(
+            f"purenn: skipped {len(skipped)} unreadable file(s) (--strict to fail instead):"
+            + listed,
+            file=sys.stderr,
+        )
     print(json.dumps(results, indent=2) if args.json else format_predictions(results))
     return EXIT_OK
 
 
+# What ``purenn summary PRESET`` shows without --num-classes / --image-size: how it is used.
+SUMMARY_DEFAULTS = {"demo-cnn": (10, 16)}
+SUMMARY_FALLBACK = (38, 128)  # the seed project's PlantVillage models
+
+
+def _classes(count: int) -> str:
+    return f"{count} class" + ("" if count == 1 else "es")
+
+
 def _cmd_summary(args: argparse.Namespace, progress: Progress) -> int:
     target = args.target
-    if Path(target).is_file():
-        model, meta = load_model(target)
-        title = f"{target}: {len(meta.get('class_names', []))} classes"
+    if Path(target).exists():
+        model, meta = load_model(model_file(target))
+        title = f"{target}: {_classes(len(meta.get('class_names', [])))}"
         shape = model.input_shape
     elif target in PRESETS:
-        model = build_preset(target, args.num_classes, args.image_size, args.in_channels)
-        title = f"{target}: {args.num_classes} classes"
-        shape = (args.in_channels, args.image_size, args.image_size)
+        classes, size = SUMMARY_DEFAULTS.get(target, SUMMARY_FALLBACK)
+        classes = args.num_classes or classes
+        size = args.image_size or size
+        model = build_preset(target, classes, size, args.in_channels)
+        title = f"{target}: {_classes(classes)}"
+        shape = (args.in_channels, size, size)
     else:
         raise UsageError(
             f"{target!r} is neither a model file nor a preset; presets: {', '.join(PRESETS)}"
@@ -179,6 +247,9 @@ def _cmd_demo(args: argparse.Namespace, progress: Progress) -> int:
     }
     start = time.perf_counter()
     result = run_demo(args.out, overwrite=args.overwrite, progress=progress, **overrides)
+    progress.info(
+        f"run folder: {result.run_dir} (try: purenn summary {result.run_dir / 'best.npz'})"
+    )
     report = result.test_report
     progress.result(
         f"demo test accuracy: {100 * report['accuracy']:.1f}% ({report['samples']} test "
@@ -188,6 +259,13 @@ def _cmd_demo(args: argparse.Namespace, progress: Progress) -> int:
 
 
 # -- the parser ------------------------------------------------------------------------------
+def _examples(*lines: str) -> str:
+    return "example:\n" + "\n".join(f"  {line}" for line in lines)
+
+
+THREADS_HELP = "BLAS threads and image-decoding processes (default: all cores)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="purenn", description="A deep-learning library in pure NumPy: train and use models."
@@ -195,22 +273,44 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"purenn {purenn.__version__}")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
-    p = commands.add_parser("train", help="train a model on an image folder")
+    p = commands.add_parser(
+        "train",
+        help="train a model on an image folder",
+        description="Train a classifier on DATA_DIR/<class>/<image> into a run folder.",
+        epilog=_examples(
+            "purenn train leaves/ --preset plantvillage-cnn --epochs 30 --out runs/cnn",
+            "purenn train --resume runs/cnn",
+            "purenn train new-photos/ --init-from runs/cnn --epochs 10 --out runs/cnn-tuned",
+        ),
+    )
     p.add_argument("data_dir", nargs="?", metavar="DATA_DIR", help="DATA_DIR/<class>/<image>")
-    p.add_argument("--config", metavar="FILE", help="TOML or JSON file of config keys")
+    p.add_argument(
+        "--config", metavar="FILE", help="TOML or JSON file of config keys (a run's config.json)"
+    )
     p.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its last checkpoint")
-    p.add_argument("--overwrite", action="store_true", help="reuse an existing run folder")
+    p.add_argument(
+        "--overwrite", action="store_true", help="delete an existing run folder's run files first"
+    )
     _add_config_flags(p)
     p.set_defaults(func=_cmd_train)
 
-    p = commands.add_parser("evaluate", help="metrics of a model on an image folder")
-    p.add_argument("model", metavar="MODEL", help="a .npz model file")
+    p = commands.add_parser(
+        "evaluate",
+        help="metrics of a model on an image folder",
+        description="Score a model on labelled images; writes report.json and confusion.png.",
+        epilog=_examples(
+            "purenn evaluate runs/cnn/best.npz leaves/            # its test split (auto)",
+            "purenn evaluate runs/cnn test-leaves/ --json | head",
+        ),
+    )
+    p.add_argument("model", metavar="MODEL", help="a .npz model file, or a run folder")
     p.add_argument("data_dir", metavar="DATA_DIR", help="DATA_DIR/<class>/<image>")
     p.add_argument(
         "--split",
-        choices=("all", "train", "val", "test"),
-        default="all",
-        help="all images, or one part of the split made in training (default: all)",
+        choices=SPLIT_CHOICES,
+        default="auto",
+        help="auto: the model's test split on the folder it was trained on, all images of any "
+        "other folder; or all, or one part of the training split",
     )
     p.add_argument(
         "--out",
@@ -218,39 +318,89 @@ def build_parser() -> argparse.ArgumentParser:
         help="for report.json and confusion.png "
         "(default: <model folder>/eval-<data folder>[-<split>])",
     )
-    p.add_argument("--batch-size", type=_positive_int, default=64, metavar="N")
-    p.add_argument("--cache-dir", metavar="DIR", help="decoded-image cache")
+    p.add_argument(
+        "--batch-size", type=_positive_int, default=64, metavar="N", help="images per forward pass"
+    )
+    p.add_argument(
+        "--cache-dir", metavar="DIR", help="decoded-image cache (default: ~/.cache/purenn)"
+    )
     p.add_argument("--json", action="store_true", help="print the JSON report")
-    p.add_argument("--threads", type=_positive_int, metavar="N")
+    p.add_argument("--threads", type=_positive_int, metavar="N", help=THREADS_HELP)
     p.set_defaults(func=_cmd_evaluate)
 
-    p = commands.add_parser("predict", help="top-k classes of image files")
-    p.add_argument("model", metavar="MODEL", help="a .npz model file")
+    p = commands.add_parser(
+        "predict",
+        help="top-k classes of image files",
+        description="Top-k classes of image files; unreadable files are listed and skipped.",
+        epilog=_examples("purenn predict runs/cnn/best.npz leaf1.jpg photos/ --top-k 3"),
+    )
+    p.add_argument("model", metavar="MODEL", help="a .npz model file, or a run folder")
     p.add_argument("images", nargs="+", metavar="IMAGE", help="image files or folders")
-    p.add_argument("--top-k", type=_positive_int, default=5, metavar="K")
-    p.add_argument("--batch-size", type=_positive_int, default=64, metavar="N")
+    p.add_argument("--top-k", type=_positive_int, default=5, metavar="K", help="classes per image")
+    p.add_argument(
+        "--batch-size", type=_positive_int, default=64, metavar="N", help="images per forward pass"
+    )
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    p.add_argument("--threads", type=_positive_int, metavar="N")
+    p.add_argument(
+        "--strict", action="store_true", help="fail on an unreadable file instead of skipping it"
+    )
+    p.add_argument("--threads", type=_positive_int, metavar="N", help=THREADS_HELP)
     p.set_defaults(func=_cmd_predict)
 
-    p = commands.add_parser("summary", help="layers, output shapes, parameters, FLOPs")
-    p.add_argument("target", metavar="PRESET_OR_MODEL", help=f"{', '.join(PRESETS)} or a .npz")
-    p.add_argument("--image-size", type=int, default=128, metavar="S")
-    p.add_argument("--num-classes", type=int, default=38, metavar="K")
-    p.add_argument("--in-channels", type=int, default=3, metavar="C")
+    p = commands.add_parser(
+        "summary",
+        help="layers, output shapes, parameters, FLOPs",
+        epilog=_examples(
+            "purenn summary plantvillage-cnn --num-classes 15", "purenn summary runs/cnn"
+        ),
+    )
+    p.add_argument(
+        "target", metavar="PRESET_OR_MODEL", help=f"{', '.join(PRESETS)}, a .npz or a run folder"
+    )
+    p.add_argument(
+        "--image-size",
+        type=_positive_int,
+        metavar="S",
+        help="for a preset (default: 16 for demo-cnn, else 128)",
+    )
+    p.add_argument(
+        "--num-classes",
+        type=_positive_int,
+        metavar="K",
+        help="for a preset (default: 10 for demo-cnn, else 38)",
+    )
+    p.add_argument("--in-channels", type=_positive_int, default=3, metavar="C", help="for a preset")
     p.set_defaults(func=_cmd_summary)
 
-    p = commands.add_parser("demo", help="train a small CNN on the digits shipped with sklearn")
-    p.add_argument("--out", metavar="RUN_DIR", help="keep the run folder here")
-    p.add_argument("--overwrite", action="store_true", help="reuse an existing run folder")
-    p.add_argument("--epochs", type=_positive_int, metavar="N")
-    p.add_argument("--seed", type=int, metavar="N")
-    p.add_argument("--threads", type=_positive_int, metavar="N")
+    p = commands.add_parser(
+        "demo",
+        help="train a small CNN on handwritten digits shipped with purenn",
+        description="Train demo-cnn on 1,797 8x8 handwritten digits (shipped, no download).",
+        epilog=_examples("purenn demo", "purenn demo --epochs 3 --out runs/demo"),
+    )
+    p.add_argument("--out", metavar="RUN_DIR", help="run folder (default: runs/demo-<date>-<time>)")
+    p.add_argument(
+        "--overwrite", action="store_true", help="delete an existing run folder's run files first"
+    )
+    p.add_argument("--epochs", type=_positive_int, metavar="N", help="(default: 15)")
+    p.add_argument("--seed", type=int, metavar="N", help="(default: 0)")
+    p.add_argument("--threads", type=_positive_int, metavar="N", help=THREADS_HELP)
     p.set_defaults(func=_cmd_demo)
+
+    add_cache_parser(commands)
 
     for sub in commands.choices.values():
         sub.add_argument("--quiet", "-q", action="store_true", help="print only the result")
     return parser
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null, so that the interpreter's final flush cannot fail again."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError, AttributeError):  # no real file descriptor (tests)
+        pass
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -261,7 +411,12 @@ def main(argv: list[str] | None = None) -> int:
         return exit.code
     progress = Progress(quiet=args.quiet)
     try:
-        return args.func(args, progress)
+        code = args.func(args, progress)
+        sys.stdout.flush()  # a closed pipe is reported here, not at interpreter exit
+        return code
+    except BrokenPipeError:  # `purenn predict ... | head -1`: the reader has what it wanted
+        _silence_stdout()
+        return EXIT_BROKEN_PIPE
     except NonFiniteLossError as err:
         print(f"purenn: {err}", file=sys.stderr)
         return EXIT_DIVERGED

@@ -277,6 +277,7 @@ def build_cache(
     workers: int | None = None,
     strict: bool = False,
     progress: bool = True,
+    listing: str | Path | None = None,
 ) -> ImageCache:
     """Decode and resize every image of ``scan`` once, or reuse the cache built before.
 
@@ -287,6 +288,8 @@ def build_cache(
         workers: decoding processes (default: the usable CPU count; 1 decodes in-process).
         strict: raise instead of skipping unreadable, truncated, empty or non-image files.
         progress: show a progress bar on stderr while building.
+        listing: the list of skipped files that the warning names (default: the entry's
+            ``skipped.txt``; a training run names the copy in its run folder).
 
     Skipped files are listed in ``skipped.txt`` in the entry folder, and a one-line summary is
     logged as a warning (``logging`` prints it to stderr when unconfigured), on every call.
@@ -302,7 +305,7 @@ def build_cache(
     if workers is None:
         workers = _default_workers()
     workers = check_int(workers, "workers", 1, DataError)
-    cache_dir = Path(cache_dir).expanduser().absolute()
+    cache_dir = Path(cache_dir).expanduser().resolve()
     cache_dir.mkdir(parents=True, exist_ok=True)
 
     key = _cache_key(scan, s)
@@ -338,7 +341,65 @@ def build_cache(
             len(cache.skipped),
             len(cache.skipped) + len(cache),
             scan.root,
-            cache.skipped_path,
+            listing or cache.skipped_path,
         )
     _check_usable(cache, scan, strict)
     return cache
+
+
+@dataclass
+class CacheEntry:
+    """One committed entry of a cache folder, as ``purenn cache list`` shows it.
+
+    Attributes:
+        path: the entry folder. root: the image folder it was built from.
+        image_size: S. images: decoded images held. bytes: disk space of the entry.
+    """
+
+    path: Path
+    root: Path
+    image_size: int
+    images: int
+    bytes: int
+
+
+def _entry_size(entry: Path) -> int:
+    return sum(f.stat().st_size for f in entry.iterdir() if f.is_file())
+
+
+def list_entries(cache_dir: str | Path) -> list[CacheEntry]:
+    """The committed entries of ``cache_dir`` (none if it does not exist), by root then size.
+
+    Folders without a readable ``meta.json`` and builds in progress are not entries.
+    """
+    cache_dir = Path(cache_dir).expanduser().resolve()
+    if not cache_dir.is_dir():
+        return []
+    entries = []
+    for entry in cache_dir.iterdir():
+        if entry.name.startswith(".") or not (entry / "meta.json").is_file():
+            continue
+        try:
+            meta = json.loads((entry / "meta.json").read_text(encoding="ascii"))
+            root, size, count = Path(meta["root"]), int(meta["image_size"]), len(meta["files"])
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+        entries.append(CacheEntry(entry, root, size, count, _entry_size(entry)))
+    return sorted(entries, key=lambda e: (str(e.root), e.image_size))
+
+
+def remove_entries(cache_dir: str | Path, root: str | Path | None = None) -> list[CacheEntry]:
+    """Delete the entries of ``cache_dir`` (only those built from ``root``, if given).
+
+    Only entry folders are removed (and temporary folders of builds whose process is gone),
+    never other files that happen to be in ``cache_dir``. Returns the removed entries.
+    """
+    cache_dir = Path(cache_dir).expanduser().resolve()
+    if not cache_dir.is_dir():
+        return []
+    _remove_dead_builds(cache_dir)
+    wanted = None if root is None else Path(root).expanduser().resolve()
+    removed = [e for e in list_entries(cache_dir) if wanted is None or e.root == wanted]
+    for entry in removed:
+        shutil.rmtree(entry.path, ignore_errors=True)
+    return removed

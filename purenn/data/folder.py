@@ -36,6 +36,9 @@ class FolderScan:
         subset: per file ``"train"``, ``"val"`` or ``"test"`` for a pre-split layout, else None.
         ignored: files inside class folders whose extension is not an image extension (they are
             reported as skipped by ``build_cache``); hidden files are not listed.
+        ignored_folders: ``(folder, reason)`` of the top-level folders that are not classes:
+            purenn's own output (run and evaluation folders, or a ``runs/`` folder of them) and
+            tool debris (``__MACOSX``, ``__pycache__``).
     """
 
     root: Path
@@ -44,16 +47,76 @@ class FolderScan:
     class_names: list[str]
     subset: list[str] | None = None
     ignored: list[str] = field(default_factory=list)
+    ignored_folders: list[tuple[str, str]] = field(default_factory=list)
 
     def class_folder(self, path: str) -> str:
         """The class folder (relative to ``root``) that holds ``path``, a path like ``files``."""
         return "/".join(path.split("/")[: 2 if self.subset is not None else 1])
 
 
+# Folders that archivers and tools leave beside the data; never classes.
+DEBRIS_FOLDERS = frozenset({"__MACOSX", "__pycache__"})
+# A folder holding config.json and one of these is a purenn run folder; report.json with
+# confusion.png is an evaluation folder (``purenn evaluate``).
+_RUN_MARKERS = ("best.npz", "last.ckpt.npz", "metrics.csv")
+
+
 def _visible_dirs(folder: Path) -> list[str]:
     # Hidden entries (".ipynb_checkpoints", ".git") are never classes or splits.
     with os.scandir(folder) as entries:
         return sorted(e.name for e in entries if not e.name.startswith(".") and e.is_dir())
+
+
+def _is_purenn_output(folder: Path) -> bool:
+    """A run folder (``purenn train``) or an evaluation folder (``purenn evaluate``)."""
+    if (folder / "config.json").is_file():
+        return any((folder / name).exists() for name in _RUN_MARKERS)
+    return (folder / "report.json").is_file() and (folder / "confusion.png").is_file()
+
+
+def _not_a_class(folder: Path) -> str | None:
+    """Why a top-level folder is not a class (purenn output, tool debris), or None."""
+    if folder.name in DEBRIS_FOLDERS:
+        return "tool debris"
+    if _is_purenn_output(folder):
+        return "a purenn run folder"
+    if any(_is_purenn_output(folder / d) for d in _visible_dirs(folder)):
+        return "holds purenn run folders"
+    return None
+
+
+def _has_direct_images(folder: Path) -> bool:
+    with os.scandir(folder) as entries:
+        return any(
+            e.is_file() and os.path.splitext(e.name)[1].lower() in IMAGE_EXTENSIONS
+            for e in entries
+            if not e.name.startswith(".")
+        )
+
+
+def _holds_class_folders(folder: Path) -> bool:
+    """No image directly inside, but two or more sub-folders that hold images: a dataset root."""
+    if _has_direct_images(folder):
+        return False
+    subs = [d for d in _visible_dirs(folder) if _not_a_class(folder / d) is None]
+    with_images = [d for d in subs if _walk_class_folder(folder / d, d)[0]]
+    return len(with_images) >= 2
+
+
+def _check_not_one_level_too_high(root: Path, top: list[str]) -> None:
+    """Refuse ``PlantVillage/{color,grayscale}/<class>/<image>`` passed as ``PlantVillage``.
+
+    When every top-level folder holds class folders rather than images, training would learn
+    to tell the top-level folders apart (e.g. colour from greyscale), not the classes.
+    """
+    if not top or not all(_holds_class_folders(root / d) for d in top):
+        return
+    examples = ", ".join(_visible_dirs(root / top[0])[:3])
+    raise DataError(
+        f"{root} looks one level too high: its folders ({', '.join(top)}) hold class folders "
+        f"themselves ({top[0]}/ holds {examples}, ...), so they would be trained on as "
+        f"{len(top)} classes; pass one of them as the data folder, e.g. {root / top[0]}"
+    )
 
 
 def _walk_class_folder(folder: Path, prefix: str) -> tuple[list[str], list[str]]:
@@ -91,19 +154,29 @@ def scan_image_folder(root: str | Path) -> FolderScan:
 
     Image files have the extensions jpg, jpeg, png, bmp or webp, in any case. Files directly in
     ``root`` (or in a split folder) are not part of any class and are left alone; names
-    starting with ``.`` are ignored.
+    starting with ``.`` are ignored, and so are purenn's own run and evaluation folders and tool
+    debris (listed in ``ignored_folders``). ``root`` is resolved (symbolic links, ``..``), so
+    one folder always has one name (and one cache entry).
 
     Raises:
-        DataError: ``root`` is missing or not a folder, has no class folders, or a class folder
-            holds no image file (the message names the folder).
+        DataError: ``root`` is missing or not a folder, has no class folders, a class folder
+            holds no image file (the message names the folder), or every top-level folder holds
+            class folders of its own (the data folder is one level too high).
     """
-    root = Path(root).expanduser().absolute()
+    root = Path(root).expanduser().resolve()
     if not root.exists():
         raise DataError(f"data folder does not exist: {root}")
     if not root.is_dir():
         raise DataError(f"data path is not a folder: {root}")
 
-    top = _visible_dirs(root)
+    top, ignored_folders = [], []
+    for name in _visible_dirs(root):
+        reason = _not_a_class(root / name)
+        if reason is None:
+            top.append(name)
+        else:
+            ignored_folders.append((name, reason))
+    _check_not_one_level_too_high(root, top)
     presplit = bool(top) and all(d.lower() in SPLIT_NAMES for d in top)
     presplit = presplit and any(SPLIT_NAMES[d.lower()] == "train" for d in top)
     # (split name or None, relative class folder, class name)
@@ -138,4 +211,5 @@ def scan_image_folder(root: str | Path) -> FolderScan:
         class_names=class_names,
         subset=[split for _, _, split in entries] if presplit else None,
         ignored=sorted(ignored, key=_path_key),
+        ignored_folders=ignored_folders,
     )

@@ -42,6 +42,9 @@ class TrainConfig:
     data_dir: str | None = _key("image folder: DATA_DIR/<class>/<image> or DATA_DIR/<split>/...")
     out: str | None = _key("run folder (default: runs/<preset>-<date>-<time>)")
     preset: str = _key("model architecture", tuple(PRESETS), default="plantvillage-cnn")
+    init_from: str | None = _key(
+        "start from this model file or run folder (fine-tuning) instead of the preset"
+    )
     image_size: int = _key("images are resized to IMAGE_SIZE x IMAGE_SIZE", default=128)
     epochs: int = _key("maximum number of epochs", default=30)
     batch_size: int = _key("images per training batch", default=32)
@@ -52,7 +55,10 @@ class TrainConfig:
     label_smoothing: float = _key("label smoothing of the cross-entropy", default=0.1)
     clip_norm: float = _key("global gradient-norm clipping threshold; 0 disables", default=1.0)
     schedule: str = _key("learning-rate schedule, stepped per batch", SCHEDULES, default="cosine")
-    warmup_epochs: float = _key("linear warmup before the cosine annealing", default=2.0)
+    warmup_epochs: float = _key(
+        "linear warmup before the cosine annealing (halved run length if not shorter)",
+        default=2.0,
+    )
     min_lr: float = _key("final learning rate of the cosine schedule", default=0.0)
     step_epochs: float = _key("step schedule: epochs between decays", default=10.0)
     step_gamma: float = _key("step schedule: decay factor", default=0.1)
@@ -136,14 +142,16 @@ def validate(config: TrainConfig) -> TrainConfig:
         "< 1",
         c.val_fraction + c.test_fraction,
     )
-    if c.schedule == "cosine":
-        _require(
-            c.warmup_epochs < c.epochs,
-            "warmup_epochs",
-            f"< epochs ({c.epochs}; use warmup_epochs 0 for runs this short)",
-            c.warmup_epochs,
-        )
     return config
+
+
+def effective_warmup(config: TrainConfig) -> float:
+    """The warmup in epochs: ``warmup_epochs``, or half the run when that is not shorter.
+
+    A warmup as long as the run would leave no annealing; short runs (``--epochs 2`` with the
+    default 2-epoch warmup, ``purenn demo --epochs 1``) warm up for half their length instead.
+    """
+    return config.warmup_epochs if config.warmup_epochs < config.epochs else config.epochs / 2
 
 
 def read_config_file(path: str | Path) -> dict[str, Any]:
@@ -193,10 +201,21 @@ def check_keys(table: dict[str, Any], source: str) -> None:
             )
 
 
+def _is_run_config(file: str | Path, table: dict[str, Any]) -> bool:
+    """The file is the ``config.json`` that a run saved in its own folder."""
+    out = table.get("out")
+    if not isinstance(out, str):
+        return False
+    return Path(out).expanduser().resolve() == Path(file).expanduser().resolve().parent
+
+
 def make_config(
     file: str | Path | None = None, overrides: dict[str, Any] | None = None
 ) -> TrainConfig:
     """Defaults, updated by the config ``file`` (if any), updated by ``overrides``; validated.
+
+    A run's saved ``config.json`` can be the ``file`` of a new run: its ``out`` (the old run's
+    folder) is dropped, so the new run gets its own folder.
 
     Raises:
         ConfigError: unreadable file, unknown key, or a bad value (naming the key and file).
@@ -205,6 +224,9 @@ def make_config(
     if file is not None:
         table = read_config_file(file)
         check_keys(table, str(file))
+        if _is_run_config(file, table):
+            # A run's own config.json reused for a new run: its "out" is that run's folder.
+            del table["out"]
         for key, value in table.items():
             try:
                 _check_type(key, value)

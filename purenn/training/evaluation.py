@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -16,8 +17,12 @@ from purenn.training.pipeline import SPLITS, open_cache, split_indices
 from purenn.training.plots import plot_confusion
 from purenn.training.prediction import INFERENCE_KEYS
 
+logger = logging.getLogger(__name__)
+
 REPORT_FILE = "report.json"
 CONFUSION_FILE = "confusion.png"
+# --split: "auto" is the model's test split on the folder it was trained on, else all images.
+SPLIT_CHOICES = ("auto", "all", *SPLITS)
 
 
 def predict_logits(
@@ -47,8 +52,24 @@ def write_report(folder: str | Path, report: dict) -> tuple[Path, Path]:
 
 def default_eval_dir(model_path: str | Path, data_dir: str | Path, split: str) -> Path:
     """``<model's folder>/eval-<data folder name>[-<split>]``."""
-    name = Path(data_dir).absolute().name + ("" if split == "all" else f"-{split}")
-    return Path(model_path).absolute().parent / f"eval-{name}"
+    name = Path(data_dir).resolve().name + ("" if split in ("all", "auto") else f"-{split}")
+    return Path(model_path).resolve().parent / f"eval-{name}"
+
+
+def trained_on(meta: dict, root: Path) -> bool:
+    """Whether ``root`` is the data folder the model was trained on (by its resolved path)."""
+    saved = meta.get("data_dir")
+    return saved is not None and "split" in meta and Path(saved).resolve() == root
+
+
+def describe_scored(report: dict) -> str:
+    """One line: which images were scored, and how they relate to the model's training."""
+    split = "all images" if report["split"] == "all" else f"the {report['split']} split"
+    line = f"scored {report['samples']} images ({split}) of {report['data_dir']}"
+    overlap = report.get("train_overlap")
+    if overlap is None:
+        return line + " (not the folder the model was trained on)"
+    return line + f" (the model's training folder; {overlap} of them trained on)"
 
 
 def evaluate(
@@ -68,25 +89,32 @@ def evaluate(
             model's (matched by name).
         split: ``"all"`` images, or the ``"train"``, ``"val"`` or ``"test"`` part as split during
             training (the model stores the fractions and seed; the folder must have the model's
-            classes and the same files for this to be the same split).
+            classes and the same files for this to be the same split), or ``"auto"``: ``"test"``
+            on the folder the model was trained on (``"val"`` if it has no test split, then
+            ``"all"``), ``"all"`` on any other folder. A split of another folder than the
+            model's is a new split of it, and a warning says so; so does a score that includes
+            images the model was trained on.
         batch_size: images per forward pass.
         cache_dir: decoded-image cache (default ``~/.cache/purenn``).
         workers: decoding processes.
         progress: show the caching progress bar.
 
     Returns:
-        :func:`classification_report` plus ``model``, ``data_dir`` and ``split``.
+        :func:`classification_report` plus ``model``, ``data_dir``, ``split`` (the split
+        scored) and ``train_overlap`` (how many scored images are in the model's training
+        split; None when ``data_dir`` is not the folder the model was trained on).
 
     Raises:
         ModelFileError: not a purenn model. DataError: bad folder, a class unknown to the model,
         or an empty split. ValueError: bad ``split``.
     """
-    if split not in ("all", *SPLITS):
-        raise ValueError(f"split must be one of all, {', '.join(SPLITS)}, received: {split!r}")
+    if split not in SPLIT_CHOICES:
+        raise ValueError(f"split must be one of {', '.join(SPLIT_CHOICES)}, received: {split!r}")
     model, meta = load_model(
-        model_path, require=INFERENCE_KEYS + (() if split == "all" else ("split",))
+        model_path, require=INFERENCE_KEYS + (() if split in ("all", "auto") else ("split",))
     )
     scan = scan_image_folder(data_dir)
+    same_folder = trained_on(meta, scan.root)
     known = {name: i for i, name in enumerate(meta["class_names"])}
     unknown = [name for name in scan.class_names if name not in known]
     if unknown:
@@ -94,18 +122,44 @@ def evaluate(
             f"class folder {unknown[0]!r} of {scan.root} is not one of the model's "
             f"{len(known)} classes ({', '.join(list(known)[:5])}, ...)"
         )
-    if split != "all" and scan.class_names != meta["class_names"]:
+    if split not in ("all", "auto") and scan.class_names != meta["class_names"]:
         raise DataError(
             f"--split {split} needs the model's classes in {scan.root}, found {scan.class_names}"
         )
     cache = open_cache(scan, meta["image_size"], cache_dir, workers, progress)
+    parts = None
+    if same_folder or split not in ("all", "auto"):
+        s = meta["split"]
+        parts = split_indices(cache, s["val_fraction"], s["test_fraction"], s["seed"])
+    if split == "auto":
+        held_out = [name for name in ("test", "val") if same_folder and len(parts[name])]
+        split = held_out[0] if held_out else "all"
     if split == "all":
         indices = np.arange(len(cache.labels))
     else:
-        s = meta["split"]
-        indices = split_indices(cache, s["val_fraction"], s["test_fraction"], s["seed"])[split]
+        indices = parts[split]
         if not len(indices):
             raise DataError(f"the {split} split of {scan.root} is empty")
+        if not same_folder:
+            logger.warning(
+                "%s is not the folder the model was trained on (%s): --split %s is a new split "
+                "of it with the model's fractions and seed, not images the model held out; "
+                "use --split all to score every image of it",
+                scan.root,
+                meta.get("data_dir", "not recorded in the model file"),
+                split,
+            )
+    overlap = None
+    if same_folder:
+        overlap = int(np.isin(indices, parts["train"]).sum())
+        if overlap and split != "train":
+            logger.warning(
+                "%d of the %d images scored are in the model's training split of %s: the "
+                "scores overstate its accuracy on new images (use --split test)",
+                overlap,
+                len(indices),
+                scan.root,
+            )
     labels = np.array([known[name] for name in cache.class_names])[cache.labels]
     loader = DataLoader(cache.images, labels, indices, batch_size, meta["mean"], meta["std"])
     logits, y = predict_logits(model, loader)
@@ -114,5 +168,6 @@ def evaluate(
         "model": str(Path(model_path).absolute()),
         "data_dir": str(scan.root),
         "split": split,
+        "train_overlap": overlap,
         **report,
     }

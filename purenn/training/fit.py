@@ -22,7 +22,6 @@ from purenn.data import DataError, FolderScan, ImageCache, scan_image_folder
 from purenn.losses import SoftmaxCrossEntropy
 from purenn.model import Sequential
 from purenn.optim import SGD, Adam, AdamW, Optimizer
-from purenn.presets import build_preset
 from purenn.runtime import limit_threads, retain_freed_memory
 from purenn.schedules import Constant, CosineWarmup, Schedule, StepDecay
 from purenn.serialization import load_checkpoint, save_checkpoint, save_model
@@ -30,6 +29,7 @@ from purenn.training.callbacks import EarlyStopping
 from purenn.training.config import (
     ConfigError,
     TrainConfig,
+    effective_warmup,
     make_config,
     validate,
 )
@@ -39,6 +39,7 @@ from purenn.training.pipeline import TrainingData, load_training_data
 from purenn.training.plots import plot_curves
 from purenn.training.progress import Progress
 from purenn.training.rundir import RunDir
+from purenn.training.start import Start, initial_model
 from purenn.training.trainer import NonFiniteLossError, Trainer, TrainingInterrupted
 
 logger = logging.getLogger(__name__)
@@ -69,7 +70,10 @@ class RunResult:
 
 
 def train(
-    config: TrainConfig, overwrite: bool = False, progress: Progress | None = None
+    config: TrainConfig,
+    overwrite: bool = False,
+    progress: Progress | None = None,
+    model: Sequential | None = None,
 ) -> RunResult:
     """Train a model as ``config`` says, in a new run folder ``config.out``.
 
@@ -77,6 +81,10 @@ def train(
         config: the run's settings (validated again here).
         overwrite: reuse an existing run folder, deleting its run files.
         progress: where to report (default: bars on a terminal, else plain lines).
+        model: your own Sequential to train instead of ``config.preset`` (its weights are
+            trained in place). It must take (3, image_size, image_size) images and output one
+            logit per class (classes: the data folder's, sorted). It is saved as ``init.npz``
+            in the run folder, so the run can be resumed and its model files rebuilt.
 
     Raises:
         ConfigError, DataError, RunDirError: before any work, naming the key, folder or file.
@@ -86,16 +94,21 @@ def train(
     config = validate(dataclasses.replace(config))
     if config.data_dir is None:
         raise ConfigError("data_dir is required (the image folder to train on)")
-    scan, model = _prepare(config)
+    if config.init_from is not None:
+        config.init_from = str(Path(config.init_from).expanduser().resolve())
+    scan, start = _prepare(config, model)
     config.data_dir = str(scan.root)
     if config.out is None:
-        config.out = f"runs/{config.preset}-{time.strftime('%Y%m%d-%H%M%S')}"
+        config.out = f"runs/{start.name or 'model'}-{time.strftime('%Y%m%d-%H%M%S')}"
     run = RunDir.create(config.out, overwrite=overwrite)
     config.out = str(run.path)
     if config.cache_dir is not None:
-        config.cache_dir = str(Path(config.cache_dir).expanduser().absolute())
+        config.cache_dir = str(Path(config.cache_dir).expanduser().resolve())
+    if not start.from_preset:
+        meta = {"class_names": scan.class_names, "preset": start.name, "note": start.note}
+        save_model(run / RunDir.INIT, start.model, meta)
     run.write_config(config.to_dict())
-    return _run(config, run, scan, model, None, progress or Progress())
+    return _run(config, run, scan, start, None, progress or Progress())
 
 
 def resume(
@@ -121,26 +134,22 @@ def resume(
     checkpoint = None
     if (run / RunDir.CHECKPOINT).exists():
         checkpoint = load_checkpoint(run / RunDir.CHECKPOINT)
-    scan, model = _prepare(config)
+    init_file = run / RunDir.INIT
+    scan, start = _prepare(config, init_file=init_file if init_file.is_file() else None)
     if checkpoint is not None and checkpoint[1]["class_names"] != scan.class_names:
         raise DataError(
             f"the classes under {scan.root} changed since the run started "
             f"(was {checkpoint[1]['class_names']}, now {scan.class_names})"
         )
-    return _run(config, run, scan, model, checkpoint, progress or Progress())
+    return _run(config, run, scan, start, checkpoint, progress or Progress())
 
 
-def _prepare(config: TrainConfig) -> tuple[FolderScan, Sequential]:
+def _prepare(
+    config: TrainConfig, model: Sequential | None = None, init_file: Path | None = None
+) -> tuple[FolderScan, Start]:
     """Scan the data folder and build the initial model: the checks that precede any work."""
     scan = scan_image_folder(config.data_dir)
-    model = build_preset(
-        config.preset,
-        num_classes=len(scan.class_names),
-        image_size=config.image_size,
-        seed=config.seed,
-        weight_norm=config.weight_norm,
-    )
-    return scan, model
+    return scan, initial_model(config, scan.class_names, model, init_file)
 
 
 def make_optimizer(config: TrainConfig, model: Sequential) -> Optimizer:
@@ -157,7 +166,7 @@ def make_schedule(config: TrainConfig, optimizer: Optimizer, steps_per_epoch: in
         return CosineWarmup(
             optimizer,
             total_steps=config.epochs * steps_per_epoch,
-            warmup_steps=int(config.warmup_epochs * steps_per_epoch),
+            warmup_steps=int(effective_warmup(config) * steps_per_epoch),
             min_lr=config.min_lr,
         )
     if config.schedule == "step":
@@ -176,31 +185,59 @@ def _threads_line(config: TrainConfig) -> str:
     return f"threads: {limit}; BLAS: {', '.join(libs) or 'unknown'}"
 
 
-def _describe(config: TrainConfig, data: TrainingData, model: Sequential, steps: int) -> list:
+def _class_list(names: list[str], limit: int = 8) -> str:
+    """The class names, the middle left out when there are more than ``limit``."""
+    if len(names) <= limit:
+        return ", ".join(names)
+    return f"{', '.join(names[: limit - 2])}, ... ({len(names) - limit + 1} more), {names[-1]}"
+
+
+def _plural(count: int, noun: str) -> str:
+    return f"{count} {noun}{'' if count == 1 else 'es' if noun.endswith('s') else 's'}"
+
+
+def _describe(config: TrainConfig, data: TrainingData, start: Start, steps: int) -> list:
     sizes = {name: len(idx) for name, idx in data.splits.items()}
-    cache = data.cache
+    cache, model = data.cache, start.model
     recipe = f"{config.optimizer} lr {config.lr:g}"
     if config.weight_decay:
         recipe += f", weight decay {config.weight_decay:g}"
     recipe += f", {config.schedule} schedule"
-    if config.schedule == "cosine" and config.warmup_epochs:
-        recipe += f" (warmup {config.warmup_epochs:g} epochs)"
+    warmup = effective_warmup(config)
+    if config.schedule == "cosine" and warmup != config.warmup_epochs:
+        recipe += (
+            f" (warmup {warmup:g} epochs, shortened from {config.warmup_epochs:g}: the run has "
+            f"{_plural(config.epochs, 'epoch')})"
+        )
+    elif config.schedule == "cosine" and warmup:
+        recipe += f" (warmup {warmup:g} epochs)"
     recipe += f", label smoothing {config.label_smoothing:g}, "
     recipe += f"clip norm {config.clip_norm:g}" if config.clip_norm else "no clipping"
     recipe += (
         f", batch {config.batch_size}, {config.epochs} epochs x {steps} steps, patience "
         f"{config.patience}, augment x{config.augment_factor}"
     )
-    return [
+    names = cache.class_names
+    lines = [
         f"purenn {purenn.__version__}: run folder {config.out}",
-        f"data: {cache.root} ({len(cache)} images, {len(cache.class_names)} classes, "
+        f"data: {cache.root} ({len(cache)} images, {_plural(len(names), 'class')}, "
         f"{len(cache.skipped)} skipped; train {sizes['train']}, val {sizes['val']}, "
         f"test {sizes['test']})",
-        f"model: {config.preset} at {config.image_size}x{config.image_size}, "
-        f"{model.num_parameters:,} parameters" + (", weight norm" if config.weight_norm else ""),
-        f"recipe: {recipe}",
-        _threads_line(config),
+        f"classes: {_class_list(names)}",
     ]
+    if data.ignored_folders:
+        ignored = "; ".join(f"{name}/ ({why})" for name, why in data.ignored_folders)
+        lines.append(f"not classes (ignored): {ignored}")
+    if cache.skipped:
+        lines.append(f"skipped files: {config.out}/{RunDir.SKIPPED}")
+    name = start.name or "model"
+    model_line = f"model: {name} at {config.image_size}x{config.image_size}, "
+    model_line += f"{model.num_parameters:,} parameters"
+    if start.from_preset and config.weight_norm:
+        model_line += ", weight norm"
+    if start.note:
+        model_line += f"; {start.note}"
+    return [*lines, model_line, f"recipe: {recipe}", _threads_line(config)]
 
 
 def _epoch_line(row: dict, epochs: int, improved: bool) -> str:
@@ -218,7 +255,7 @@ def _run(
     config: TrainConfig,
     run: RunDir,
     scan: FolderScan,
-    model: Sequential,
+    start: Start,
     checkpoint: tuple | None,
     progress: Progress,
 ) -> RunResult:
@@ -234,24 +271,25 @@ def _run(
             config.cache_dir,
             config.threads,
             progress.bars,
+            run / RunDir.SKIPPED,
         )
         run.write_skipped(data.cache.skipped_path)
-        return _fit(config, run, data, model, checkpoint, progress)
+        return _fit(config, run, data, start, checkpoint, progress)
 
 
 def _fit(
     config: TrainConfig,
     run: RunDir,
     data: TrainingData,
-    model: Sequential,
+    start: Start,
     checkpoint: tuple | None,
     progress: Progress,
 ) -> RunResult:
-    cache = data.cache
+    cache, model = data.cache, start.model
     optimizer = make_optimizer(config, model)
     train_loader = data.loader("train", config.batch_size, config.seed, config.augment_factor)
     schedule = make_schedule(config, optimizer, len(train_loader))
-    metadata = _model_metadata(config, data)
+    metadata = _model_metadata(config, data, start.name)
     early_stopping = EarlyStopping(config.patience)
 
     def save() -> None:
@@ -286,7 +324,7 @@ def _fit(
         end_epoch,
         progress,
     )
-    for line in _describe(config, data, model, len(train_loader)):
+    for line in _describe(config, data, start, len(train_loader)):
         progress.info(line)
     if checkpoint is not None:
         _restore(checkpoint, trainer, cache)
@@ -315,7 +353,7 @@ def _fit(
     return _finish(config, run, data, trainer, metadata, progress)
 
 
-def _model_metadata(config: TrainConfig, data: TrainingData) -> dict:
+def _model_metadata(config: TrainConfig, data: TrainingData, name: str | None) -> dict:
     """What a model file of this run holds besides its weights (see docs/CLI.md)."""
     cache = data.cache
     return {
@@ -324,7 +362,7 @@ def _model_metadata(config: TrainConfig, data: TrainingData) -> dict:
         "in_channels": 3,
         "mean": data.mean.tolist(),
         "std": data.std.tolist(),
-        "preset": config.preset,
+        "preset": name,
         "data_dir": str(cache.root),
         "split": {
             "val_fraction": config.val_fraction,
@@ -360,7 +398,15 @@ def _finish(
     if test_loader is not None:
         logits, labels = predict_logits(model, test_loader)
         report = classification_report(logits, labels, data.cache.class_names)
-        write_report(run.path, {"model": str(run / RunDir.BEST), "split": "test", **report})
+        write_report(
+            run.path,
+            {
+                "model": str(run / RunDir.BEST),
+                "data_dir": str(data.cache.root),
+                "split": "test",
+                **report,
+            },
+        )
         progress.info(format_report(report))
     return RunResult(run.path, model, s.history, early_stopping.best_epoch, stopped_early, report)
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -27,9 +27,9 @@ MIN_STD = 1e-3
 def default_cache_dir() -> Path:
     """``$PURENN_CACHE_DIR``, else ``$XDG_CACHE_HOME/purenn``, else ``~/.cache/purenn``."""
     if os.environ.get("PURENN_CACHE_DIR"):
-        return Path(os.environ["PURENN_CACHE_DIR"]).expanduser().absolute()
+        return Path(os.environ["PURENN_CACHE_DIR"]).expanduser().resolve()
     base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base).expanduser().absolute() / "purenn"
+    return Path(base).expanduser().resolve() / "purenn"
 
 
 def open_cache(
@@ -38,14 +38,19 @@ def open_cache(
     cache_dir: str | None,
     workers: int | None,
     progress: bool,
+    listing: Path | None = None,
 ) -> ImageCache:
-    """The decoded-image cache of ``scan`` at ``image_size`` (built on first use)."""
+    """The decoded-image cache of ``scan`` at ``image_size`` (built on first use).
+
+    ``listing``: where the skipped-files warning says the list is (default: in the cache).
+    """
     return build_cache(
         scan,
         cache_dir or default_cache_dir(),
         image_size=image_size,
         workers=workers,
         progress=progress,
+        listing=listing,
     )
 
 
@@ -72,12 +77,14 @@ class TrainingData:
         cache: the decoded images (uint8 (N, 3, S, S) memmap) and labels.
         splits: ``{"train", "val", "test"}`` int64 index arrays into the cache.
         mean, std: float64 (3,) statistics of the training images in [0, 1] units.
+        ignored_folders: the data folder's folders that are not classes (``FolderScan``).
     """
 
     cache: ImageCache
     splits: dict[str, np.ndarray]
     mean: np.ndarray
     std: np.ndarray
+    ignored_folders: list[tuple[str, str]] = field(default_factory=list)
 
     def loader(
         self,
@@ -114,9 +121,10 @@ def load_training_data(
     cache_dir: str | None = None,
     workers: int | None = None,
     progress: bool = True,
+    listing: Path | None = None,
 ) -> TrainingData:
     """Cache and split the images of ``scan``; statistics of the training split."""
-    cache = open_cache(scan, image_size, cache_dir, workers, progress)
+    cache = open_cache(scan, image_size, cache_dir, workers, progress, listing)
     splits = split_indices(cache, val_fraction, test_fraction, seed)
     mean, std = channel_stats(cache.images, splits["train"])
-    return TrainingData(cache, splits, mean, np.maximum(std, MIN_STD))
+    return TrainingData(cache, splits, mean, np.maximum(std, MIN_STD), list(scan.ignored_folders))

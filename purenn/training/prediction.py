@@ -7,12 +7,31 @@ from pathlib import Path
 import numpy as np
 
 from purenn.checks import check_int
-from purenn.data import IMAGE_EXTENSIONS, DataError, load_image, normalize_batch
+from purenn.data import IMAGE_EXTENSIONS, DataError, normalize_batch
+from purenn.data.decode import try_decode
 from purenn.ops import softmax
-from purenn.serialization import load_model
+from purenn.serialization import ModelFileError, load_model
 
 # What a model file must hold besides its weights to classify image files.
 INFERENCE_KEYS = ("class_names", "image_size", "mean", "std")
+BEST_FILE = "best.npz"
+
+
+def model_file(path: str | Path, flag: str = "MODEL") -> Path:
+    """A model file path; a run folder stands for its ``best.npz``.
+
+    Raises:
+        ModelFileError: a folder without ``best.npz``, or a missing path (naming ``flag``).
+    """
+    path = Path(path).expanduser()
+    if path.is_dir():
+        if (path / BEST_FILE).is_file():
+            return path / BEST_FILE
+        raise ModelFileError(
+            f"{flag} {path} is a folder without {BEST_FILE}; pass a model file (.npz) or a "
+            "finished run folder"
+        )
+    return path
 
 
 def collect_images(paths: list[str | Path]) -> list[Path]:
@@ -42,7 +61,11 @@ def collect_images(paths: list[str | Path]) -> list[Path]:
 
 
 def predict(
-    model_path: str | Path, paths: list[str | Path], top_k: int = 5, batch_size: int = 64
+    model_path: str | Path,
+    paths: list[str | Path],
+    top_k: int = 5,
+    batch_size: int = 64,
+    skipped: list[tuple[str, str]] | None = None,
 ) -> list[dict]:
     """Top-k classes of every image.
 
@@ -50,22 +73,36 @@ def predict(
     prediction, so an unreadable file is reported before any work.
 
     Args:
-        model_path: a model file (or checkpoint).
+        model_path: a model file (or checkpoint), or a run folder (its ``best.npz``).
         paths: image files and/or folders of images.
         top_k: classes listed per image (capped at the number of classes).
         batch_size: images per forward pass.
+        skipped: if a list, unreadable files are appended to it as ``(path, reason)`` and left
+            out, and the others are predicted; if None (strict), the first one is an error.
 
     Returns:
         One ``{"file": str, "predictions": [{"class": name, "probability": p}, ...]}`` per image,
         best first.
 
     Raises:
-        ModelFileError: not a purenn model. DataError: missing or unreadable image.
+        ModelFileError: not a purenn model. DataError: missing image, an unreadable one in
+        strict mode, or no readable image at all.
     """
     top_k, batch_size = check_int(top_k, "top_k"), check_int(batch_size, "batch_size")
-    model, meta = load_model(model_path, require=INFERENCE_KEYS)
-    files = collect_images(paths)
-    images = np.stack([load_image(f, meta["image_size"]) for f in files])
+    model, meta = load_model(model_file(model_path), require=INFERENCE_KEYS)
+    decoded = []
+    for path in collect_images(paths):
+        image, reason = try_decode(path, meta["image_size"])
+        if image is not None:
+            decoded.append((path, image))
+        elif skipped is None:
+            raise DataError(f"cannot read image {path}: {reason}")
+        else:
+            skipped.append((str(path), reason))
+    if not decoded:
+        raise DataError(f"none of the {len(skipped or [])} image files could be read")
+    files = [path for path, _ in decoded]
+    images = np.stack([image for _, image in decoded])
     names = meta["class_names"]
     k = min(top_k, len(names))
     results = []

@@ -32,7 +32,8 @@ class RunDir:
 
     ``best.npz`` (best model), ``last.ckpt.npz`` (checkpoint), ``metrics.csv``, ``config.json``,
     ``curves.png``, ``confusion.png`` and ``report.json`` (test split), ``skipped.txt`` (image
-    files the data pipeline could not use).
+    files the data pipeline could not use), ``init.npz`` (the starting model, when it is not a
+    preset: fine-tuning or the user's own model).
     """
 
     BEST = "best.npz"
@@ -41,7 +42,8 @@ class RunDir:
     CONFIG = "config.json"
     CURVES = "curves.png"
     SKIPPED = "skipped.txt"
-    FILES = (BEST, CHECKPOINT, METRICS, CONFIG, CURVES, CONFUSION_FILE, REPORT_FILE, SKIPPED)
+    INIT = "init.npz"
+    FILES = (BEST, CHECKPOINT, METRICS, CONFIG, CURVES, CONFUSION_FILE, REPORT_FILE, SKIPPED, INIT)
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path).expanduser().absolute()
@@ -68,7 +70,8 @@ class RunDir:
             if any(run.path.iterdir()) and not overwrite:
                 raise RunDirError(
                     f"run folder already exists: {run.path} (use --resume {run.path} to "
-                    "continue it, or --overwrite to start again)"
+                    "continue it, --out with a new folder for a new run, or --overwrite to "
+                    "delete its run files and start again)"
                 )
             for name in cls.FILES:
                 (run / name).unlink(missing_ok=True)
@@ -85,6 +88,13 @@ class RunDir:
     def open(cls, path: str | Path) -> RunDir:
         """An existing run folder (to resume): it must hold ``config.json`` and be writable."""
         run = cls(path)
+        if run.path.is_file():
+            raise RunDirError(
+                f"--resume takes a run folder, not a file: {run.path} (use --resume "
+                f"{run.path.parent})"
+            )
+        if not run.path.exists():
+            raise RunDirError(f"run folder does not exist: {run.path}")
         if not (run / cls.CONFIG).is_file():
             raise RunDirError(
                 f"not a run folder (no {cls.CONFIG}): {run.path} (a run stopped before it wrote "

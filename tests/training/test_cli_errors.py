@@ -114,12 +114,9 @@ def test_config_file_must_exist_and_be_toml_or_json(cli, colour_folder, tmp_path
 @pytest.mark.parametrize(
     ("flags", "fragment"),
     [
-        (["--lr", "-1"], "lr must be > 0, received: lr=-1.0"),
+        (["--lr", "-1"], "--lr: lr must be > 0, received: lr=-1.0"),
         (["--val-fraction", "0.6", "--test-fraction", "0.5"], "val_fraction + test_fraction"),
-        (
-            ["--epochs", "2", "--warmup-epochs", "2"],
-            "warmup_epochs must be < epochs (2; use warmup_epochs 0",
-        ),
+        (["--min-lr", "0.5"], "--min-lr: min_lr must be <= lr (0.001)"),
         (["--batch-size", "0"], "batch_size must be >= 1"),
     ],
 )
@@ -227,10 +224,10 @@ def test_model_files_without_the_metadata_a_command_needs(cli, colour_folder, mo
 
 
 # -- predict -------------------------------------------------------------------------------------
-def test_unreadable_image(cli, model_file, colour_folder, tmp_path):
+def test_unreadable_image_with_strict(cli, model_file, colour_folder, tmp_path):
     corrupt = tmp_path / "leaf.jpg"
     corrupt.write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
-    result = cli("predict", model_file, colour_folder / "red" / "00.png", corrupt)
+    result = cli("predict", model_file, colour_folder / "red" / "00.png", corrupt, "--strict")
     assert_usage_error(result, "cannot read image", str(corrupt))
     assert result.out == ""
 

@@ -42,9 +42,9 @@ def test_overrides_win_over_the_file(tmp_path):
 
 def test_a_value_fixed_by_an_override_is_not_an_error_in_the_file(tmp_path):
     """Cross-key checks run on the merged config: the file alone may not satisfy them."""
-    (tmp_path / "a.json").write_text(json.dumps({"epochs": 1}))
-    assert make_config(tmp_path / "a.json", {"epochs": 5}).epochs == 5
-    with pytest.raises(ConfigError, match="warmup_epochs must be < epochs"):
+    (tmp_path / "a.json").write_text(json.dumps({"min_lr": 0.01}))
+    assert make_config(tmp_path / "a.json", {"lr": 0.1}).min_lr == 0.01
+    with pytest.raises(ConfigError, match="min_lr must be <= lr"):
         make_config(tmp_path / "a.json")
 
 

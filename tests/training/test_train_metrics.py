@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from sklearn import metrics as sk
 
-from purenn.training.metrics import (
+sk = pytest.importorskip("sklearn.metrics")
+
+from purenn.training.metrics import (  # noqa: E402
     accuracy,
     classification_report,
     confusion_matrix,
