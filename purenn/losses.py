@@ -1,8 +1,9 @@
 """Loss functions: softmax cross-entropy (with label smoothing) and mean squared error.
 
-Each loss is a small object: ``forward`` returns the mean loss over the batch as a Python float
-and keeps what ``backward`` needs; ``backward`` returns the gradient of that mean with respect to
-the prediction, with the prediction's shape and dtype.
+Each loss is a small object: ``forward`` (or calling the object: ``loss_fn(logits, y)``)
+returns the mean loss over the batch as a Python float and keeps what ``backward`` needs;
+``backward`` returns the gradient of that mean with respect to the prediction, with the
+prediction's shape and dtype.
 """
 
 from __future__ import annotations
@@ -48,6 +49,9 @@ class SoftmaxCrossEntropy:
         self._probs: np.ndarray | None = None
         self._labels: np.ndarray | None = None
 
+    def __repr__(self) -> str:
+        return f"SoftmaxCrossEntropy(label_smoothing={self.label_smoothing:g})"
+
     def forward(self, logits: np.ndarray, labels: np.ndarray) -> float:
         """Computes the mean smoothed cross-entropy over the batch.
 
@@ -84,6 +88,8 @@ class SoftmaxCrossEntropy:
         self._probs = np.exp(log_p)
         self._labels = labels
         return float(((1.0 - eps) * nll + eps * uniform).mean())
+
+    __call__ = forward
 
     def backward(self) -> np.ndarray:
         """Gradient of the mean loss with respect to the logits of the last ``forward``.
@@ -126,6 +132,9 @@ class MSE:
     def __init__(self) -> None:
         self._diff: np.ndarray | None = None
 
+    def __repr__(self) -> str:
+        return "MSE()"
+
     def forward(self, pred: np.ndarray, target: np.ndarray) -> float:
         """Computes the mean squared error.
 
@@ -146,6 +155,8 @@ class MSE:
             )
         self._diff = np.subtract(pred, target, dtype=pred.dtype)
         return float(np.mean(np.square(self._diff)))
+
+    __call__ = forward
 
     def backward(self) -> np.ndarray:
         """Gradient of the mean loss with respect to ``pred``: ``2 * (pred - target) / size``.

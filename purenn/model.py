@@ -28,6 +28,8 @@ class Sequential:
 
     Parameter and buffer names follow PyTorch's ``nn.Sequential``: ``"<index>.<name>"``
     (``"0.weight"``, ``"3.running_mean"``), so a state dict maps 1:1 onto a torch model.
+    Like ``nn.Sequential``, it has ``len(model)``, ``model[i]`` (a layer), ``model[a:b]`` (a
+    Sequential sharing those layers), iteration over the layers, and a nested ``repr``.
 
     Args:
         layers: the layers, in order.
@@ -59,20 +61,65 @@ class Sequential:
 
     __call__ = forward
 
-    def backward(self, grad_out: np.ndarray, input_grad: bool = True) -> np.ndarray | None:
+    def backward(
+        self, grad_out: np.ndarray, input_grad: bool = True, accumulate: bool = False
+    ) -> np.ndarray | None:
         """Backpropagate ``dL/d(output)``; fills every layer's grads, returns ``dL/d(input)``.
 
-        With ``input_grad=False`` the first layer skips the input gradient and None is returned
-        (training never needs dL/d(image); for a conv or dense first layer that saves a GEMM).
+        Args:
+            grad_out: ``dL/d(output)`` of the last ``forward``, the output's shape and dtype.
+            input_grad: with False the first layer skips the input gradient and None is
+                returned (training never needs dL/d(image); for a conv or dense first layer
+                that saves a GEMM).
+            accumulate: add this backward's parameter gradients to the ones already held
+                (PyTorch's ``.grad`` semantics, for gradient accumulation over micro-batches:
+                ``zero_grad()``, then ``forward``/``backward(..., accumulate=True)`` per
+                micro-batch, then one optimizer step). The default, False, overwrites them,
+                so a plain training loop needs no ``zero_grad()``; accumulating costs one copy
+                and one add per parameter.
+
+        Note that the loss is a mean over its micro-batch: to get the gradient of the mean over
+        all ``k`` micro-batches of equal size, scale each ``grad_out`` by ``1 / k``.
         """
+        held = [grad.copy() for _, grad in self.parameters()] if accumulate else None
         for position, index in enumerate(reversed(self._order)):
             last = position == len(self._order) - 1
             grad_out = self.layers[index].backward(grad_out, input_grad=input_grad or not last)
+        if held is not None:
+            for (_, grad), before in zip(self.parameters(), held, strict=True):
+                grad += before
         return grad_out
 
     def train(self) -> Sequential:
         self.training = True
         return self
+
+    # -- container ----------------------------------------------------------------------------
+    def __len__(self) -> int:
+        return len(self.layers)
+
+    def __iter__(self):
+        return iter(self.layers)
+
+    def __getitem__(self, index: int | slice) -> Layer | Sequential:
+        """A layer (``model[0]``, ``model[-1]``), or a Sequential of the same layer objects.
+
+        A slice shares the layers (and their weights) with this model, as in PyTorch; its
+        ``input_shape`` is the output shape of the layers before it, when this model has one.
+        """
+        if isinstance(index, slice):
+            shape = None
+            if self.input_shape is not None and index.step in (None, 1):
+                first = range(len(self.layers))[index].start
+                shape = self.input_shape
+                if first:
+                    shape = self.output_shapes(self.input_shape)[first - 1]
+            return Sequential(self.layers[index], input_shape=shape)
+        return self.layers[index]
+
+    def __repr__(self) -> str:
+        lines = [f"  ({index}): {layer!r}" for index, layer in enumerate(self.layers)]
+        return "Sequential(\n" + "\n".join(lines) + "\n)" if lines else "Sequential()"
 
     def eval(self) -> Sequential:
         self.training = False

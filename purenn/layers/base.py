@@ -54,6 +54,10 @@ class Layer:
     def backward(self, grad_out: np.ndarray, input_grad: bool = True) -> np.ndarray | None:
         raise NotImplementedError
 
+    def __call__(self, x: np.ndarray, training: bool = True) -> np.ndarray:
+        """``layer(x)`` is ``layer.forward(x, training)``, as in PyTorch."""
+        return self.forward(x, training)
+
     def output_shape(self, input_shape: tuple[int, ...]) -> tuple[int, ...]:
         """Per-sample output shape (no batch axis) for a per-sample input shape; validates it."""
         return tuple(input_shape)
