@@ -1,14 +1,27 @@
-"""The embedded demo: the digits written as an image folder, trained through the same pipeline."""
+"""The embedded demo: the shipped digits written as an image folder, trained through the same
+pipeline, with no scikit-learn."""
 
 from __future__ import annotations
 
 import re
+import sys
 
 import numpy as np
+import pytest
 from PIL import Image
-from sklearn.datasets import load_digits
 
-from purenn.training.demo import write_digits
+from purenn.training.demo import DIGITS_FILE, load_digits, write_digits
+
+
+def test_shipped_digits_are_scikit_learns():
+    datasets = pytest.importorskip("sklearn.datasets")
+    reference = datasets.load_digits()
+    images, labels = load_digits()
+    assert images.dtype == labels.dtype == np.uint8
+    np.testing.assert_array_equal(images, reference.images)
+    np.testing.assert_array_equal(labels, reference.target)
+    assert DIGITS_FILE.stat().st_size < 100_000
+    assert "CC BY 4.0" in (DIGITS_FILE.parent / "README.md").read_text()
 
 
 def test_digits_are_written_as_an_image_folder(tmp_path):
@@ -20,12 +33,13 @@ def test_digits_are_written_as_an_image_folder(tmp_path):
     with Image.open(root / "0" / "0000.png") as image:
         assert image.mode == "L" and image.size == (8, 8)
         pixels = np.asarray(image)
-    first = load_digits().images[0]  # values 0..16
+    first = load_digits()[0][0].astype(np.float64)  # values 0..16
     np.testing.assert_array_equal(pixels, np.round(first * 255 / 16))
 
 
-def test_demo_command_trains_and_reports_accuracy(cli, tmp_path):
-    """Three epochs (the full demo runs 15): the pipeline works end to end and learns."""
+def test_demo_command_trains_and_reports_accuracy(cli, tmp_path, monkeypatch):
+    """Three epochs (the full demo runs 15), with scikit-learn made unimportable."""
+    monkeypatch.setitem(sys.modules, "sklearn", None)
     result = cli("demo", "--epochs", 3, "--threads", 1, "--out", tmp_path / "run")
     assert result.code == 0, result.err
     last = result.out.splitlines()[-1]
@@ -34,3 +48,15 @@ def test_demo_command_trains_and_reports_accuracy(cli, tmp_path):
     assert float(match.group(1)) > 85
     assert (tmp_path / "run" / "best.npz").is_file()
     assert "augment x1" in result.out  # flips and rotations would change the digits' meaning
+
+
+def test_demo_keeps_the_run_it_says_it_saved(cli, tmp_path, monkeypatch):
+    """Without --out the run folder is kept under runs/ and named; --epochs 1 warms up half."""
+    monkeypatch.chdir(tmp_path)
+    result = cli("demo", "--epochs", 1, "--threads", 1)
+    assert result.code == 0, result.err
+    (run,) = (tmp_path / "runs").iterdir()
+    assert run.name.startswith("demo-")
+    assert f"saved to {run / 'best.npz'}" in result.out and (run / "best.npz").is_file()
+    assert f"run folder: {run}" in result.out
+    assert "warmup 0.5 epochs, shortened from 1: the run has 1 epoch)" in result.out
