@@ -33,7 +33,7 @@ from purenn.training import (
     train,
     write_report,
 )
-from purenn.training.config import KEYS, RESUMABLE_OVERRIDES, ConfigError
+from purenn.training.config import KEYS, RESUMABLE_OVERRIDES, ConfigError, read_config_file
 from purenn.training.evaluation import SPLIT_CHOICES, default_eval_dir, describe_scored
 from purenn.training.metrics import format_report
 from purenn.training.prediction import format_predictions, model_file
@@ -133,7 +133,8 @@ def _cmd_train(args: argparse.Namespace, progress: Progress) -> int:
             )
         result = resume(args.resume, threads=given.get("threads"), progress=progress)
     else:
-        if "init_from" in given and "image_size" not in given:
+        in_file = read_config_file(args.config) if args.config else {}
+        if "init_from" in given and "image_size" not in {**in_file, **given}:
             # A fine-tuned model keeps the input size it was trained at.
             _, meta = load_model(model_file(given["init_from"], "--init-from"))
             if isinstance(meta.get("image_size"), int):
