@@ -67,8 +67,10 @@ def describe_scored(report: dict) -> str:
     split = "all images" if report["split"] == "all" else f"the {report['split']} split"
     line = f"scored {report['samples']} images ({split}) of {report['data_dir']}"
     overlap = report.get("train_overlap")
+    if overlap is None and report.get("trained_on") is None:
+        return line + " (the model file does not record the folder it was trained on)"
     if overlap is None:
-        return line + " (not the folder the model was trained on)"
+        return line + f" (not the folder the model was trained on, {report['trained_on']})"
     return line + f" (the model's training folder; {overlap} of them trained on)"
 
 
@@ -101,8 +103,9 @@ def evaluate(
 
     Returns:
         :func:`classification_report` plus ``model``, ``data_dir``, ``split`` (the split
-        scored) and ``train_overlap`` (how many scored images are in the model's training
-        split; None when ``data_dir`` is not the folder the model was trained on).
+        scored), ``trained_on`` (the model's training folder, None if not recorded) and
+        ``train_overlap`` (how many scored images are in the model's training split; None when
+        ``data_dir`` is not the folder the model was trained on).
 
     Raises:
         ModelFileError: not a purenn model. DataError: bad folder, a class unknown to the model,
@@ -168,6 +171,7 @@ def evaluate(
         "model": str(Path(model_path).absolute()),
         "data_dir": str(scan.root),
         "split": split,
+        "trained_on": meta.get("data_dir"),
         "train_overlap": overlap,
         **report,
     }

@@ -139,11 +139,24 @@ def test_evaluate_another_folder_scores_all_of_it_and_never_resplits_silently(
     assert result.code == 0, result.err
     assert caplog.text == ""
     assert "scored 36 images (all images)" in result.out
-    assert "not the folder the model was trained on" in result.out
+    assert f"not the folder the model was trained on, {colour_folder})" in result.out
     result = cli("evaluate", run, other, "--split", "test", "--out", tmp_path / "t")
     assert result.code == 0, result.err
     assert f"{other} is not the folder the model was trained on" in caplog.text
     assert "a new split of it" in caplog.text and "--split all" in caplog.text
+
+
+def test_evaluate_with_a_model_that_does_not_record_its_folder(cli, colour_folder, tmp_path):
+    from purenn.presets import build_preset
+    from purenn.serialization import save_model
+
+    meta = {"class_names": ["blue", "green", "red"], "image_size": 8, "mean": [0.5] * 3,
+            "std": [0.2] * 3}  # fmt: skip
+    model = save_model(tmp_path / "m.npz", build_preset("demo-cnn", 3, 8), meta)
+    result = cli("evaluate", model, colour_folder)
+    assert result.code == 0, result.err
+    assert "scored 36 images (all images)" in result.out
+    assert "does not record the folder it was trained on" in result.out
 
 
 # -- short runs ------------------------------------------------------------------------------
