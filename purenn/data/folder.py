@@ -119,16 +119,23 @@ def _check_not_one_level_too_high(root: Path, top: list[str]) -> None:
     )
 
 
-def _walk_class_folder(folder: Path, prefix: str) -> tuple[list[str], list[str]]:
+def _walk_class_folder(
+    folder: Path, prefix: str, pruned: list[str] | None = None
+) -> tuple[list[str], list[str]]:
     """Image and non-image files below one class folder (recursively, like torchvision).
 
-    Returns POSIX paths ``prefix/<relative path>``; hidden files and folders are left out.
+    Returns POSIX paths ``prefix/<relative path>``; hidden files and folders are left out, and
+    so are purenn's run and evaluation folders (a run started from inside a class folder),
+    whose paths are appended to ``pruned``.
     """
     images, others = [], []
     for dirpath, dirnames, filenames in os.walk(folder):
-        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
         rel = Path(dirpath).relative_to(folder).as_posix()
         base = prefix if rel == "." else f"{prefix}/{rel}"
+        outputs = [d for d in dirnames if _is_purenn_output(Path(dirpath) / d)]
+        if pruned is not None:
+            pruned.extend(f"{base}/{d}" for d in outputs)
+        dirnames[:] = [d for d in dirnames if not d.startswith(".") and d not in outputs]
         for name in filenames:
             if name.startswith("."):
                 continue
@@ -194,7 +201,9 @@ def scan_image_folder(root: str | Path) -> FolderScan:
     entries: list[tuple[str, int, str | None]] = []
     ignored: list[str] = []
     for split, rel, cls in folders:
-        images, others = _walk_class_folder(root / rel, rel)
+        pruned: list[str] = []
+        images, others = _walk_class_folder(root / rel, rel, pruned)
+        ignored_folders.extend((path, "a purenn run folder") for path in pruned)
         if not images:
             raise DataError(
                 f"class folder has no image files "

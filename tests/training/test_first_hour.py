@@ -10,16 +10,17 @@ import sys
 
 import numpy as np
 import pytest
-from conftest import PER_CLASS, TINY_ARGS
 
 from purenn.cli import main
 from purenn.serialization import load_model
 
-# TINY_ARGS without --image-size (taken from --init-from) and without --warmup-epochs.
-NO_SIZE = [a for i, a in enumerate(TINY_ARGS) if "--image-size" not in TINY_ARGS[i - 1 : i + 1]]
-NO_WARMUP = [
-    a for i, a in enumerate(TINY_ARGS) if "--warmup-epochs" not in TINY_ARGS[i - 1 : i + 1]
-]
+PER_CLASS = 12  # images per class of the colour folder
+
+
+def without(args: list[str], flag: str) -> list[str]:
+    """``args`` without ``flag`` and its value (e.g. --image-size, taken from --init-from)."""
+    i = args.index(flag)
+    return [*args[:i], *args[i + 2 :]]
 
 
 def one_error_line(result, *fragments):
@@ -30,11 +31,10 @@ def one_error_line(result, *fragments):
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory, colour_folder, cache_dir):
+def run(tmp_path_factory, colour_folder, tiny_args):
     """A finished 2-epoch run on the colour folder."""
     out = tmp_path_factory.mktemp("first-hour") / "run"
-    code = main(["train", str(colour_folder), "--out", str(out), "--epochs", "2", *TINY_ARGS,
-                 "--cache-dir", str(cache_dir)])  # fmt: skip
+    code = main(["train", str(colour_folder), "--out", str(out), "--epochs", "2", *tiny_args])
     assert code == 0
     return out
 
@@ -96,13 +96,27 @@ def test_run_folders_inside_the_data_folder_are_never_classes(
     assert "eval-data/ (a purenn run folder)" in third.out and "3 classes" in third.out
 
 
-def test_the_same_folder_is_cached_once_however_it_is_spelled(cli, colour_folder, tmp_path):
+def test_a_run_started_inside_a_class_folder_is_not_part_of_that_class(
+    cli, colour_folder, tiny_args, tmp_path, monkeypatch
+):
+    data = shutil.copytree(colour_folder, tmp_path / "data")
+    monkeypatch.chdir(data / "red")
+    assert cli("train", "..", "--epochs", 1, *tiny_args, "--out", "runs/first").code == 0
+    second = cli("train", "..", "--epochs", 1, *tiny_args, "--out", "runs/second")
+    assert second.code == 0, second.err
+    assert "(36 images, 3 classes" in second.out
+    assert "red/runs/first/ (a purenn run folder)" in second.out
+
+
+def test_the_same_folder_is_cached_once_however_it_is_spelled(
+    cli, colour_folder, tmp_path, tiny_args
+):
     data = shutil.copytree(colour_folder, tmp_path / "data")
     (tmp_path / "link").symlink_to(data)
     cache = tmp_path / "cache"
     for spelling in (data, tmp_path / "link", data / ".." / "data"):
         args = ("train", spelling, "--out", tmp_path / "r", "--overwrite", "--epochs", 1)
-        assert cli(*args, *TINY_ARGS, "--cache-dir", cache).code == 0
+        assert cli(*args, *tiny_args, "--cache-dir", cache).code == 0
     assert len([p for p in cache.iterdir() if not p.name.startswith(".")]) == 1
     listing = cli("cache", "list", "--cache-dir", cache)
     assert listing.out.count(str(data)) == 1 and "1 entry" in listing.out
@@ -123,8 +137,9 @@ def test_evaluate_all_images_of_the_training_folder_warns(
 ):
     """Warnings are logged (stderr for a user; pytest collects them in caplog)."""
     out = tmp_path / "e"
-    result = cli("evaluate", run / "best.npz", colour_folder, "--split", "all", "--json",
-                 "--out", out)  # fmt: skip
+    result = cli(
+        "evaluate", run / "best.npz", colour_folder, "--split", "all", "--json", "--out", out
+    )
     assert result.code == 0, result.err
     assert json.loads(result.out)["train_overlap"] == 18  # 6 training images per class
     assert "18 of the 36 images scored are in the model's training split" in caplog.text
@@ -150,8 +165,12 @@ def test_evaluate_with_a_model_that_does_not_record_its_folder(cli, colour_folde
     from purenn.presets import build_preset
     from purenn.serialization import save_model
 
-    meta = {"class_names": ["blue", "green", "red"], "image_size": 8, "mean": [0.5] * 3,
-            "std": [0.2] * 3}  # fmt: skip
+    meta = {
+        "class_names": ["blue", "green", "red"],
+        "image_size": 8,
+        "mean": [0.5] * 3,
+        "std": [0.2] * 3,
+    }
     model = save_model(tmp_path / "m.npz", build_preset("demo-cnn", 3, 8), meta)
     result = cli("evaluate", model, colour_folder)
     assert result.code == 0, result.err
@@ -161,10 +180,17 @@ def test_evaluate_with_a_model_that_does_not_record_its_folder(cli, colour_folde
 
 # -- short runs ------------------------------------------------------------------------------
 def test_a_run_shorter_than_the_warmup_trains_with_a_shorter_warmup(
-    cli, colour_folder, cache_dir, tmp_path
+    cli, colour_folder, tmp_path, tiny_args
 ):
-    result = cli("train", colour_folder, "--epochs", 2, "--out", tmp_path / "r", *NO_WARMUP,
-                 "--cache-dir", cache_dir)  # fmt: skip
+    result = cli(
+        "train",
+        colour_folder,
+        "--epochs",
+        2,
+        "--out",
+        tmp_path / "r",
+        *without(tiny_args, "--warmup-epochs"),
+    )
     assert result.code == 0, result.err
     assert "warmup 1 epochs, shortened from 2: the run has 2 epochs" in result.out
 
@@ -194,11 +220,20 @@ def test_predict_with_a_folder_that_is_no_run(cli, colour_folder, tmp_path):
 
 # -- fine-tuning and continuing --------------------------------------------------------------
 def test_init_from_a_run_with_the_same_classes_starts_from_its_weights(
-    cli, run, colour_folder, cache_dir, tmp_path
+    cli, run, colour_folder, tmp_path, tiny_args
 ):
     out = tmp_path / "tuned"
-    result = cli("train", colour_folder, "--init-from", run, "--epochs", 1, "--out", out,
-                 *NO_SIZE, "--cache-dir", cache_dir)  # fmt: skip
+    result = cli(
+        "train",
+        colour_folder,
+        "--init-from",
+        run,
+        "--epochs",
+        1,
+        "--out",
+        out,
+        *without(tiny_args, "--image-size"),
+    )
     assert result.code == 0, result.err
     assert f"weights from {run / 'best.npz'}" in result.out and "replaced" not in result.out
     assert "at 8x8" in result.out  # the image size comes from the model
@@ -209,14 +244,23 @@ def test_init_from_a_run_with_the_same_classes_starts_from_its_weights(
 
 
 def test_init_from_with_other_classes_replaces_the_output_layer(
-    cli, run, colour_folder, cache_dir, tmp_path
+    cli, run, colour_folder, tmp_path, tiny_args
 ):
     data = tmp_path / "two"
     for name in ("blue", "red"):
         shutil.copytree(colour_folder / name, data / f"my-{name}")
     out = tmp_path / "tuned"
-    result = cli("train", data, "--init-from", run / "best.npz", "--epochs", 1, "--out", out,
-                 *NO_SIZE, "--cache-dir", cache_dir)  # fmt: skip
+    result = cli(
+        "train",
+        data,
+        "--init-from",
+        run / "best.npz",
+        "--epochs",
+        1,
+        "--out",
+        out,
+        *without(tiny_args, "--image-size"),
+    )
     assert result.code == 0, result.err
     assert "output layer replaced (3 -> 2 classes" in result.out
     model, meta = load_model(out / "best.npz")
@@ -230,23 +274,50 @@ def test_init_from_with_other_classes_replaces_the_output_layer(
     assert predicted.code == 0 and "my-" in predicted.out
 
 
-def test_init_from_with_another_image_size_is_a_clear_error(cli, run, colour_folder, tmp_path):
-    result = cli("train", colour_folder, "--init-from", run, "--out", tmp_path / "r",
-                 *TINY_ARGS[:2], "--image-size", "16")  # fmt: skip
+def test_init_from_with_another_image_size_is_a_clear_error(
+    cli, run, colour_folder, tmp_path, tiny_args
+):
+    result = cli(
+        "train",
+        colour_folder,
+        "--init-from",
+        run,
+        "--out",
+        tmp_path / "r",
+        *tiny_args[:2],
+        "--image-size",
+        "16",
+    )
     one_error_line(result, "takes inputs of shape (3, 8, 8)", "set image_size 8")
     assert not (tmp_path / "r").exists()
 
 
 def test_more_epochs_on_resume_points_to_init_from(cli, run):
     result = cli("train", "--resume", run, "--epochs", 5)
-    one_error_line(result, "--epochs cannot change the length", f"--init-from {run}",
-                   f"--config {run / 'config.json'}", "--epochs 5")  # fmt: skip
+    one_error_line(
+        result,
+        "--epochs cannot change the length",
+        f"--init-from {run}",
+        f"--config {run / 'config.json'}",
+        "--epochs 5",
+    )
 
 
 def test_the_suggested_command_trains_on(cli, run, cache_dir, tmp_path):
     out = tmp_path / "more"
-    result = cli("train", "--config", run / "config.json", "--init-from", run, "--epochs", 2,
-                 "--out", out, "--cache-dir", cache_dir)  # fmt: skip
+    result = cli(
+        "train",
+        "--config",
+        run / "config.json",
+        "--init-from",
+        run,
+        "--epochs",
+        2,
+        "--out",
+        out,
+        "--cache-dir",
+        cache_dir,
+    )
     assert result.code == 0, result.err
     assert (out / "best.npz").is_file() and (run / "best.npz").is_file()
 
@@ -269,14 +340,29 @@ def test_train_accepts_your_own_sequential_and_resumes_it_exactly(
     from purenn.training.progress import Progress
 
     def model():
-        return pn.Sequential([
-            pn.Conv2D(3, 4, 3, padding=1, rng=3), pn.ReLU(), pn.MaxPool2D(2), pn.Flatten(),
-            pn.Dropout(0.2), pn.Dense(4 * 4 * 4, 3, rng=4),
-        ])  # fmt: skip
+        return pn.Sequential(
+            [
+                pn.Conv2D(3, 4, 3, padding=1, rng=3),
+                pn.ReLU(),
+                pn.MaxPool2D(2),
+                pn.Flatten(),
+                pn.Dropout(0.2),
+                pn.Dense(4 * 4 * 4, 3, rng=4),
+            ]
+        )
 
-    keys = {"epochs": 2, "batch_size": 8, "lr": 0.01, "image_size": 8, "warmup_epochs": 0.0,
-            "val_fraction": 0.25, "test_fraction": 0.25, "threads": 1,
-            "cache_dir": str(cache_dir), "data_dir": str(colour_folder)}  # fmt: skip
+    keys = {
+        "epochs": 2,
+        "batch_size": 8,
+        "lr": 0.01,
+        "image_size": 8,
+        "warmup_epochs": 0.0,
+        "val_fraction": 0.25,
+        "test_fraction": 0.25,
+        "threads": 1,
+        "cache_dir": str(cache_dir),
+        "data_dir": str(colour_folder),
+    }
     quiet = Progress(quiet=True)
     first = train(
         make_config(overrides={**keys, "out": str(tmp_path / "a")}), False, quiet, model()
@@ -302,13 +388,16 @@ def test_train_accepts_your_own_sequential_and_resumes_it_exactly(
 
 # -- path advice ------------------------------------------------------------------------------
 def test_resume_advice_names_the_run_folder(cli, run, tmp_path):
-    one_error_line(cli("train", "--resume", run / "last.ckpt.npz"),
-                   "--resume takes a run folder, not a file", f"--resume {run}")  # fmt: skip
+    one_error_line(
+        cli("train", "--resume", run / "last.ckpt.npz"),
+        "--resume takes a run folder, not a file",
+        f"--resume {run}",
+    )
     one_error_line(cli("train", "--resume", tmp_path / "typo"), "run folder does not exist")
 
 
-def test_an_existing_run_folder_suggests_a_new_out(cli, run, colour_folder):
-    result = cli("train", colour_folder, "--out", run, *TINY_ARGS)
+def test_an_existing_run_folder_suggests_a_new_out(cli, run, colour_folder, tiny_args):
+    result = cli("train", colour_folder, "--out", run, *tiny_args)
     one_error_line(result, f"--resume {run}", "--out with a new folder", "--overwrite to delete")
 
 
@@ -351,7 +440,7 @@ def test_a_closed_pipe_in_evaluate_is_no_error(run, colour_folder, monkeypatch, 
     assert code == 141 and "error" not in capsys.readouterr().err
 
 
-def test_cache_list_and_clear(cli, colour_folder, tmp_path):
+def test_cache_list_and_clear(cli, colour_folder, tmp_path, tiny_args):
     cache = tmp_path / "cache"
     cache.mkdir()
     (cache / "notes.txt").write_text("mine")
@@ -364,7 +453,7 @@ def test_cache_list_and_clear(cli, colour_folder, tmp_path):
             tmp_path / f"run-{folder.name}",
             "--epochs",
             1,
-            *TINY_ARGS,
+            *tiny_args,
         )
         assert cli(*args, "--cache-dir", cache).code == 0
     listing = cli("cache", "list", "--cache-dir", cache)
