@@ -7,6 +7,7 @@ from pathlib import Path
 
 from purenn.data.cache import list_entries, remove_entries
 from purenn.training.pipeline import default_cache_dir
+from purenn.training.progress import plural
 
 
 def _megabytes(count: int) -> str:
@@ -20,8 +21,8 @@ def _cmd_cache(args: argparse.Namespace, progress) -> int:
         freed = sum(e.bytes for e in removed)
         which = "" if args.data_dir is None else f" of {args.data_dir}"
         progress.result(
-            f"removed {len(removed)} cache entr{'y' if len(removed) == 1 else 'ies'}{which} "
-            f"from {cache_dir} ({_megabytes(freed)})"
+            f"removed {plural(len(removed), 'cache entry')}{which} from {cache_dir} "
+            f"({_megabytes(freed)})"
         )
         return 0
     entries = list_entries(cache_dir)
@@ -35,8 +36,7 @@ def _cmd_cache(args: argparse.Namespace, progress) -> int:
             f"{_megabytes(e.bytes)}  {e.path.name}{gone}"
         )
     total = sum(e.bytes for e in entries)
-    count = f"{len(entries)} entr{'y' if len(entries) == 1 else 'ies'}"
-    progress.result(f"{count}, {_megabytes(total)} in {cache_dir}")
+    progress.result(f"{plural(len(entries), 'entry')}, {_megabytes(total)} in {cache_dir}")
     return 0
 
 

@@ -37,6 +37,7 @@ from purenn.training.config import KEYS, RESUMABLE_OVERRIDES, ConfigError, read_
 from purenn.training.evaluation import SPLIT_CHOICES, default_eval_dir, describe_scored
 from purenn.training.metrics import format_report
 from purenn.training.prediction import format_predictions, model_file
+from purenn.training.progress import plural
 from purenn.training.rundir import RunDir
 
 EXIT_OK, EXIT_DIVERGED, EXIT_USAGE, EXIT_INTERRUPTED, EXIT_BROKEN_PIPE = 0, 1, 2, 130, 141
@@ -217,22 +218,18 @@ SUMMARY_DEFAULTS = {"demo-cnn": (10, 16)}
 SUMMARY_FALLBACK = (38, 128)  # the seed project's PlantVillage models
 
 
-def _classes(count: int) -> str:
-    return f"{count} class" + ("" if count == 1 else "es")
-
-
 def _cmd_summary(args: argparse.Namespace, progress: Progress) -> int:
     target = args.target
     if Path(target).exists():
         model, meta = load_model(model_file(target))
-        title = f"{target}: {_classes(len(meta.get('class_names', [])))}"
+        title = f"{target}: {plural(len(meta.get('class_names', [])), 'class')}"
         shape = model.input_shape
     elif target in PRESETS:
         classes, size = SUMMARY_DEFAULTS.get(target, SUMMARY_FALLBACK)
         classes = args.num_classes or classes
         size = args.image_size or size
         model = build_preset(target, classes, size, args.in_channels)
-        title = f"{target}: {_classes(classes)}"
+        title = f"{target}: {plural(classes, 'class')}"
         shape = (args.in_channels, size, size)
     else:
         raise UsageError(

@@ -37,7 +37,7 @@ from purenn.training.evaluation import predict_logits, write_report
 from purenn.training.metrics import classification_report, format_report
 from purenn.training.pipeline import TrainingData, load_training_data
 from purenn.training.plots import plot_curves
-from purenn.training.progress import Progress
+from purenn.training.progress import Progress, plural
 from purenn.training.rundir import RunDir
 from purenn.training.start import Start, initial_model
 from purenn.training.trainer import NonFiniteLossError, Trainer, TrainingInterrupted
@@ -192,10 +192,6 @@ def _class_list(names: list[str], limit: int = 8) -> str:
     return f"{', '.join(names[: limit - 2])}, ... ({len(names) - limit + 1} more), {names[-1]}"
 
 
-def _plural(count: int, noun: str) -> str:
-    return f"{count} {noun}{'' if count == 1 else 'es' if noun.endswith('s') else 's'}"
-
-
 def _describe(config: TrainConfig, data: TrainingData, start: Start, steps: int) -> list:
     sizes = {name: len(idx) for name, idx in data.splits.items()}
     cache, model = data.cache, start.model
@@ -207,7 +203,7 @@ def _describe(config: TrainConfig, data: TrainingData, start: Start, steps: int)
     if config.schedule == "cosine" and warmup != config.warmup_epochs:
         recipe += (
             f" (warmup {warmup:g} epochs, shortened from {config.warmup_epochs:g}: the run has "
-            f"{_plural(config.epochs, 'epoch')})"
+            f"{plural(config.epochs, 'epoch')})"
         )
     elif config.schedule == "cosine" and warmup:
         recipe += f" (warmup {warmup:g} epochs)"
@@ -220,7 +216,7 @@ def _describe(config: TrainConfig, data: TrainingData, start: Start, steps: int)
     names = cache.class_names
     lines = [
         f"purenn {purenn.__version__}: run folder {config.out}",
-        f"data: {cache.root} ({len(cache)} images, {_plural(len(names), 'class')}, "
+        f"data: {cache.root} ({len(cache)} images, {plural(len(names), 'class')}, "
         f"{len(cache.skipped)} skipped; train {sizes['train']}, val {sizes['val']}, "
         f"test {sizes['test']})",
         f"classes: {_class_list(names)}",

@@ -9,6 +9,15 @@ from typing import TextIO
 from tqdm import tqdm
 
 
+def plural(count: int, noun: str) -> str:
+    """``"1 class"``, ``"3 classes"``, ``"2 epochs"``, ``"1 entry"``, ``"4 entries"``."""
+    if count == 1:
+        return f"{count} {noun}"
+    if noun.endswith("y"):
+        return f"{count} {noun[:-1]}ies"
+    return f"{count} {noun}{'es' if noun.endswith('s') else 's'}"
+
+
 class Progress:
     """Where the training loop reports.
 

@@ -486,3 +486,7 @@ def test_summary_of_a_preset_describes_it_as_used(cli):
     assert result.out.startswith("demo-cnn: 10 classes, input (3, 16, 16)")
     assert cli("summary", "plantvillage-cnn").out.startswith("plantvillage-cnn: 38 classes")
     assert cli("summary", "demo-cnn", "--num-classes", 1).out.startswith("demo-cnn: 1 class,")
+
+
+def test_summary_of_a_run_folder(cli, run):
+    assert cli("summary", run).out.startswith(f"{run}: 3 classes, input (3, 8, 8)")
