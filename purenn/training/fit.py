@@ -200,13 +200,14 @@ def _describe(config: TrainConfig, data: TrainingData, start: Start, steps: int)
         recipe += f", weight decay {config.weight_decay:g}"
     recipe += f", {config.schedule} schedule"
     warmup = effective_warmup(config)
+    epochs = "epoch" if warmup == 1 else "epochs"
     if config.schedule == "cosine" and warmup != config.warmup_epochs:
         recipe += (
-            f" (warmup {warmup:g} epochs, shortened from {config.warmup_epochs:g}: the run has "
+            f" (warmup {warmup:g} {epochs}, shortened from {config.warmup_epochs:g}: the run has "
             f"{plural(config.epochs, 'epoch')})"
         )
     elif config.schedule == "cosine" and warmup:
-        recipe += f" (warmup {warmup:g} epochs)"
+        recipe += f" (warmup {warmup:g} {epochs})"
     recipe += f", label smoothing {config.label_smoothing:g}, "
     recipe += f"clip norm {config.clip_norm:g}" if config.clip_norm else "no clipping"
     recipe += (

@@ -192,7 +192,7 @@ def test_a_run_shorter_than_the_warmup_trains_with_a_shorter_warmup(
         *without(tiny_args, "--warmup-epochs"),
     )
     assert result.code == 0, result.err
-    assert "warmup 1 epochs, shortened from 2: the run has 2 epochs" in result.out
+    assert "warmup 1 epoch, shortened from 2: the run has 2 epochs" in result.out
 
 
 # -- predict ---------------------------------------------------------------------------------
