@@ -4,6 +4,8 @@ pipeline, with no scikit-learn."""
 from __future__ import annotations
 
 import re
+import shutil
+import subprocess
 import sys
 
 import numpy as np
@@ -22,6 +24,21 @@ def test_shipped_digits_are_scikit_learns():
     np.testing.assert_array_equal(labels, reference.target)
     assert DIGITS_FILE.stat().st_size < 100_000
     assert "CC BY 4.0" in (DIGITS_FILE.parent / "README.md").read_text()
+
+
+def test_shipped_digits_are_packaged_and_not_git_ignored():
+    """The wheel takes package-data from pyproject; a *.npz ignore rule once hid the file."""
+    tomllib = pytest.importorskip("tomllib")
+    repo = DIGITS_FILE.parents[2]
+    pyproject = tomllib.loads((repo / "pyproject.toml").read_text())
+    patterns = pyproject["tool"]["setuptools"]["package-data"]["purenn"]
+    package = DIGITS_FILE.parents[1]
+    for name in ("digits.npz", "README.md"):
+        assert any(DIGITS_FILE.parent / name in package.glob(p) for p in patterns), name
+    if shutil.which("git") is None or not (repo / ".git").exists():
+        pytest.skip("not a git checkout")
+    ignored = subprocess.run(["git", "-C", repo, "check-ignore", "--no-index", "-q", DIGITS_FILE])
+    assert ignored.returncode == 1  # 1: not ignored
 
 
 def test_digits_are_written_as_an_image_folder(tmp_path):
