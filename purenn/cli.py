@@ -134,6 +134,12 @@ def _cmd_train(args: argparse.Namespace, progress: Progress) -> int:
             )
         result = resume(args.resume, threads=given.get("threads"), progress=progress)
     else:
+        for flag in ("preset", "weight_norm"):
+            if "init_from" in given and flag in given:
+                raise UsageError(
+                    f"{_flag(flag)} cannot be used with --init-from: the model's architecture "
+                    f"comes from {given['init_from']}"
+                )
         in_file = read_config_file(args.config) if args.config else {}
         if "init_from" in given and "image_size" not in {**in_file, **given}:
             # A fine-tuned model keeps the input size it was trained at.

@@ -99,7 +99,7 @@ def train(
     scan, start = _prepare(config, model)
     config.data_dir = str(scan.root)
     if config.out is None:
-        config.out = f"runs/{start.name or 'model'}-{time.strftime('%Y%m%d-%H%M%S')}"
+        config.out = f"runs/{start.name or 'custom'}-{time.strftime('%Y%m%d-%H%M%S')}"
     run = RunDir.create(config.out, overwrite=overwrite)
     config.out = str(run.path)
     if config.cache_dir is not None:
@@ -227,7 +227,7 @@ def _describe(config: TrainConfig, data: TrainingData, start: Start, steps: int)
         lines.append(f"not classes (ignored): {ignored}")
     if cache.skipped:
         lines.append(f"skipped files: {config.out}/{RunDir.SKIPPED}")
-    name = start.name or "model"
+    name = start.name or "custom model"
     model_line = f"model: {name} at {config.image_size}x{config.image_size}, "
     model_line += f"{model.num_parameters:,} parameters"
     if start.from_preset and config.weight_norm:

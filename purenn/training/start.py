@@ -150,6 +150,10 @@ def initial_model(
         start.note = meta.get("note", f"weights from {init_file}")
         return start
     if model is not None:
+        if config.init_from is not None:
+            raise ConfigError(
+                f"init_from ({config.init_from}) and a model of your own exclude each other"
+            )
         return from_model(model, {}, config, class_names, "your Sequential")
     if config.init_from is not None:
         path = model_file(config.init_from, "init_from")

@@ -232,7 +232,7 @@ def test_init_from_a_run_with_the_same_classes_starts_from_its_weights(
         1,
         "--out",
         out,
-        *without(tiny_args, "--image-size"),
+        *without(without(tiny_args, "--image-size"), "--preset"),
     )
     assert result.code == 0, result.err
     assert f"weights from {run / 'best.npz'}" in result.out and "replaced" not in result.out
@@ -259,7 +259,7 @@ def test_init_from_with_other_classes_replaces_the_output_layer(
         1,
         "--out",
         out,
-        *without(tiny_args, "--image-size"),
+        *without(without(tiny_args, "--image-size"), "--preset"),
     )
     assert result.code == 0, result.err
     assert "output layer replaced (3 -> 2 classes" in result.out
@@ -284,12 +284,16 @@ def test_init_from_with_another_image_size_is_a_clear_error(
         run,
         "--out",
         tmp_path / "r",
-        *tiny_args[:2],
         "--image-size",
         "16",
     )
     one_error_line(result, "takes inputs of shape (3, 8, 8)", "set image_size 8")
     assert not (tmp_path / "r").exists()
+
+
+def test_init_from_excludes_a_preset(cli, run, colour_folder, tmp_path):
+    result = cli("train", colour_folder, "--init-from", run, "--preset", "plantvillage-ann")
+    one_error_line(result, "--preset cannot be used with --init-from")
 
 
 def test_more_epochs_on_resume_points_to_init_from(cli, run):
@@ -381,6 +385,9 @@ def test_train_accepts_your_own_sequential_and_resumes_it_exactly(
     for key, value in first.model.state_dict().items():
         np.testing.assert_array_equal(again.model.state_dict()[key], value, err_msg=key)
 
+    both = make_config(overrides={**keys, "init_from": str(tmp_path / "a")})
+    with pytest.raises(ValueError, match="exclude each other"):
+        train(both, False, quiet, model())
     wrong = pn.Sequential([pn.Flatten(), pn.Dense(3 * 8 * 8, 5)])
     with pytest.raises(ValueError, match=r"outputs \(5,\) per image, but the data has 3 classes"):
         train(make_config(overrides={**keys, "out": str(tmp_path / "c")}), False, quiet, wrong)
