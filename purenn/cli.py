@@ -33,7 +33,13 @@ from purenn.training import (
     train,
     write_report,
 )
-from purenn.training.config import KEYS, RESUMABLE_OVERRIDES, ConfigError, read_config_file
+from purenn.training.config import (
+    KEYS,
+    RESUMABLE_OVERRIDES,
+    ConfigError,
+    TrainConfig,
+    read_config_file,
+)
 from purenn.training.evaluation import SPLIT_CHOICES, default_eval_dir, describe_scored
 from purenn.training.metrics import format_report
 from purenn.training.prediction import format_predictions, model_file
@@ -134,25 +140,7 @@ def _cmd_train(args: argparse.Namespace, progress: Progress) -> int:
             )
         result = resume(args.resume, threads=given.get("threads"), progress=progress)
     else:
-        for flag in ("preset", "weight_norm"):
-            if "init_from" in given and flag in given:
-                raise UsageError(
-                    f"{_flag(flag)} cannot be used with --init-from: the model's architecture "
-                    f"comes from {given['init_from']}"
-                )
-        in_file = read_config_file(args.config) if args.config else {}
-        if "init_from" in given and "image_size" not in {**in_file, **given}:
-            # A fine-tuned model keeps the input size it was trained at.
-            _, meta = load_model(model_file(given["init_from"], "--init-from"))
-            if isinstance(meta.get("image_size"), int):
-                given["image_size"] = meta["image_size"]
-        try:
-            config = make_config(args.config, given)
-        except ConfigError as err:
-            key = str(err).split(" ", 1)[0]
-            if key in given:  # name the flag the user typed, too
-                raise ConfigError(f"{_flag(key)}: {err}") from None
-            raise
+        config = _new_run_config(args.config, given)
         result = train(config, args.overwrite, progress)
     line = f"best model (epoch {result.best_epoch}): {result.run_dir / 'best.npz'}"
     if result.test_report is not None:
@@ -163,6 +151,29 @@ def _cmd_train(args: argparse.Namespace, progress: Progress) -> int:
         )
     progress.result(line)
     return EXIT_OK
+
+
+def _new_run_config(file: str | None, given: dict) -> TrainConfig:
+    """The config of a new run from the config file and the flags given, checked."""
+    for flag in ("preset", "weight_norm"):
+        if "init_from" in given and flag in given:
+            raise UsageError(
+                f"{_flag(flag)} cannot be used with --init-from: the model's architecture "
+                f"comes from {given['init_from']}"
+            )
+    in_file = read_config_file(file) if file else {}
+    if "init_from" in given and "image_size" not in {**in_file, **given}:
+        # A fine-tuned model keeps the input size it was trained at.
+        _, meta = load_model(model_file(given["init_from"], "--init-from"))
+        if isinstance(meta.get("image_size"), int):
+            given = {**given, "image_size": meta["image_size"]}
+    try:
+        return make_config(file, given)
+    except ConfigError as err:
+        key = str(err).split(" ", 1)[0]
+        if key in given:  # name the flag the user typed, too
+            raise ConfigError(f"{_flag(key)}: {err}") from None
+        raise
 
 
 def _more_epochs_advice(run: Path, epochs: int) -> str:
