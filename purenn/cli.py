@@ -283,7 +283,11 @@ THREADS_HELP = "BLAS threads and image-decoding processes (default: all cores)"
 
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
-        prog="purenn", description="A deep-learning library in pure NumPy: train and use models."
+        prog="purenn",
+        description="A deep-learning library in pure NumPy: train and use models.",
+        epilog=_examples(
+            "purenn demo", "purenn train leaves/ --out runs/cnn", "purenn train --help"
+        ),
     )
     parser.add_argument("--version", action="version", version=f"purenn {purenn.__version__}")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
