@@ -57,6 +57,12 @@ def cache_dir(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("cache")
 
 
+@pytest.fixture(autouse=True)
+def no_home_cache(monkeypatch, cache_dir):
+    """Commands run without --cache-dir use the test session's cache, never ~/.cache/purenn."""
+    monkeypatch.setenv("PURENN_CACHE_DIR", str(cache_dir))
+
+
 @pytest.fixture(scope="session")
 def tiny_args(cache_dir) -> list[str]:
     """Flags for a one-second training run on ``colour_folder``."""
