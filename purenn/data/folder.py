@@ -148,6 +148,17 @@ def _path_key(path: str) -> list[str]:
     return path.split("/")
 
 
+def find_images(folder: str | Path) -> list[Path]:
+    """The image files below ``folder`` (recursively), sorted by path components.
+
+    Left out, as in a class folder: hidden files and folders, and purenn's run and evaluation
+    folders (their plots are PNG files too).
+    """
+    folder = Path(folder)
+    images, _ = _walk_class_folder(folder, ".")
+    return [folder / path for path in sorted(images, key=_path_key)]
+
+
 def scan_image_folder(root: str | Path) -> FolderScan:
     """Find the images and classes under ``root``.
 

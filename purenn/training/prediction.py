@@ -7,8 +7,9 @@ from pathlib import Path
 import numpy as np
 
 from purenn.checks import check_int
-from purenn.data import IMAGE_EXTENSIONS, DataError, normalize_batch
+from purenn.data import DataError, normalize_batch
 from purenn.data.decode import try_decode
+from purenn.data.folder import find_images
 from purenn.ops import softmax
 from purenn.serialization import ModelFileError, load_model
 
@@ -35,7 +36,7 @@ def model_file(path: str | Path, flag: str = "MODEL") -> Path:
 
 
 def collect_images(paths: list[str | Path]) -> list[Path]:
-    """The files given, and the image files inside the folders given (recursively, sorted).
+    """The files given, and the image files inside the folders given (``find_images``).
 
     Raises:
         DataError: a path does not exist, or a folder holds no image file.
@@ -43,13 +44,7 @@ def collect_images(paths: list[str | Path]) -> list[Path]:
     files: list[Path] = []
     for path in map(Path, paths):
         if path.is_dir():
-            found = sorted(
-                p
-                for p in path.rglob("*")
-                if p.is_file()
-                and p.suffix.lower() in IMAGE_EXTENSIONS
-                and not any(part.startswith(".") for part in p.relative_to(path).parts)
-            )
+            found = find_images(path)
             if not found:
                 raise DataError(f"no image files in folder {path}")
             files += found

@@ -213,6 +213,14 @@ def test_predict_skips_unreadable_files_lists_them_and_predicts_the_rest(
     assert strict.out == ""
 
 
+def test_predict_on_a_folder_leaves_run_folders_out(cli, run, colour_folder, tmp_path):
+    photos = shutil.copytree(colour_folder / "red", tmp_path / "photos")
+    shutil.copytree(run, photos / "runs" / "old")  # its curves.png and confusion.png
+    result = cli("predict", run, photos, "--json")
+    assert result.code == 0, result.err
+    assert len(json.loads(result.out)) == PER_CLASS
+
+
 def test_predict_with_a_folder_that_is_no_run(cli, colour_folder, tmp_path):
     result = cli("predict", tmp_path, colour_folder / "red" / "00.png")
     one_error_line(result, "is a folder without best.npz")
