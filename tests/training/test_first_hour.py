@@ -299,6 +299,25 @@ def test_init_from_with_another_image_size_is_a_clear_error(
     assert not (tmp_path / "r").exists()
 
 
+def test_init_from_a_grey_model_is_a_clear_error(cli, colour_folder, tmp_path):
+    from purenn.presets import build_preset
+    from purenn.serialization import save_model
+
+    grey = build_preset("demo-cnn", 3, 8, in_channels=1)
+    save_model(tmp_path / "grey.npz", grey, {"class_names": ["blue", "green", "red"]})
+    result = cli(
+        "train",
+        colour_folder,
+        "--init-from",
+        tmp_path / "grey.npz",
+        "--image-size",
+        8,
+        "--out",
+        tmp_path / "r",
+    )
+    one_error_line(result, "takes inputs of shape (1, 8, 8)", "(3, 8, 8) images", "RGB input")
+
+
 def test_init_from_excludes_a_preset(cli, run, colour_folder, tmp_path):
     result = cli("train", colour_folder, "--init-from", run, "--preset", "plantvillage-ann")
     one_error_line(result, "--preset cannot be used with --init-from")
