@@ -1,4 +1,4 @@
-"""The ``purenn`` command: train, evaluate, predict, summary, demo.
+"""The ``purenn`` command: train, evaluate, predict, summary, demo, export.
 
 Exit codes: 0 success; 1 training diverged (NaN/inf loss); 2 bad input (``purenn: error: ...``
 on stderr, no traceback); 130 interrupted (Ctrl-C; ``train`` saves a checkpoint first).
@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 import purenn
+from purenn.export.cli import add_parser as add_export_parser
 from purenn.presets import PRESETS, build_preset
 from purenn.runtime import limit_threads
 from purenn.serialization import load_model
@@ -204,7 +205,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_train)
 
     p = commands.add_parser("evaluate", help="metrics of a model on an image folder")
-    p.add_argument("model", metavar="MODEL", help="a .npz model file")
+    p.add_argument("model", metavar="MODEL", help="a model file (.npz or .safetensors)")
     p.add_argument("data_dir", metavar="DATA_DIR", help="DATA_DIR/<class>/<image>")
     p.add_argument(
         "--split",
@@ -225,7 +226,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_evaluate)
 
     p = commands.add_parser("predict", help="top-k classes of image files")
-    p.add_argument("model", metavar="MODEL", help="a .npz model file")
+    p.add_argument("model", metavar="MODEL", help="a model file (.npz or .safetensors)")
     p.add_argument("images", nargs="+", metavar="IMAGE", help="image files or folders")
     p.add_argument("--top-k", type=_positive_int, default=5, metavar="K")
     p.add_argument("--batch-size", type=_positive_int, default=64, metavar="N")
@@ -247,6 +248,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, metavar="N")
     p.add_argument("--threads", type=_positive_int, metavar="N")
     p.set_defaults(func=_cmd_demo)
+
+    add_export_parser(commands)
 
     for sub in commands.choices.values():
         sub.add_argument("--quiet", "-q", action="store_true", help="print only the result")
