@@ -172,6 +172,11 @@ def _parse_header(raw: bytes, data_size: int) -> tuple[dict, dict[str, str]]:
     ):
         raise ValueError(f"{METADATA} must map strings to strings")
     entries = {name: _check_entry(name, entry) for name, entry in header.items()}
+    for name, (_, _, _, end) in entries.items():
+        if end > data_size:
+            raise ValueError(
+                f"tensor {name!r} ends at byte {end}, past the data area of {data_size} bytes"
+            )
     position = 0
     for name, (_, _, begin, end) in sorted(entries.items(), key=lambda item: item[1][2:]):
         if begin != position:
