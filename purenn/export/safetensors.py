@@ -227,24 +227,25 @@ def read_safetensors(path: str | Path) -> tuple[dict[str, np.ndarray], dict[str,
 
 
 # -- purenn models ---------------------------------------------------------------------------------
+def _rename(key: str, names: dict[str, str]) -> str:
+    """``"<index>.<name>"`` with ``name`` mapped through ``names``; other keys unchanged."""
+    index, dot, name = key.partition(".")
+    return f"{index}.{names[name]}" if dot and name in names else key
+
+
 def to_torch_names(state: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """A purenn state dict under the torch ``nn.Sequential`` names (weight norm renamed)."""
-    renamed = {}
-    for key, value in state.items():
-        index, _, name = key.partition(".")
-        renamed[f"{index}.{TORCH_NAMES.get(name, name)}"] = value
-    return renamed
+    return {_rename(key, TORCH_NAMES): value for key, value in state.items()}
 
 
 def from_torch_names(state: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """A torch ``nn.Sequential`` state dict under purenn's names, without ignored buffers."""
     purenn_names = {torch: ours for ours, torch in TORCH_NAMES.items()}
-    renamed = {}
-    for key, value in state.items():
-        index, _, name = key.partition(".")
-        if name not in IGNORED_TORCH_BUFFERS:
-            renamed[f"{index}.{purenn_names.get(name, name)}"] = value
-    return renamed
+    return {
+        _rename(key, purenn_names): value
+        for key, value in state.items()
+        if key.rpartition(".")[2] not in IGNORED_TORCH_BUFFERS
+    }
 
 
 def save_safetensors(path: str | Path, model: Sequential, metadata: dict) -> Path:

@@ -277,6 +277,26 @@ def test_torch_to_safetensors_to_purenn(tmp_path, torch_tools):
     np.testing.assert_array_equal(loaded.forward(x, False), model.forward(x, False))
 
 
+def test_legacy_weight_norm_names_load_too(tmp_path, torch_tools):
+    torch, st_torch, torch_sequential = torch_tools
+    architecture = every_layer_model().get_config()
+    module = torch_sequential(architecture)
+    torch_trained(torch, module, (3, 8, 8))
+    legacy = {
+        key.replace("parametrizations.weight.original0", "weight_g").replace(
+            "parametrizations.weight.original1", "weight_v"
+        ): value
+        for key, value in module.state_dict().items()
+    }
+    assert "10.weight_g" in legacy
+    st_torch.save_file(legacy, str(tmp_path / "legacy.safetensors"))
+    model = load_torch_state(
+        tmp_path / "legacy.safetensors", pn.Sequential.from_config(architecture)
+    )
+    x = images(2)
+    assert_close(model.forward(x, False), torch_logits(torch, module, x), TORCH_TOL, "legacy")
+
+
 def test_torch_preset_state_dict_loads_into_the_preset(tmp_path, torch_tools):
     torch, st_torch, torch_sequential = torch_tools
     model = build_preset("plantvillage-ann", num_classes=15, image_size=8)
@@ -301,8 +321,9 @@ def test_torch_preset_state_dict_loads_into_the_preset(tmp_path, torch_tools):
             r"tensor '13.weight' .* has dtype int64, not a float",
         ),
         (lambda s: s.update({"14.weight": np.zeros(2, np.float32)}), r"\['14.weight'\]"),
+        (lambda s: s.update({"weight": np.zeros(2, np.float32)}), r"\['weight'\]"),
     ],
-    ids=["missing", "mis-shaped", "integer", "unexpected"],
+    ids=["missing", "mis-shaped", "integer", "unexpected", "unexpected, not indexed"],
 )
 def test_a_wrong_tensor_is_named(tmp_path, edit, message):
     state, _ = read_safetensors(
