@@ -15,6 +15,7 @@ FILE_KEYS = ("format", "format_version", "architecture", "state")
 
 
 def _cmd_export(args: argparse.Namespace, progress) -> int:
+    """Check OUT before reading MODEL, then write OUT atomically (nothing on any error)."""
     out = Path(args.out)
     suffix = out.suffix.lower()
     if suffix not in SUFFIXES:

@@ -246,7 +246,7 @@ def build_onnx(model: Sequential, metadata: dict | None = None):
     metadata = dict(metadata or {})
     _check_layers(model.layers)
     shape = _input_shape(model, metadata)
-    output_shape = model.output_shapes(shape)[-1]
+    output_shape = model.output_shapes(shape)[-1] if model.layers else shape
     norm = _normalization(metadata, shape)
     g = _Graph(onnx)
     x = INPUT if len(shape) == 3 else "input"

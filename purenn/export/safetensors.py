@@ -123,7 +123,7 @@ def _reject_constant(name: str):
     raise ValueError(f"non-standard JSON constant {name}")
 
 
-def parse_json(text: bytes | str) -> object:
+def parse_json(text: str) -> object:
     """Strict JSON: UTF-8, no duplicate keys, no NaN or Infinity. Raises ValueError."""
     try:
         return json.loads(text, object_pairs_hook=_strict_object, parse_constant=_reject_constant)
