@@ -118,6 +118,15 @@ def test_presets_match_onnxruntime(preset, size, weight_norm, batch):
     assert_close(run_onnx(model, meta, x), purenn_output(model, meta, x), TOL, preset)
 
 
+def test_a_float64_model_exports_as_float32():
+    model = moved(build_preset("demo-cnn", num_classes=3, image_size=8).astype(np.float64))
+    proto = build_onnx(model, META)
+    assert {i.data_type for i in proto.graph.initializer} == {onnx.TensorProto.FLOAT}
+    x = images(3)
+    expected = purenn_output(model, META, x.astype(np.float64))
+    assert_close(run_onnx(model, META, x), expected, TOL, "float64 model")
+
+
 def test_plantvillage_cnn_at_128_batch_1_and_7():
     model = moved(build_preset("plantvillage-cnn", num_classes=15, image_size=128))
     # purenn runs each ReLU after the MaxPool that follows it; the graph keeps the declared order.
