@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -118,3 +120,24 @@ def test_a_bad_model_file_is_named(tmp_path, capsys):
     code, _, err = run(capsys, "predict", bad, bad)
     assert code == 2 and str(bad) in err
     assert not (tmp_path / "out.onnx").exists()
+
+
+def test_safetensors_model_files_need_no_extra(tmp_path, model_file, leaves):
+    """With onnx, onnxruntime, safetensors and torch unimportable, .safetensors still works and
+    ONNX export says what to install."""
+    out = tmp_path / "model.safetensors"
+    script = f"""
+import sys
+for name in ("onnx", "onnxruntime", "safetensors", "torch"):
+    sys.modules[name] = None
+from purenn.cli import main
+assert main(["export", {str(model_file)!r}, {str(out)!r}]) == 0
+assert main(["predict", {str(out)!r}, {str(leaves)!r}, "--quiet"]) == 0
+sys.exit(main(["export", {str(out)!r}, {str(tmp_path / "m.onnx")!r}]))
+"""
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120, check=False
+    )
+    assert done.returncode == 2, done.stderr
+    assert 'ONNX export needs the onnx package: pip install "purenn[export]"' in done.stderr
+    assert all(name in done.stdout for name in META["class_names"])  # predict's table
