@@ -5,7 +5,8 @@ not depend on the weights) is exported to ONNX in a temporary folder. Both frame
 classify the same float32 [0, 1] batch, z-score included (the graph's Sub/Mul; purenn's
 ``normalize_batch``): purenn with ``limit_threads(T)``, onnxruntime with ``intra_op_num_threads=T``
 and one inter-op thread. Each figure is the median of ``--repeats`` timed calls after
-``--warmup`` untimed ones, purenn right before onnxruntime at each batch size.
+``--warmup`` untimed ones; the two frameworks alternate over ``--rounds`` rounds (the machine may
+be shared), and the table gives the median over rounds of each figure and of the per-round ratio.
 
     python benchmarks/bench_export.py                              # 15 classes, random weights
     python benchmarks/bench_export.py --model runs/pv-cnn/best.npz
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import platform
+import statistics
 import subprocess
 import tempfile
 from pathlib import Path
@@ -48,7 +50,8 @@ def main() -> None:
     parser.add_argument("--model", help="a purenn model file (default: the preset, random)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 32])
-    parser.add_argument("--repeats", type=int, default=20)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--warmup", type=int, default=3)
     args = parser.parse_args()
 
@@ -71,7 +74,8 @@ def main() -> None:
     print(f"model: {source}; {model.num_parameters:,} parameters, input (N, 3, {size}, {size})")
     print(
         f"numpy {np.__version__}, onnxruntime {ort.__version__} (opset {OPSET}), "
-        f"{args.threads} threads each, float32, median of {args.repeats} after {args.warmup}"
+        f"{args.threads} threads each, float32, median of {args.repeats} calls after "
+        f"{args.warmup}, {args.rounds} alternating rounds"
     )
     print(f"{'batch':>5}  {'purenn ms':>10}  {'onnxruntime ms':>14}  {'purenn/ort':>10}  max|diff|")
     rng = np.random.default_rng(0)
@@ -84,13 +88,16 @@ def main() -> None:
         def ort_infer(x=x):
             return session.run(None, {"image": x})[0]
 
+        rounds = []
         with limit_threads(args.threads):
             diff = float(np.abs(purenn_infer() - ort_infer()).max())
-            ours = median_seconds(purenn_infer, args.repeats, args.warmup)
-            theirs = median_seconds(ort_infer, args.repeats, args.warmup)
+            for _ in range(args.rounds):
+                ours = median_seconds(purenn_infer, args.repeats, args.warmup)
+                rounds.append((ours, median_seconds(ort_infer, args.repeats, args.warmup)))
+        ours, theirs = (statistics.median(times) for times in zip(*rounds, strict=True))
+        ratio = statistics.median(a / b for a, b in rounds)
         print(
-            f"{batch:>5}  {1000 * ours:>10.1f}  {1000 * theirs:>14.1f}  {ours / theirs:>10.2f}"
-            f"  {diff:.1e}"
+            f"{batch:>5}  {1000 * ours:>10.1f}  {1000 * theirs:>14.1f}  {ratio:>10.2f}  {diff:.1e}"
         )
 
 
