@@ -1,4 +1,4 @@
-"""The ``purenn`` command: train, evaluate, predict, summary, demo, cache.
+"""The ``purenn`` command: train, evaluate, predict, summary, demo, cache, export.
 
 Exit codes: 0 success; 1 training diverged (NaN/inf loss); 2 bad input (``purenn: error: ...``
 on stderr, no traceback); 130 interrupted (Ctrl-C; ``train`` saves a checkpoint first); 141
@@ -18,6 +18,7 @@ from pathlib import Path
 
 import purenn
 from purenn.cache_cli import add_parser as add_cache_parser
+from purenn.export.cli import add_parser as add_export_parser
 from purenn.presets import PRESETS, build_preset
 from purenn.runtime import limit_threads
 from purenn.serialization import load_model
@@ -322,7 +323,9 @@ def build_parser() -> argparse.ArgumentParser:
             "purenn evaluate runs/cnn test-leaves/ --json | head",
         ),
     )
-    p.add_argument("model", metavar="MODEL", help="a .npz model file, or a run folder")
+    p.add_argument(
+        "model", metavar="MODEL", help="a model file (.npz or .safetensors), or a run folder"
+    )
     p.add_argument("data_dir", metavar="DATA_DIR", help="DATA_DIR/<class>/<image>")
     p.add_argument(
         "--split",
@@ -353,7 +356,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Top-k classes of image files; unreadable files are listed and skipped.",
         epilog=_examples("purenn predict runs/cnn/best.npz leaf1.jpg photos/ --top-k 3"),
     )
-    p.add_argument("model", metavar="MODEL", help="a .npz model file, or a run folder")
+    p.add_argument(
+        "model", metavar="MODEL", help="a model file (.npz or .safetensors), or a run folder"
+    )
     p.add_argument("images", nargs="+", metavar="IMAGE", help="image files or folders")
     p.add_argument("--top-k", type=_positive_int, default=5, metavar="K", help="classes per image")
     p.add_argument(
@@ -407,6 +412,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_demo)
 
     add_cache_parser(commands)
+    add_export_parser(commands)
 
     for sub in commands.choices.values():
         sub.add_argument("--quiet", "-q", action="store_true", help="print only the result")

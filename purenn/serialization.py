@@ -8,6 +8,9 @@ as a uint8 array::
      "architecture": Sequential.get_config(), "class_names": [...], "image_size": 128,
      "mean": [r, g, b], "std": [r, g, b], ...}                       (any JSON-able metadata)
 
+:func:`load_model` also reads a ``.safetensors`` model file (same arrays and JSON header; see
+:mod:`purenn.export.safetensors`).
+
 A checkpoint is the same with ``"format": "purenn-checkpoint"``, a ``"state"`` entry in the JSON
 (scalars: position, optimizer scalars, early-stopping values, metrics so far) and extra arrays whose
 names contain a ``/`` (``"optim/exp_avg.0"``, ``"best/0.weight"``); its model arrays are the latest
@@ -126,6 +129,11 @@ def _read_archive(path: str | Path) -> tuple[dict[str, np.ndarray], dict]:
         raise
     except (OSError, ValueError, zipfile.BadZipFile, EOFError) as err:
         raise ModelFileError(f"damaged model file {path}: {err}") from None
+    return arrays, _check_header(path, header)
+
+
+def _check_header(path: Path, header: object) -> dict:
+    """``header`` if it is a purenn model or checkpoint header this version reads."""
     if not isinstance(header, dict) or header.get("format") not in (
         MODEL_FORMAT,
         CHECKPOINT_FORMAT,
@@ -138,7 +146,18 @@ def _read_archive(path: str | Path) -> tuple[dict[str, np.ndarray], dict]:
             f"{path} has format_version {header.get('format_version')!r}; this purenn reads "
             f"versions up to {FORMAT_VERSION} (upgrade purenn)"
         )
-    return arrays, header
+    return header
+
+
+def _read_model_file(path: str | Path) -> tuple[dict[str, np.ndarray], dict]:
+    """The arrays and header of a ``.safetensors`` model file (by suffix) or a purenn ``.npz``."""
+    if Path(path).suffix.lower() == ".safetensors":
+        # Imported here, not at the top: purenn.export is built on this module.
+        from purenn.export.safetensors import read_model_tensors
+
+        arrays, header = read_model_tensors(path)
+        return arrays, _check_header(Path(path), header)
+    return _read_archive(path)
 
 
 def _build_model(path: Path, arrays: dict[str, np.ndarray], header: dict) -> Sequential:
@@ -150,7 +169,8 @@ def _build_model(path: Path, arrays: dict[str, np.ndarray], header: dict) -> Seq
     return model
 
 
-def _header(fmt: str, model: Sequential, metadata: dict) -> dict:
+def model_header(fmt: str, model: Sequential, metadata: dict) -> dict:
+    """The JSON header of a model file or checkpoint: format, version, architecture, metadata."""
     reserved = {"format", "format_version", "architecture", "state"} & set(metadata)
     if reserved:
         raise ValueError(f"metadata must not use the reserved keys {sorted(reserved)}")
@@ -179,14 +199,15 @@ def save_model(
             weights kept by early stopping).
     """
     weights = model.state_dict() if weights is None else weights
-    return _write_archive(path, weights, _header(MODEL_FORMAT, model, metadata))
+    return _write_archive(path, weights, model_header(MODEL_FORMAT, model, metadata))
 
 
 def load_model(path: str | Path, require: tuple[str, ...] = ()) -> tuple[Sequential, dict]:
     """Read a model file (or a checkpoint, giving its latest weights).
 
     Args:
-        path: the file.
+        path: the file: a purenn ``.npz``, or a ``.safetensors`` written by
+            ``purenn export`` (chosen by the suffix).
         require: metadata keys the caller needs (e.g. ``("class_names", "image_size")``).
 
     Returns:
@@ -199,7 +220,7 @@ def load_model(path: str | Path, require: tuple[str, ...] = ()) -> tuple[Sequent
             has a newer format version, its arrays do not fit its architecture, or a key of
             ``require`` is missing.
     """
-    arrays, header = _read_archive(path)
+    arrays, header = _read_model_file(path)
     missing = [key for key in require if key not in header]
     if missing:
         raise ModelFileError(f"model file {path} lacks the metadata {missing}")
@@ -227,7 +248,7 @@ def save_checkpoint(
     bad = [key for key in state_arrays if "/" not in key]
     if bad:
         raise ValueError(f"checkpoint state array names must contain '/', received: {bad}")
-    header = {**_header(CHECKPOINT_FORMAT, model, metadata), "state": state}
+    header = {**model_header(CHECKPOINT_FORMAT, model, metadata), "state": state}
     return _write_archive(path, {**model.state_dict(), **state_arrays}, header)
 
 

@@ -8,13 +8,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-TOLERANCE = {np.float64: 1e-6, np.float32: 1e-4}
-
 # purenn parameter names that differ from the torch module's (weight norm parametrisation).
-TORCH_NAMES = {
-    "weight_g": "parametrizations.weight.original0",
-    "weight_v": "parametrizations.weight.original1",
-}
+from purenn.export.safetensors import TORCH_NAMES
+
+TOLERANCE = {np.float64: 1e-6, np.float32: 1e-4}
 
 
 def assert_close(actual, expected, tol: float, what: str) -> None:
