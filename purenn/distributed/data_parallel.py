@@ -27,6 +27,7 @@ import numpy as np
 from purenn.data.loader import DataLoader, shard_bounds
 from purenn.distributed.communicator import Communicator
 from purenn.layers import Dropout
+from purenn.losses import SoftmaxCrossEntropy
 from purenn.model import Sequential
 
 
@@ -54,6 +55,11 @@ class DataParallel:
         size = sum(grad.size for grad in self._grads)
         self._buffer = np.empty(size + 2, dtype=dtypes.pop())
         self._dropouts = [layer for layer in model.layers if isinstance(layer, Dropout)]
+        if self._dropouts and model.input_shape is None:
+            raise ValueError(
+                "data-parallel training of a model with Dropout needs Sequential(..., "
+                "input_shape=...): a rank with no rows of a batch still draws its masks"
+            )
         self.allreduce_seconds = 0.0
         self.pack_seconds = 0.0
 
@@ -67,16 +73,37 @@ class DataParallel:
         self.model.set_rng_states(self.comm.broadcast(self.model.rng_states()))
 
     # -- every step ---------------------------------------------------------------------------
-    def begin_step(self, total: int) -> None:
-        """Before the forward pass of a global batch of ``total`` samples.
+    def forward_backward(
+        self, loss_fn: SoftmaxCrossEntropy, x: np.ndarray, y: np.ndarray, total: int
+    ) -> tuple[float, int]:
+        """Forward and backward of this rank's slice ``(x, y)`` of a global batch, then
+        :meth:`reduce`: every rank ends with the gradients of the global batch's mean loss.
 
-        Each Dropout draws the masks of the whole global batch from its generator (shared by
-        all ranks) and keeps this rank's rows, so masks and generator states do not depend on
-        the number of ranks.
+        Each Dropout draws the masks of the whole global batch from its generator (in the same
+        state on every rank) and keeps this rank's rows, so the masks and the generators' states
+        do not depend on the number of ranks. A rank whose slice is empty (a last batch smaller
+        than the number of ranks) draws them too, and contributes zero gradients.
+
+        Returns:
+            ``(mean loss over the global batch, correct samples in it)``, equal on every rank.
         """
+        model = self.model
         start, _ = shard_bounds(total, *self.comm.shard)
         for layer in self._dropouts:
             layer.batch_part = (start, total)
+        if len(y):
+            logits = model.forward(x, training=True)
+            loss = loss_fn.forward(logits, y)
+            model.backward(loss_fn.backward(), input_grad=False)
+            correct = int(np.count_nonzero(np.argmax(logits, axis=1) == y))
+        else:
+            loss, correct = 0.0, 0
+            model.zero_grad()
+            shapes = model.output_shapes(model.input_shape)
+            for index, layer in enumerate(model.layers):
+                if isinstance(layer, Dropout) and layer.p > 0:
+                    layer.rng.random((total, *shapes[index]), dtype=np.float32)
+        return self.reduce(loss, correct, len(y), total)
 
     def reduce(self, loss: float, correct: int, rows: int, total: int) -> tuple[float, int]:
         """Sum the scaled gradients of every rank's slice; returns the global loss and count.

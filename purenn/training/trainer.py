@@ -216,23 +216,20 @@ class Trainer:
     def _step(self, x: np.ndarray, y: np.ndarray) -> None:
         s = self.state
         where = f"at epoch {s.epoch + 1}, step {s.step + 1}"
-        parallel, total = self.parallel, len(y)
-        if parallel is not None:
-            total = self.train_loader.global_batch_size(s.batch)
-            parallel.begin_step(total)
+        total = len(y)
         # Overflow is detected here and reported once, with the step: no NumPy warnings.
         with np.errstate(over="ignore", invalid="ignore"):
-            logits = self.model.forward(x, training=True)
-            loss = self.loss_fn.forward(logits, y) if len(y) else 0.0
-            correct = int(np.count_nonzero(np.argmax(logits, axis=1) == y))
-            if parallel is not None:
-                # The ranks check the loss of the global batch, known after the gradient sum.
+            if self.parallel is None:
+                logits = self.model.forward(x, training=True)
+                loss = self.loss_fn.forward(logits, y)
                 self.model.backward(self.loss_fn.backward(), input_grad=False)
-                loss, correct = parallel.reduce(loss, correct, len(y), total)
+                correct = int(np.count_nonzero(np.argmax(logits, axis=1) == y))
+            else:
+                # This rank's slice; the loss and gradients become the global batch's.
+                total = self.train_loader.global_batch_size(s.batch)
+                loss, correct = self.parallel.forward_backward(self.loss_fn, x, y, total)
             if not math.isfinite(loss):
                 raise NonFiniteLossError(f"the loss is {loss} {where}")
-            if parallel is None:
-                self.model.backward(self.loss_fn.backward(), input_grad=False)
             norm = clip_grad_norm(self._params, self.clip_norm or math.inf)
         if not math.isfinite(norm):
             raise NonFiniteLossError(f"the gradient norm is {norm} {where}")
