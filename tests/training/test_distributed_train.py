@@ -41,6 +41,7 @@ def run_args(colour_folder, tiny_args):
 @pytest.fixture(scope="module")
 def reference(run_args, tmp_path_factory):
     """The run in one process."""
+    mpi_launch.mpiexec()  # skip before any work without MPI
     out = tmp_path_factory.mktemp("one-process") / "run"
     launch = mpi_launch.run(None, ["-m", "purenn", *run_args, "--out", out])
     assert launch.code == 0, launch.err
