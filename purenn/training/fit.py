@@ -245,22 +245,25 @@ def _run(
     retain_freed_memory()
     comm = world()
     threads = config.threads or comm.threads_per_rank()
+
+    def load() -> TrainingData:
+        return load_training_data(
+            scan,
+            config.image_size,
+            config.val_fraction,
+            config.test_fraction,
+            config.split_seed,
+            config.cache_dir,
+            threads,
+            progress.bars,
+        )
+
     with limit_threads(threads):
         # Rank 0 builds the image cache; the others wait, then open (memory-map) it.
-        for building in (True, False):
-            if comm.is_root == building:
-                data = load_training_data(
-                    scan,
-                    config.image_size,
-                    config.val_fraction,
-                    config.test_fraction,
-                    config.split_seed,
-                    config.cache_dir,
-                    threads,
-                    progress.bars,
-                )
-            if building:
-                comm.barrier()
+        data = load() if comm.is_root else None
+        comm.barrier()
+        if data is None:
+            data = load()
         if comm.is_root:
             run.write_skipped(data.cache.skipped_path)
         return _fit(config, run, data, model, checkpoint, progress)
