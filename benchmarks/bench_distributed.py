@@ -165,7 +165,7 @@ def main() -> None:
     if args.worker:
         worker(args)
         return
-    print(f"CPU: {cpu_model()} ({os.cpu_count()} cores)")
+    print(f"CPU: {cpu_model()} ({os.cpu_count()} cores); load average {os.getloadavg()[0]:.1f}")
     print(
         f"plantvillage-cnn (15 classes) at {args.image_size}x{args.image_size}, global batch "
         f"{args.batch}, float32; medians of {args.repeats} steps after {args.warmup}, "
@@ -192,6 +192,7 @@ def main() -> None:
         f"2 ranks x 1 thread: {args.batch / slowest['step']:.1f} images/s; ratio to 1 process x "
         f"2 threads: {one['step'] / slowest['step']:.2f}"
     )
+    print(f"load average at the end: {os.getloadavg()[0]:.1f}")
     print(
         f"scaling model: N machines like this one, {args.batch} images each per step "
         f"({1e3 * one['step']:.0f} ms), pack/unpack {1e3 * slowest['pack']:.1f} ms, ring "
