@@ -1,5 +1,5 @@
 """``mpiexec -n 2 purenn train``: the run folder of one process, written by rank 0; a killed or
-failing rank ends the job quickly, and the checkpoint resumes in one process.
+failing rank ends the job quickly; checkpoints resume from 2 ranks to 1 process and back.
 
 18 training images x 2 views in batches of 8 (5 steps per epoch, the last one 4 samples: 2 per
 rank), 3 epochs, Dropout, augmentation, clipping, a checkpoint every 2 steps.
@@ -108,3 +108,14 @@ def test_an_error_on_one_rank_aborts_every_rank(run_args, tmp_path):
     assert "purenn: rank 1 of 2: TrainingInterrupted" in launch.err
     assert "aborting every rank" in launch.err
     assert load_checkpoint(out / "last.ckpt.npz")[2]["loop"]["step"] == 2
+
+
+def test_one_process_checkpoint_resumes_on_two_ranks(run_args, reference, tmp_path, metrics_reader):
+    out = tmp_path / "run"
+    argv = ["-m", "purenn", *run_args, "--out", out]
+    killed = mpi_launch.run(None, argv, env={"PURENN_TEST_SIGNAL": "KILL@7"})
+    assert killed.code == -9, killed.err
+    resumed = mpi_launch.run(2, ["-m", "purenn", "train", "--resume", out])
+    assert resumed.code == 0, resumed.err
+    assert resumed.out.count("resuming at epoch 2, batch 1 (step 6)") == 1
+    assert_same_training(out, reference, metrics_reader)
