@@ -191,7 +191,11 @@ def _threads_line(config: TrainConfig) -> str:
         for lib in threadpool_info()
         if lib["user_api"] == "blas"
     ]
-    limit = "all cores" if config.threads is None else config.threads
+    comm = world()
+    threads = config.threads or comm.threads_per_rank()
+    limit = "all cores" if threads is None else threads
+    if comm.size > 1:
+        limit = f"{limit} per rank x {comm.size} MPI ranks"
     return f"threads: {limit}; BLAS: {', '.join(libs) or 'unknown'}"
 
 
