@@ -41,7 +41,13 @@ class Augmentation:
     def enabled(self) -> bool:
         return self.hflip or self.rotate or self.brightness > 0 or self.contrast > 0
 
-    def apply(self, batch: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    def apply(
+        self,
+        batch: np.ndarray,
+        rng: np.random.Generator,
+        draws: int | None = None,
+        keep: np.ndarray | None = None,
+    ) -> np.ndarray:
         """Augment ``batch`` in place and return it.
 
         Random numbers are drawn in a fixed order (flips, rotations, brightness, contrast; each
@@ -51,30 +57,37 @@ class Augmentation:
             batch: float array of shape ``(N, C, H, W)`` with values in [0, 1]; H == W if
                 ``rotate``.
             rng: the source of randomness.
+            draws, keep: augment part of a larger batch exactly as the whole: the draws are
+                made for ``draws`` images and ``batch[i]`` uses draw ``keep[i]`` (int array of
+                length N). Default: ``draws = N`` and image i uses draw i.
 
         Returns:
             ``batch``, augmented and clipped to [0, 1].
         """
         if batch.ndim != 4:
             raise ValueError(f"batch must have shape (N, C, H, W), received: {batch.shape}")
-        n = batch.shape[0]
+        n = batch.shape[0] if draws is None else draws
+
+        def mine(values: np.ndarray) -> np.ndarray:
+            return values if keep is None else values[keep]
+
         if self.hflip:
-            flip = np.flatnonzero(rng.random(n) < 0.5)
+            flip = np.flatnonzero(mine(rng.random(n)) < 0.5)
             batch[flip] = batch[flip, :, :, ::-1]
         if self.rotate:
             if batch.shape[2] != batch.shape[3]:
                 raise ValueError(
                     f"rotation needs square images, received: batch of shape {batch.shape}"
                 )
-            quarter_turns = rng.integers(0, 4, size=n)
+            quarter_turns = mine(rng.integers(0, 4, size=n))
             for k in (1, 2, 3):
                 members = np.flatnonzero(quarter_turns == k)
                 batch[members] = np.rot90(batch[members], k, axes=(2, 3))
         if self.brightness or self.contrast:
             # Both are affine per image, so they fuse into one pass: brightness b then contrast c
             # around the brightened mean b*m give b*(c*x + (1 - c)*m) = (b*c)*x + b*(1 - c)*m.
-            b = self._factors(rng, self.brightness, n, batch.dtype)
-            c = self._factors(rng, self.contrast, n, batch.dtype)
+            b = mine(self._factors(rng, self.brightness, n, batch.dtype))
+            c = mine(self._factors(rng, self.contrast, n, batch.dtype))
             shift = (
                 b * (1 - c) * batch.mean(axis=(1, 2, 3), dtype=batch.dtype)
                 if self.contrast

@@ -8,11 +8,20 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from purenn.checks import check_int
+from purenn.checks import check_int, is_int, require
 from purenn.data.augment import Augmentation
 from purenn.data.stats import channel_columns, standardize_
 
 Batch = tuple[np.ndarray, np.ndarray]
+
+
+def shard_bounds(total: int, rank: int, size: int) -> tuple[int, int]:
+    """Rows ``[start, stop)`` of a batch of ``total`` rows that rank ``rank`` of ``size`` takes.
+
+    Contiguous, in rank order, sizes differing by at most one: the slices of all ranks
+    concatenate to the whole batch.
+    """
+    return total * rank // size, total * (rank + 1) // size
 
 
 class DataLoader:
@@ -39,6 +48,10 @@ class DataLoader:
         augment_factor: F, the number of views of each image per epoch.
         drop_last: leave out the last batch if it is smaller than ``batch_size``.
         prefetch: prepare the next batch in a background thread while the caller works.
+        shard: ``(rank, size)``: yield only rows ``shard_bounds(B, rank, size)`` of every batch
+            of B samples (data-parallel training). Samples, order and augmentation draws are
+            those of the whole batch, so the slices of all ranks make up exactly the batch one
+            process would get; only the kept rows are read and augmented.
 
     Yields:
         ``x``: float32 of shape ``(B, C, S, S)``; ``y``: int64 of shape ``(B,)``.
@@ -58,6 +71,7 @@ class DataLoader:
         augment_factor: int = 1,
         drop_last: bool = False,
         prefetch: bool = True,
+        shard: tuple[int, int] = (0, 1),
     ) -> None:
         if images.ndim != 4 or images.dtype != np.uint8:
             raise ValueError(
@@ -105,6 +119,10 @@ class DataLoader:
         self.augmentation = augmentation
         self.drop_last = drop_last
         self.prefetch = prefetch
+        rank, size = shard
+        size = check_int(size, "shard size", 1)
+        require(is_int(rank) and 0 <= rank < size, "shard rank", f"in [0, {size})", rank)
+        self.shard = (int(rank), size)
 
     @property
     def num_samples(self) -> int:
@@ -116,6 +134,10 @@ class DataLoader:
         if self.drop_last:
             return self.num_samples // self.batch_size
         return math.ceil(self.num_samples / self.batch_size)
+
+    def global_batch_size(self, b: int) -> int:
+        """Samples in batch ``b`` over all shards (``batch_size``, or fewer for the last)."""
+        return min(self.batch_size, self.num_samples - b * self.batch_size)
 
     def __iter__(self) -> Iterator[Batch]:
         return self.epoch(0)
@@ -155,7 +177,9 @@ class DataLoader:
                 yield batch
 
     def _batch(self, order: np.ndarray, epoch: int, b: int) -> Batch:
-        samples = order[b * self.batch_size : (b + 1) * self.batch_size]
+        batch = order[b * self.batch_size : (b + 1) * self.batch_size]
+        start, stop = shard_bounds(len(batch), *self.shard)
+        samples = batch[start:stop]
         n = len(self.indices)
         rows = self.indices[samples % n]
         # Read the rows in ascending order (sequential access to the memmap) and scatter them
@@ -164,8 +188,14 @@ class DataLoader:
         x = np.empty((len(rows), *self.images.shape[1:]), dtype=np.float32)
         x[ascending] = self.images[rows[ascending]]
         x *= np.float32(1 / 255)
-        augmented = np.flatnonzero(samples >= n)
-        if augmented.size:
+        # The draws are made for every augmented sample of the whole batch (as in one process);
+        # this shard's augmented samples use theirs.
+        augmented_in_batch = np.flatnonzero(batch >= n)
+        mine = np.flatnonzero((augmented_in_batch >= start) & (augmented_in_batch < stop))
+        if mine.size:
             rng = np.random.default_rng([self.seed, epoch, b])
-            x[augmented] = self.augmentation.apply(x[augmented], rng)
+            augmented = augmented_in_batch[mine] - start
+            x[augmented] = self.augmentation.apply(
+                x[augmented], rng, draws=len(augmented_in_batch), keep=mine
+            )
         return standardize_(x, self.mean, self.std), self.labels[rows]

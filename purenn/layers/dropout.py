@@ -18,6 +18,12 @@ class Dropout(Layer):
 
     Any input shape; output has the same shape and dtype. Backward applies the same mask
     and scale: ``dx = dy * mask / (1 - p)``.
+
+    Attributes:
+        batch_part: None, or ``(start, total)`` when the input is rows ``start ..`` of a batch
+            of ``total`` rows split over processes: the masks of the whole batch are drawn and
+            this part's rows kept, so the masks do not depend on the split (set per step by
+            ``purenn.distributed.DataParallel``).
     """
 
     def __init__(self, p: float = 0.5, rng: np.random.Generator | int | None = None) -> None:
@@ -27,13 +33,19 @@ class Dropout(Layer):
         self.p = float(p)
         self.rng = make_rng(rng)
         self._mask = None
+        self.batch_part: tuple[int, int] | None = None
 
     def forward(self, x: np.ndarray, training: bool = True) -> np.ndarray:
         x = as_float_array(x)
         if not training or self.p == 0.0:
             self._mask = None
             return x
-        self._mask = self.rng.random(x.shape, dtype=np.float32) >= self.p
+        if self.batch_part is None:
+            self._mask = self.rng.random(x.shape, dtype=np.float32) >= self.p
+        else:
+            start, total = self.batch_part
+            draws = self.rng.random((total, *x.shape[1:]), dtype=np.float32)
+            self._mask = draws[start : start + len(x)] >= self.p
         self._scale = x.dtype.type(1.0 / (1.0 - self.p))
         return x * self._mask * self._scale
 

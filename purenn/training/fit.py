@@ -19,6 +19,7 @@ from threadpoolctl import threadpool_info
 
 import purenn
 from purenn.data import DataError, FolderScan, ImageCache, scan_image_folder
+from purenn.distributed import abort_on_error, world
 from purenn.losses import SoftmaxCrossEntropy
 from purenn.model import Sequential
 from purenn.optim import SGD, Adam, AdamW, Optimizer
@@ -33,7 +34,7 @@ from purenn.training.config import (
     make_config,
     validate,
 )
-from purenn.training.evaluation import predict_logits, write_report
+from purenn.training.evaluation import write_report
 from purenn.training.metrics import classification_report, format_report
 from purenn.training.pipeline import TrainingData, load_training_data
 from purenn.training.plots import plot_curves
@@ -69,6 +70,7 @@ class RunResult:
     test_report: dict | None
 
 
+@abort_on_error
 def train(
     config: TrainConfig,
     overwrite: bool = False,
@@ -90,6 +92,10 @@ def train(
         ConfigError, DataError, RunDirError: before any work, naming the key, folder or file.
         NonFiniteLossError: the loss diverged; the last good checkpoint is kept.
         TrainingInterrupted: Ctrl-C; a checkpoint was written.
+
+    Under ``mpiexec -n N`` (N > 1) every rank calls this with the same arguments: they train
+    together (docs/DISTRIBUTED.md); rank 0 alone writes the run folder and reports, and an
+    error on any rank aborts them all.
     """
     config = validate(dataclasses.replace(config))
     if config.data_dir is None:
@@ -100,17 +106,21 @@ def train(
     config.data_dir = str(scan.root)
     if config.out is None:
         config.out = f"runs/{start.name or 'custom'}-{time.strftime('%Y%m%d-%H%M%S')}"
-    run = RunDir.create(config.out, overwrite=overwrite)
+    comm = world()
+    config.out = comm.broadcast(config.out)  # rank 0's clock names the folder
+    run = RunDir.create(config.out, overwrite=overwrite) if comm.is_root else RunDir(config.out)
     config.out = str(run.path)
     if config.cache_dir is not None:
         config.cache_dir = str(Path(config.cache_dir).expanduser().resolve())
-    if not start.from_preset:
-        meta = {"class_names": scan.class_names, "preset": start.name, "note": start.note}
-        save_model(run / RunDir.INIT, start.model, meta)
-    run.write_config(config.to_dict())
-    return _run(config, run, scan, start, None, progress or Progress())
+    if comm.is_root:
+        if not start.from_preset:
+            meta = {"class_names": scan.class_names, "preset": start.name, "note": start.note}
+            save_model(run / RunDir.INIT, start.model, meta)
+        run.write_config(config.to_dict())
+    return _run(config, run, scan, start, None, _rank_progress(progress))
 
 
+@abort_on_error
 def resume(
     run_dir: str | Path, threads: int | None = None, progress: Progress | None = None
 ) -> RunResult:
@@ -141,7 +151,16 @@ def resume(
             f"the classes under {scan.root} changed since the run started "
             f"(was {checkpoint[1]['class_names']}, now {scan.class_names})"
         )
-    return _run(config, run, scan, start, checkpoint, progress or Progress())
+    return _run(config, run, scan, start, checkpoint, _rank_progress(progress))
+
+
+def _rank_progress(progress: Progress | None) -> Progress:
+    """``progress`` on rank 0 (or in one process); silenced on the other ranks."""
+    progress = progress or Progress()
+    if not world().is_root:
+        progress.quiet, progress.bars = True, False
+        progress.result = progress.info  # the final line too
+    return progress
 
 
 def _prepare(
@@ -181,7 +200,11 @@ def _threads_line(config: TrainConfig) -> str:
         for lib in threadpool_info()
         if lib["user_api"] == "blas"
     ]
-    limit = "all cores" if config.threads is None else config.threads
+    comm = world()
+    threads = config.threads or comm.threads_per_rank()
+    limit = "all cores" if threads is None else threads
+    if comm.size > 1:
+        limit = f"{limit} per rank x {comm.size} MPI ranks"
     return f"threads: {limit}; BLAS: {', '.join(libs) or 'unknown'}"
 
 
@@ -258,19 +281,30 @@ def _run(
 ) -> RunResult:
     # Each step frees and reallocates the same large activations: keep them in malloc's heap.
     retain_freed_memory()
-    with limit_threads(config.threads):
-        data = load_training_data(
+    comm = world()
+    threads = config.threads or comm.threads_per_rank()
+
+    def load() -> TrainingData:
+        return load_training_data(
             scan,
             config.image_size,
             config.val_fraction,
             config.test_fraction,
             config.split_seed,
             config.cache_dir,
-            config.threads,
+            threads,
             progress.bars,
             run / RunDir.SKIPPED,
         )
-        run.write_skipped(data.cache.skipped_path)
+
+    with limit_threads(threads):
+        # Rank 0 builds the image cache; the others wait, then open (memory-map) it.
+        data = load() if comm.is_root else None
+        comm.barrier()
+        if data is None:
+            data = load()
+        if comm.is_root:
+            run.write_skipped(data.cache.skipped_path)
         return _fit(config, run, data, start, checkpoint, progress)
 
 
@@ -283,13 +317,19 @@ def _fit(
     progress: Progress,
 ) -> RunResult:
     cache, model = data.cache, start.model
+    comm = world()
+    writes = comm.is_root  # only rank 0 writes the run folder
     optimizer = make_optimizer(config, model)
-    train_loader = data.loader("train", config.batch_size, config.seed, config.augment_factor)
+    train_loader = data.loader(
+        "train", config.batch_size, config.seed, config.augment_factor, shard=comm.shard
+    )
     schedule = make_schedule(config, optimizer, len(train_loader))
     metadata = _model_metadata(config, data, start.name)
     early_stopping = EarlyStopping(config.patience)
 
     def save() -> None:
+        if not writes:
+            return
         scalars, arrays = trainer.state_dict()
         save_checkpoint(
             run / RunDir.CHECKPOINT, model, {**metadata, "data_key": cache.key}, scalars, arrays
@@ -299,6 +339,8 @@ def _fit(
 
     def end_epoch(row: dict, improved: bool) -> None:
         nonlocal last_plot
+        if not writes:
+            return
         if improved:
             save_model(run / RunDir.BEST, model, {**metadata, "epoch": row["epoch"]})
         plot = trainer.state.finished or time.monotonic() - last_plot >= PLOT_INTERVAL
@@ -312,7 +354,7 @@ def _fit(
         schedule,
         SoftmaxCrossEntropy(config.label_smoothing),
         train_loader,
-        data.loader("val", config.batch_size),
+        data.loader("val", config.batch_size, shard=comm.shard),
         config.epochs,
         config.clip_norm,
         early_stopping,
@@ -320,13 +362,15 @@ def _fit(
         save,
         end_epoch,
         progress,
+        comm,
     )
     for line in _describe(config, data, start, len(train_loader)):
         progress.info(line)
     if checkpoint is not None:
         _restore(checkpoint, trainer, cache)
-        _write_history(run, trainer, plot=True)
-        if early_stopping.best_weights is not None:
+        if writes:
+            _write_history(run, trainer, plot=True)
+        if writes and early_stopping.best_weights is not None:
             best = {**metadata, "epoch": early_stopping.best_epoch}
             save_model(run / RunDir.BEST, model, best, weights=early_stopping.best_weights)
         s = trainer.state
@@ -383,7 +427,9 @@ def _finish(
     model, early_stopping, s = trainer.model, trainer.early_stopping, trainer.state
     early_stopping.restore(model)
     model.eval()
-    save_model(run / RunDir.BEST, model, {**metadata, "epoch": early_stopping.best_epoch})
+    writes = world().is_root
+    if writes:
+        save_model(run / RunDir.BEST, model, {**metadata, "epoch": early_stopping.best_epoch})
     stopped_early = s.epoch < config.epochs
     progress.info(
         ("early stopping: " if stopped_early else "done: ")
@@ -391,19 +437,20 @@ def _finish(
         f"{run / RunDir.BEST}"
     )
     report = None
-    test_loader = data.loader("test", config.batch_size)
+    test_loader = data.loader("test", config.batch_size, shard=world().shard)
     if test_loader is not None:
-        logits, labels = predict_logits(model, test_loader)
+        logits, labels = trainer.predict(test_loader)
         report = classification_report(logits, labels, data.cache.class_names)
-        write_report(
-            run.path,
-            {
-                "model": str(run / RunDir.BEST),
-                "data_dir": str(data.cache.root),
-                "split": "test",
-                **report,
-            },
-        )
+        if writes:
+            write_report(
+                run.path,
+                {
+                    "model": str(run / RunDir.BEST),
+                    "data_dir": str(data.cache.root),
+                    "split": "test",
+                    **report,
+                },
+            )
         progress.info(format_report(report))
     return RunResult(run.path, model, s.history, early_stopping.best_epoch, stopped_early, report)
 

@@ -18,6 +18,7 @@ from purenn.data import (
     stratified_split,
     subset_split,
 )
+from purenn.data.loader import shard_bounds
 
 SPLITS = ("train", "val", "test")
 # A channel that is constant over the training set would divide by zero when z-scored.
@@ -92,12 +93,20 @@ class TrainingData:
         batch_size: int,
         seed: int = 0,
         augment_factor: int = 1,
+        shard: tuple[int, int] = (0, 1),
     ) -> DataLoader | None:
-        """Batches of ``split`` (shuffled and augmented for ``"train"``); None if it is empty."""
+        """Batches of ``split`` (shuffled and augmented for ``"train"``); None if it is empty.
+
+        ``shard=(rank, size)`` (data-parallel training): rank's slice of every training batch;
+        for the other splits, rank's contiguous block of the split's samples (the blocks of all
+        ranks, in rank order, are the split).
+        """
         indices = self.splits[split]
         if not len(indices):
             return None
         training = split == "train"
+        if not training:
+            indices = indices[slice(*shard_bounds(len(indices), *shard))]
         return DataLoader(
             self.cache.images,
             self.cache.labels,
@@ -109,6 +118,7 @@ class TrainingData:
             seed=seed,
             augmentation=Augmentation() if training and augment_factor > 1 else None,
             augment_factor=augment_factor if training else 1,
+            shard=shard if training else (0, 1),
         )
 
 

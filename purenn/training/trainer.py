@@ -18,6 +18,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from purenn.data import DataLoader
+from purenn.distributed import Communicator, DataParallel
 from purenn.losses import SoftmaxCrossEntropy
 from purenn.model import Sequential
 from purenn.optim import Optimizer, clip_grad_norm
@@ -94,6 +95,9 @@ class Trainer:
         end_epoch: called with the epoch's metrics row and whether it improved, after the
             epoch's checkpoint is written (to update metrics, plots and the best model).
         progress: where progress is reported.
+        comm: the ranks training together (default: this process alone). With several, the
+            loaders must be sharded by ``comm.shard`` and every rank runs this loop; see
+            :class:`purenn.distributed.DataParallel` for what they exchange.
     """
 
     def __init__(
@@ -111,6 +115,7 @@ class Trainer:
         save_checkpoint: Callable[[], None],
         end_epoch: Callable[[dict, bool], None],
         progress: Progress,
+        comm: Communicator | None = None,
     ) -> None:
         self.model = model
         self.optimizer = optimizer
@@ -128,6 +133,7 @@ class Trainer:
         self.state = LoopState()
         self._params = model.parameters()
         self._test_signal = _test_signal()
+        self.parallel = DataParallel(comm, model) if comm is not None and comm.size > 1 else None
 
     # -- state ----------------------------------------------------------------------------------
     def state_dict(self) -> tuple[dict, dict[str, np.ndarray]]:
@@ -163,6 +169,8 @@ class Trainer:
                 and no checkpoint written after it).
             TrainingInterrupted: Ctrl-C; a checkpoint of the last completed step was written.
         """
+        if self.parallel is not None:
+            self.parallel.broadcast_state()
         with GracefulInterrupt() as interrupt:
             while not self.state.finished:
                 self._train_epoch(interrupt)
@@ -208,13 +216,20 @@ class Trainer:
     def _step(self, x: np.ndarray, y: np.ndarray) -> None:
         s = self.state
         where = f"at epoch {s.epoch + 1}, step {s.step + 1}"
+        total = len(y)
         # Overflow is detected here and reported once, with the step: no NumPy warnings.
         with np.errstate(over="ignore", invalid="ignore"):
-            logits = self.model.forward(x, training=True)
-            loss = self.loss_fn.forward(logits, y)
+            if self.parallel is None:
+                logits = self.model.forward(x, training=True)
+                loss = self.loss_fn.forward(logits, y)
+                self.model.backward(self.loss_fn.backward(), input_grad=False)
+                correct = int(np.count_nonzero(np.argmax(logits, axis=1) == y))
+            else:
+                # This rank's slice; the loss and gradients become the global batch's.
+                total = self.train_loader.global_batch_size(s.batch)
+                loss, correct = self.parallel.forward_backward(self.loss_fn, x, y, total)
             if not math.isfinite(loss):
                 raise NonFiniteLossError(f"the loss is {loss} {where}")
-            self.model.backward(self.loss_fn.backward(), input_grad=False)
             norm = clip_grad_norm(self._params, self.clip_norm or math.inf)
         if not math.isfinite(norm):
             raise NonFiniteLossError(f"the gradient norm is {norm} {where}")
@@ -222,9 +237,15 @@ class Trainer:
         self.schedule.step()
         s.batch += 1
         s.step += 1
-        s.loss_sum += loss * len(y)
-        s.correct += int(np.count_nonzero(np.argmax(logits, axis=1) == y))
-        s.seen += len(y)
+        s.loss_sum += loss * total
+        s.correct += correct
+        s.seen += total
+
+    def predict(self, loader: DataLoader) -> tuple[np.ndarray, np.ndarray]:
+        """``(logits, labels)`` of an evaluation split (gathered from every rank's block)."""
+        if self.parallel is not None:
+            return self.parallel.predict_logits(loader)
+        return predict_logits(self.model, loader)
 
     def _finish_epoch(self) -> None:
         s = self.state
@@ -237,7 +258,7 @@ class Trainer:
             "val_accuracy": None,
         }
         if self.val_loader is not None:
-            logits, labels = predict_logits(self.model, self.val_loader)
+            logits, labels = self.predict(self.val_loader)
             row["val_loss"] = SoftmaxCrossEntropy(self.loss_fn.label_smoothing).forward(
                 logits, labels
             )
@@ -257,5 +278,7 @@ class Trainer:
             0.0,
         )
         s.finished = s.epoch >= self.epochs or self.early_stopping.should_stop
+        if self.parallel is not None:
+            s.finished = self.parallel.agree(s.finished)
         self.save_checkpoint()
         self.end_epoch(row, improved)
