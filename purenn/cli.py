@@ -17,6 +17,7 @@ import purenn
 from purenn.presets import PRESETS, build_preset
 from purenn.runtime import limit_threads
 from purenn.serialization import load_model
+from purenn.serve import cli as serve_cli
 from purenn.training import (
     NonFiniteLossError,
     Progress,
@@ -248,7 +249,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=_positive_int, metavar="N")
     p.set_defaults(func=_cmd_demo)
 
+    serve_cli.add_parser(commands)
+
     for sub in commands.choices.values():
+        if sub.prog.endswith(" diagnoses"):
+            continue  # its sub-commands have their own --quiet
         sub.add_argument("--quiet", "-q", action="store_true", help="print only the result")
     return parser
 

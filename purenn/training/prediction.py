@@ -7,12 +7,9 @@ from pathlib import Path
 import numpy as np
 
 from purenn.checks import check_int
-from purenn.data import IMAGE_EXTENSIONS, DataError, load_image, normalize_batch
-from purenn.ops import softmax
+from purenn.data import IMAGE_EXTENSIONS, DataError, load_image
+from purenn.inference import INFERENCE_KEYS, class_probabilities, top_classes
 from purenn.serialization import load_model
-
-# What a model file must hold besides its weights to classify image files.
-INFERENCE_KEYS = ("class_names", "image_size", "mean", "std")
 
 
 def collect_images(paths: list[str | Path]) -> list[Path]:
@@ -66,19 +63,12 @@ def predict(
     model, meta = load_model(model_path, require=INFERENCE_KEYS)
     files = collect_images(paths)
     images = np.stack([load_image(f, meta["image_size"]) for f in files])
-    names = meta["class_names"]
-    k = min(top_k, len(names))
     results = []
     for start in range(0, len(files), batch_size):
-        x = normalize_batch(images[start : start + batch_size], meta["mean"], meta["std"])
-        probs = softmax(model.forward(x, training=False).astype(np.float64))
+        probs = class_probabilities(model, images[start : start + batch_size], meta)
         for f, p in zip(files[start : start + batch_size], probs, strict=True):
-            best = np.argsort(-p, kind="stable")[:k]
             results.append(
-                {
-                    "file": str(f),
-                    "predictions": [{"class": names[i], "probability": float(p[i])} for i in best],
-                }
+                {"file": str(f), "predictions": top_classes(p, meta["class_names"], top_k)}
             )
     return results
 
