@@ -8,7 +8,8 @@ const $ = (id) => document.getElementById(id);
 let current = null; // the diagnosis on screen
 let nextBefore = null; // the id that the next history page starts below
 
-const pretty = (name) => name.replace(/_+/g, " ").replace(/\s+/g, " ").trim();
+// "Pepper,_bell___Bacterial_spot" -> "Pepper, bell · Bacterial spot" (PlantVillage's plant___disease)
+const pretty = (name) => name.split("___").map((part) => part.replace(/_+/g, " ").trim()).join(" · ");
 const percent = (p) => (100 * p).toFixed(1) + "%";
 
 function setStatus(text, isError = false) {
