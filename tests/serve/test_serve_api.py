@@ -124,9 +124,9 @@ def _jpeg(seed: int = 5) -> bytes:
 
 
 def _bomb() -> bytes:
-    """A 1-bit PNG of 30,000 x 30,000 pixels (900 MP): a few hundred KB that decode to 900 MB."""
+    """A 1-bit PNG of 12,000 x 12,000 pixels (144 MP): a few KB that decode to 432 MB of RGB."""
     buffer = io.BytesIO()
-    Image.new("1", (30_000, 30_000)).save(buffer, "PNG")
+    Image.new("1", (12_000, 12_000)).save(buffer, "PNG")
     return buffer.getvalue()
 
 
