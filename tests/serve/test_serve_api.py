@@ -8,8 +8,8 @@ import json
 
 import numpy as np
 import pytest
-from conftest import CLASSES, IMAGE_SIZE, image_bytes
 from PIL import Image
+from serve_helpers import CLASSES, IMAGE_SIZE, image_bytes
 
 from purenn.data.decode import decode_image
 from purenn.inference import class_probabilities
@@ -88,8 +88,8 @@ def test_model_health_ready_and_openapi(client, model_file):
 
 
 def test_model_reports_the_runs_test_accuracy(settings, tmp_path):
-    from conftest import create_app_for, make_model
     from fastapi.testclient import TestClient
+    from serve_helpers import create_app_for, make_model
 
     run = tmp_path / "run"
     run.mkdir()

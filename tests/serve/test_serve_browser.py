@@ -14,7 +14,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import ServerProcess, image_bytes, leaf_photos
+from serve_helpers import ServerProcess, image_bytes, leaf_photos
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 CHROMIUM_ARGS = [

@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 
 import pytest
-from conftest import CLASSES, image_bytes
+from serve_helpers import CLASSES, image_bytes
 
 from purenn.cli import main
 from purenn.data import scan_image_folder
@@ -43,8 +43,8 @@ def test_export_writes_a_training_folder_idempotently(client, settings, tmp_path
 
 
 def test_export_skips_feedback_without_a_stored_image(settings, tmp_path, capsys):
-    from conftest import create_app_for
     from fastapi.testclient import TestClient
+    from serve_helpers import create_app_for
 
     settings.store_images = None
     with TestClient(create_app_for(settings)) as client:

@@ -97,8 +97,8 @@ def test_unreachable_databases_are_named(tmp_path):
 
 
 def test_the_app_on_postgresql(settings, postgres_server):
-    from conftest import CLASSES, create_app_for, image_bytes
     from fastapi.testclient import TestClient
+    from serve_helpers import CLASSES, create_app_for, image_bytes
 
     settings.db = postgres_server()
     with TestClient(create_app_for(settings)) as client:

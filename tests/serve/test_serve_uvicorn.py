@@ -15,7 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import numpy as np
 import pytest
-from conftest import ServerProcess, image_bytes, make_model
+from serve_helpers import ServerProcess, image_bytes, make_model
 
 pytest.importorskip("uvicorn")
 
