@@ -130,6 +130,11 @@ def create_app(settings: Settings) -> FastAPI:
     async def http_error(request: Request, err: StarletteHTTPException) -> JSONResponse:
         return JSONResponse({"error": err.detail}, err.status_code, headers=err.headers)
 
+    @app.exception_handler(Exception)
+    async def internal_error(request: Request, err: Exception) -> JSONResponse:
+        # Also logged with its traceback by the server; the client gets JSON like every error.
+        return JSONResponse({"error": f"internal error: {type(err).__name__}"}, 500)
+
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, err: RequestValidationError) -> JSONResponse:
         return JSONResponse({"error": _validation_message(err)}, 422)

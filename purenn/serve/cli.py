@@ -4,6 +4,7 @@ imported only when ``serve`` runs)."""
 from __future__ import annotations
 
 import argparse
+import socket
 from pathlib import Path
 
 DEFAULT_DB = "purenn-serve/history.db"
@@ -22,6 +23,16 @@ def _positive_float(text: str) -> float:
 
 
 _positive_float.__name__ = "positive number"
+
+
+def _check_port_free(host: str, port: int) -> None:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
+        try:
+            s.bind((host, port))
+        except OSError as err:
+            raise ServeError(f"cannot listen on {host}:{port}: {err.strerror or err}") from None
 
 
 def default_images_dir(db: str) -> Path | None:
@@ -45,8 +56,13 @@ def _cmd_serve(args: argparse.Namespace, progress) -> int:
         ) from None
     from purenn.runtime import limit_threads
     from purenn.serve.model import ServedModel
+    from purenn.serve.store import open_store
 
-    ServedModel.load(args.model)  # a bad model file is reported before the server starts
+    # Reported before the server starts: a bad model file, a database that cannot be opened
+    # (this creates a new SQLite file, as the first start would), a port already taken.
+    ServedModel.load(args.model)
+    open_store(args.db).close()
+    _check_port_free(args.host, args.port)
     if args.no_store_images:
         images = None
     elif args.store_images is not None:

@@ -216,6 +216,23 @@ def test_unknown_diagnosis_and_unknown_label(client):
     assert r.status_code == 422 and "error" in r.json()
 
 
+def test_an_internal_error_is_json_and_the_server_goes_on(settings, monkeypatch):
+    from fastapi.testclient import TestClient
+    from serve_helpers import create_app_for
+
+    def broken(images):
+        raise FloatingPointError("overflow")
+
+    with TestClient(create_app_for(settings), raise_server_exceptions=False) as client:
+        monkeypatch.setattr(client.app.state.batcher, "forward", broken)
+        r = post_image(client, image_bytes(8))
+        assert r.status_code == 500
+        assert r.json() == {"error": "internal error: FloatingPointError"}
+        assert client.get("/api/diagnoses").json()["items"] == []
+        monkeypatch.undo()
+        assert post_image(client, image_bytes(8)).status_code == 200
+
+
 def test_bad_query_parameters(client):
     assert (
         client.post("/api/predict?top_k=0", files={"file": ("a", image_bytes(1))}).status_code

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import socket
 
 import pytest
 from serve_helpers import CLASSES, image_bytes
@@ -67,6 +68,20 @@ def test_serve_reports_a_bad_model_before_starting(tmp_path, capsys):
 def test_serve_argument_errors(model_file, args, capsys):
     assert main(["serve", str(model_file), *args]) == 2
     assert "purenn: error:" in capsys.readouterr().err
+
+
+def test_serve_reports_a_bad_database_or_a_taken_port(model_file, tmp_path, capsys):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    assert main(["serve", str(model_file), "--db", str(blocker / "h.db")]) == 2
+    assert "cannot open database" in capsys.readouterr().err
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        db = str(tmp_path / "h.db")
+        assert main(["serve", str(model_file), "--db", db, "--port", str(port)]) == 2
+    assert f"cannot listen on 127.0.0.1:{port}" in capsys.readouterr().err
 
 
 def test_default_images_folder():
