@@ -119,6 +119,11 @@ class Server:
             previous = cumulative[le]
         return out
 
+    def cpu_seconds(self) -> float:
+        """User + system CPU time of the server process so far (Linux /proc)."""
+        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
     def stop(self) -> None:
         if self.proc.poll() is None:
             self.proc.terminate()
@@ -164,11 +169,14 @@ def percentile(values: list[float], q: float) -> float:
 
 
 def run_load(server: Server, photos, clients: int, requests: int, max_seconds: float) -> dict:
-    before = server.batch_sizes()
+    before, server_cpu, client_cpu = server.batch_sizes(), server.cpu_seconds(), time.process_time()
     latencies, codes, seconds = asyncio.run(
         load(server.url, photos, clients, requests, max_seconds)
     )
+    client_cpu = time.process_time() - client_cpu
+    server_cpu = server.cpu_seconds() - server_cpu
     passes = server.batch_sizes() - before
+    answered = max(1, sum(codes.values()))
     return {
         "clients": clients,
         "requests": sum(codes.values()),
@@ -179,6 +187,8 @@ def run_load(server: Server, photos, clients: int, requests: int, max_seconds: f
         "p99": 1000 * percentile(latencies, 99),
         "throughput": codes[200] / seconds,
         "batches": passes,
+        "server_cpu_ms": 1000 * server_cpu / answered,
+        "client_cpu_ms": 1000 * client_cpu / answered,
     }
 
 
@@ -187,7 +197,9 @@ def format_row(max_batch: int, r: dict) -> str:
     return (
         f"max_batch={max_batch:<3d} clients={r['clients']:<3d} requests={r['requests']:<5d} "
         f"errors={sum(r['errors'].values()):<3d} p50={r['p50']:7.1f} ms p95={r['p95']:7.1f} ms "
-        f"p99={r['p99']:7.1f} ms throughput={r['throughput']:6.1f} req/s  passes by size: {batches}"
+        f"p99={r['p99']:7.1f} ms throughput={r['throughput']:6.1f} req/s "
+        f"CPU/request: server {r['server_cpu_ms']:5.1f} ms, client {r['client_cpu_ms']:4.1f} ms  "
+        f"passes by size: {batches}"
     )
 
 
