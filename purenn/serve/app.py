@@ -100,13 +100,14 @@ def create_app(settings: Settings) -> FastAPI:
         Image.MAX_IMAGE_PIXELS = settings.max_pixels
         warnings.filterwarnings("error", category=Image.DecompressionBombWarning)
         served = ServedModel.load(settings.model_path, settings.max_pixels)
+        images = ImageStore(settings.store_images) if settings.store_images else None
         store = open_store(settings.db)
         batcher = MicroBatcher(
             served.probabilities, settings.max_batch, settings.max_queue, metrics.observe_batch
         )
         metrics.queue_depth = lambda: batcher.depth
-        app.state.served, app.state.store, app.state.batcher = served, store, batcher.start()
-        app.state.images = ImageStore(settings.store_images) if settings.store_images else None
+        app.state.served, app.state.images, app.state.store = served, images, store
+        app.state.batcher = batcher.start()
         try:
             yield
         finally:

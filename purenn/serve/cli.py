@@ -55,20 +55,23 @@ def _cmd_serve(args: argparse.Namespace, progress) -> int:
             'pip install "purenn[serve]"'
         ) from None
     from purenn.runtime import limit_threads
+    from purenn.serve.images import ImageStore
     from purenn.serve.model import ServedModel
     from purenn.serve.store import open_store
 
-    # Reported before the server starts: a bad model file, a database that cannot be opened
-    # (this creates a new SQLite file, as the first start would), a port already taken.
-    ServedModel.load(args.model)
-    open_store(args.db).close()
-    _check_port_free(args.host, args.port)
     if args.no_store_images:
         images = None
     elif args.store_images is not None:
         images = Path(args.store_images)
     else:
         images = default_images_dir(args.db)
+    # Reported before the server starts: a bad model file, a database or image folder that
+    # cannot be opened (created here, as the first start would), a port already taken.
+    ServedModel.load(args.model)
+    open_store(args.db).close()
+    if images is not None:
+        ImageStore(images)
+    _check_port_free(args.host, args.port)
     settings = Settings(
         model_path=Path(args.model),
         db=args.db,
