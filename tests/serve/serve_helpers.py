@@ -23,9 +23,11 @@ CLASSES = ["Leaf_healthy", "Leaf_rust", "Leaf, spot (grey)"]
 IMAGE_SIZE = 16
 
 
-def make_model(path: Path, image_size: int = IMAGE_SIZE, seed: int = 0) -> Path:
-    """demo-cnn with random weights for 3 classes, saved with the metadata predict needs."""
-    model = build_preset("demo-cnn", len(CLASSES), image_size, seed=seed)
+def make_model(
+    path: Path, image_size: int = IMAGE_SIZE, seed: int = 0, preset: str = "demo-cnn"
+) -> Path:
+    """A preset with random weights for 3 classes, saved with the metadata predict needs."""
+    model = build_preset(preset, len(CLASSES), image_size, seed=seed)
     meta = {"class_names": CLASSES, "image_size": image_size, "mean": [0.5] * 3, "std": [0.25] * 3}
     return save_model(path, model, meta)
 

@@ -24,8 +24,9 @@ CLIENT_TIMEOUT = 60
 
 @pytest.fixture(scope="module")
 def big_model(tmp_path_factory):
-    """demo-cnn at 64x64: a forward pass long enough for requests to pile up behind it."""
-    return make_model(tmp_path_factory.mktemp("m") / "model64.npz", image_size=64)
+    """plantvillage-cnn at 64x64 (a few ms per image): requests pile up behind a pass."""
+    path = tmp_path_factory.mktemp("m") / "model64.npz"
+    return make_model(path, image_size=64, preset="plantvillage-cnn")
 
 
 def post(url: str, data: bytes, name: str = "leaf.png") -> httpx.Response:
@@ -58,9 +59,12 @@ def test_concurrent_clients_each_get_their_own_answer(big_model, tmp_path):
             answers = list(pool.map(send, images))
         assert [a.status_code for a in answers] == [200] * len(images)
         for got, expected in zip(answers, alone, strict=True):
-            assert list(probabilities(got)) == list(expected)  # same classes, same order
+            # every class is listed (3 < top_k): compare each class's probability, to 1e-5
+            # (a batched BLAS call may round differently in the last bits)
+            got = probabilities(got)
+            assert sorted(got) == sorted(expected)
             np.testing.assert_allclose(
-                list(probabilities(got).values()), list(expected.values()), atol=1e-5
+                [got[c] for c in expected], list(expected.values()), atol=1e-5
             )
         assert len({a.json()["id"] for a in answers}) == len(images)
         # the concurrent requests shared forward passes (fewer passes than requests)
