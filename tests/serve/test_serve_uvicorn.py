@@ -47,6 +47,8 @@ def test_concurrent_clients_each_get_their_own_answer(big_model, tmp_path):
     server = ServerProcess(big_model, str(tmp_path / "h.db"), "--max-batch", "8")
     try:
         alone = [probabilities(post(server.url, data)) for data in images]  # one at a time
+        # distinct images, distinct answers: a mix-up between clients could not go unseen
+        assert len({tuple(np.round(list(a.values()), 4)) for a in alone}) == len(images)
         solo_passes = batch_count(server.url)
         assert solo_passes == len(images)
         barrier = threading.Barrier(len(images), timeout=CLIENT_TIMEOUT)
