@@ -228,6 +228,8 @@ def main() -> None:
     parser.add_argument("--lone-requests", type=int, default=200, help="per run at 1 client")
     parser.add_argument("--clients", type=int, default=32)
     parser.add_argument("--max-batch", type=int, default=32)
+    parser.add_argument("--also", type=int, nargs="*", default=[], metavar="B",
+                        help="more --max-batch values to measure in the same run")  # fmt: skip
     parser.add_argument("--max-queue", type=int, default=128, help="above --clients: no 503")
     parser.add_argument("--overload-clients", type=int, default=96)
     parser.add_argument("--overload-queue", type=int, default=16)
@@ -251,7 +253,7 @@ def main() -> None:
               f"{args.max_batch}: batching can gain at most {one / many:.2f}x when inference "
               "is the bottleneck")  # fmt: skip
         results = {}
-        for max_batch in (args.max_batch, 1):
+        for max_batch in (args.max_batch, *args.also, 1):
             flags = ("--max-batch", str(max_batch), "--max-queue", str(args.max_queue))
             server = Server(model, workdir, args.threads, *flags)
             try:
