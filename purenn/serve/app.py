@@ -216,7 +216,7 @@ def create_app(settings: Settings) -> FastAPI:
         limit: Annotated[int, Query(ge=1, le=200)] = 20,
         before: Annotated[int | None, Query(ge=1, description="ids below this one")] = None,
     ) -> dict:
-        rows = await run_in_threadpool(request.app.state.store.list, limit, before)
+        rows = await run_in_threadpool(request.app.state.store.newest, limit, before)
         return {
             "items": [diagnosis_json(d) for d in rows],
             "next_before": rows[-1].id if len(rows) == limit else None,

@@ -164,7 +164,7 @@ class Store:
             ).fetchone()
         return _diagnosis(row) if row else None
 
-    def list(self, limit: int = 20, before: int | None = None) -> list[Diagnosis]:
+    def newest(self, limit: int = 20, before: int | None = None) -> list[Diagnosis]:
         """Newest first; ``before`` (an id) gives the page after the one that ended there."""
         where, params = ("WHERE id < ?", (before, limit)) if before is not None else ("", (limit,))
         with self._lock, self._transaction():

@@ -26,8 +26,8 @@ def test_add_get_list_feedback(store):
     got = store.get(first.id)
     assert got.top_k == TOP and got.image_path == "/img/1.png" and got.feedback_label is None
     assert got.created_at.endswith("+00:00")
-    assert [d.id for d in store.list()] == [second.id, first.id]
-    assert [d.id for d in store.list(limit=1, before=second.id)] == [first.id]
+    assert [d.id for d in store.newest()] == [second.id, first.id]
+    assert [d.id for d in store.newest(limit=1, before=second.id)] == [first.id]
     assert store.get(second.id + 100) is None
     updated = store.set_feedback(first.id, "b")
     assert updated.feedback_label == "b" and updated.feedback_at >= updated.created_at
@@ -48,7 +48,7 @@ def test_reopening_keeps_the_history_and_two_connections_share_it(db_url):
         b.close()
     again = open_store(db_url)
     try:
-        assert [x.feedback_label for x in again.list()] == ["a"]
+        assert [x.feedback_label for x in again.newest()] == ["a"]
     finally:
         again.close()
 
@@ -68,7 +68,7 @@ def test_concurrent_writers_get_distinct_ids(store):
         t.start()
     for t in threads:
         t.join(30)
-    assert errors == [] and len(set(ids)) == 40 and len(store.list(limit=100)) == 40
+    assert errors == [] and len(set(ids)) == 40 and len(store.newest(limit=100)) == 40
 
 
 def test_a_newer_schema_is_refused(tmp_path):
