@@ -36,6 +36,8 @@ def _check_label(label: str) -> str:
 def export_feedback(db: str | Path, out_dir: str | Path) -> ExportSummary:
     """Write every image with feedback into ``out_dir/<label>/``; see the module docstring."""
     out_dir = Path(out_dir)
+    if not str(db).startswith(("postgresql://", "postgres://")) and not Path(db).is_file():
+        raise ExportError(f"database does not exist: {db}")  # open_store would create it
     store = open_store(db)
     try:
         rows = store.with_feedback()  # oldest feedback first: later rows win

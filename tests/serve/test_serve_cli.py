@@ -55,6 +55,12 @@ def test_export_skips_feedback_without_a_stored_image(settings, tmp_path, capsys
     assert "1 without a stored image" in capsys.readouterr().out
 
 
+def test_export_of_a_missing_database_creates_nothing(tmp_path, capsys):
+    assert main(["diagnoses", "export", str(tmp_path / "typo.db"), str(tmp_path / "out")]) == 2
+    assert "database does not exist" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_serve_reports_a_bad_model_before_starting(tmp_path, capsys):
     bad = tmp_path / "model.npz"
     bad.write_bytes(b"\x80\x04 pickle")
