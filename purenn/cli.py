@@ -22,6 +22,7 @@ from purenn.export.cli import add_parser as add_export_parser
 from purenn.presets import PRESETS, build_preset
 from purenn.runtime import limit_threads
 from purenn.serialization import load_model
+from purenn.serve import cli as serve_cli
 from purenn.training import (
     NonFiniteLossError,
     Progress,
@@ -413,8 +414,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_cache_parser(commands)
     add_export_parser(commands)
+    serve_cli.add_parser(commands)
 
     for sub in commands.choices.values():
+        if sub.prog.endswith(" diagnoses"):
+            continue  # its sub-commands have their own --quiet
         sub.add_argument("--quiet", "-q", action="store_true", help="print only the result")
     return parser
 

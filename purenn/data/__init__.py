@@ -13,7 +13,7 @@ Typical use::
 
 from purenn.data.augment import Augmentation
 from purenn.data.cache import ImageCache, build_cache
-from purenn.data.decode import load_image
+from purenn.data.decode import decode_image_bytes, load_image
 from purenn.data.errors import DataError
 from purenn.data.folder import IMAGE_EXTENSIONS, FolderScan, scan_image_folder
 from purenn.data.loader import DataLoader
@@ -28,6 +28,7 @@ __all__ = [
     "FolderScan",
     "ImageCache",
     "build_cache",
+    "decode_image_bytes",
     "channel_stats",
     "load_image",
     "normalize_batch",

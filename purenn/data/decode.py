@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import os
 from pathlib import Path
 
@@ -12,6 +13,11 @@ from purenn.checks import check_int
 from purenn.data.errors import DataError
 
 MIN_IMAGE_SIZE = 8
+
+# Limits for untrusted uploads (decode_image_bytes): 50 megapixels covers a 48 MP phone photo
+# (8000 x 6000); no side above 20,000 pixels.
+MAX_UPLOAD_PIXELS = 50_000_000
+MAX_SIDE = 20_000
 
 # Pillow modes holding 16-bit (or wider) grey levels; Image.convert would clip them at 255.
 _WIDE_GREY_MODES = ("I", "I;16", "I;16B", "I;16L", "I;16N")
@@ -54,11 +60,56 @@ def decode_image(path: str | Path, image_size: int) -> np.ndarray:
         uint8 array of shape ``(3, image_size, image_size)``.
     """
     with Image.open(path) as im:
-        im.draft("RGB", (image_size, image_size))
-        rgb = _to_rgb(ImageOps.exif_transpose(im))
+        return _decode_opened(im, image_size)
+
+
+def _decode_opened(im: Image.Image, image_size: int) -> np.ndarray:
+    """The pixels of an opened (not yet loaded) image, prepared as :func:`decode_image` says."""
+    im.draft("RGB", (image_size, image_size))
+    rgb = _to_rgb(ImageOps.exif_transpose(im))
     if rgb.size != (image_size, image_size):
         rgb = rgb.resize((image_size, image_size), Image.Resampling.BILINEAR, reducing_gap=None)
     return np.ascontiguousarray(np.asarray(rgb).transpose(2, 0, 1))
+
+
+def decode_image_bytes(
+    data: bytes, image_size: int, max_pixels: int = MAX_UPLOAD_PIXELS, max_side: int = MAX_SIDE
+) -> np.ndarray:
+    """Decode an uploaded image held in memory exactly as :func:`decode_image` decodes a file.
+
+    Untrusted bytes are checked before any pixel is decoded: ``Image.open`` only reads the header,
+    so the width and height are known first, and an image above ``max_pixels`` pixels or
+    ``max_side`` pixels on a side (a decompression bomb: a few KB of PNG can declare 50,000 x
+    50,000 pixels) is refused before its pixels are decoded. Pillow's own bomb check
+    (``DecompressionBombError``, and ``DecompressionBombWarning`` where a server turned it into an
+    error with ``warnings.filterwarnings``) is refused too, and a truncated file fails (Pillow's
+    ``LOAD_TRUNCATED_IMAGES`` is left False).
+
+    Returns:
+        uint8 array of shape ``(3, image_size, image_size)``, RGB.
+
+    Raises:
+        DataError: empty, not an image, damaged or truncated, or too large; the message says which.
+    """
+    if not data:
+        raise DataError("empty upload (0 bytes)")
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            width, height = im.size
+            if width * height > max_pixels or max(width, height) > max_side:
+                raise DataError(
+                    f"image of {width}x{height} pixels is too large (limit: {max_pixels:,} "
+                    f"pixels and {max_side:,} pixels on a side)"
+                )
+            return _decode_opened(im, image_size)
+    except DataError:
+        raise
+    except (Image.DecompressionBombWarning, Image.DecompressionBombError) as err:
+        raise DataError(f"image is too large (decompression bomb): {err}") from None
+    except Image.UnidentifiedImageError:
+        raise DataError("not an image (no image format recognised)") from None
+    except Exception as err:  # Pillow plugins raise many types on damaged data, see try_decode
+        raise DataError(f"damaged or truncated image: {type(err).__name__}: {err}") from None
 
 
 def try_decode(path: str | Path, image_size: int) -> tuple[np.ndarray | None, str | None]:

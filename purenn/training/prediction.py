@@ -7,14 +7,12 @@ from pathlib import Path
 import numpy as np
 
 from purenn.checks import check_int
-from purenn.data import DataError, normalize_batch
+from purenn.data import DataError
 from purenn.data.decode import try_decode
 from purenn.data.folder import find_images
-from purenn.ops import softmax
+from purenn.inference import INFERENCE_KEYS, class_probabilities, top_classes
 from purenn.serialization import ModelFileError, load_model
 
-# What a model file must hold besides its weights to classify image files.
-INFERENCE_KEYS = ("class_names", "image_size", "mean", "std")
 BEST_FILE = "best.npz"
 
 
@@ -98,19 +96,12 @@ def predict(
         raise DataError(f"none of the {len(skipped or [])} image files could be read")
     files = [path for path, _ in decoded]
     images = np.stack([image for _, image in decoded])
-    names = meta["class_names"]
-    k = min(top_k, len(names))
     results = []
     for start in range(0, len(files), batch_size):
-        x = normalize_batch(images[start : start + batch_size], meta["mean"], meta["std"])
-        probs = softmax(model.forward(x, training=False).astype(np.float64))
+        probs = class_probabilities(model, images[start : start + batch_size], meta)
         for f, p in zip(files[start : start + batch_size], probs, strict=True):
-            best = np.argsort(-p, kind="stable")[:k]
             results.append(
-                {
-                    "file": str(f),
-                    "predictions": [{"class": names[i], "probability": float(p[i])} for i in best],
-                }
+                {"file": str(f), "predictions": top_classes(p, meta["class_names"], top_k)}
             )
     return results
 

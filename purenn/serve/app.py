@@ -1,0 +1,256 @@
+"""The FastAPI application of ``purenn serve``: the JSON API, the page, health and metrics.
+
+``create_app(settings)`` builds the app and opens nothing: the model, the history database and
+the inference thread are opened by the app's lifespan (on server start-up) and closed at
+shutdown. While running, ``app.state`` holds ``served`` (the :class:`ServedModel`: model,
+metadata, id), ``batcher`` (the :class:`MicroBatcher`; anything else that uses the model's layers,
+such as an explanation endpoint, runs through ``batcher.call(job)`` so it never overlaps a forward
+pass), ``store``, ``images`` and ``metrics``.
+
+The OpenAPI description is at ``/openapi.json``. FastAPI's interactive ``/docs`` page loads its
+scripts from a CDN, so it is turned off: everything the app serves works offline.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import time
+import warnings
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated
+
+from fastapi import FastAPI, File, HTTPException, Query, Request, UploadFile
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse
+from fastapi.staticfiles import StaticFiles
+from PIL import Image
+from pydantic import BaseModel
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+import purenn
+from purenn.data import DataError
+from purenn.data.decode import MAX_UPLOAD_PIXELS
+from purenn.inference import top_classes
+from purenn.serve.batcher import BatcherStopped, MicroBatcher, QueueFull
+from purenn.serve.images import SHA256_PATTERN, ImageStore
+from purenn.serve.limits import RequestMetrics, UploadLimit
+from purenn.serve.metrics import CONTENT_TYPE, Metrics
+from purenn.serve.model import ServedModel
+from purenn.serve.store import Diagnosis, open_store
+
+PAGE_DIR = Path(__file__).with_name("page")
+PREDICT_PATH = "/api/predict"
+RETRY_AFTER_SECONDS = 1
+
+
+@dataclass
+class Settings:
+    """What ``purenn serve`` was told; see docs/SERVING.md.
+
+    Attributes:
+        model_path: the ``.npz`` model file.
+        db: a SQLite file path or a ``postgresql://`` URL.
+        max_batch: most images in one forward pass (1: no batching).
+        max_queue: most requests waiting for inference; more are answered 503.
+        max_upload_bytes: largest request body accepted on ``/api/predict``.
+        store_images: folder for accepted uploads and thumbnails, or None to keep none.
+        max_pixels: largest image (width x height) decoded; also Pillow's ``MAX_IMAGE_PIXELS``.
+    """
+
+    model_path: Path
+    db: str = "purenn-serve/history.db"
+    max_batch: int = 32
+    max_queue: int = 128
+    max_upload_bytes: int = 10 * 2**20
+    store_images: Path | None = None
+    max_pixels: int = MAX_UPLOAD_PIXELS
+
+
+class Feedback(BaseModel):
+    label: str
+
+
+def _error(status: int, message: str, headers: dict | None = None) -> HTTPException:
+    return HTTPException(status_code=status, detail=message, headers=headers)
+
+
+def _validation_message(err: RequestValidationError) -> str:
+    parts = []
+    for e in err.errors():
+        loc = [str(x) for x in e.get("loc", ()) if x not in ("body", "query", "path")]
+        if loc == ["file"] and e.get("type") == "missing":
+            parts.append("missing form field 'file': send multipart/form-data with the image in it")
+        else:
+            parts.append(f"{'.'.join(loc) or 'request'}: {e.get('msg')}")
+    return "; ".join(parts)
+
+
+def create_app(settings: Settings) -> FastAPI:
+    """The app; its resources open when the server starts it (lifespan), never here."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        # Deliberate Pillow limits for untrusted images: its bomb check fires at our pixel limit
+        # and its warning is an error, so no path decodes an oversized image (the explicit size
+        # check in decode_image_bytes comes first anyway).
+        Image.MAX_IMAGE_PIXELS = settings.max_pixels
+        warnings.filterwarnings("error", category=Image.DecompressionBombWarning)
+        served = ServedModel.load(settings.model_path, settings.max_pixels)
+        images = ImageStore(settings.store_images) if settings.store_images else None
+        store = open_store(settings.db)
+        batcher = MicroBatcher(
+            served.probabilities, settings.max_batch, settings.max_queue, metrics.observe_batch
+        )
+        metrics.queue_depth = lambda: batcher.depth
+        app.state.served, app.state.images, app.state.store = served, images, store
+        app.state.batcher = batcher.start()
+        try:
+            yield
+        finally:
+            batcher.stop()
+            store.close()
+
+    metrics = Metrics()
+    app = FastAPI(
+        title="purenn serve",
+        version=purenn.__version__,
+        description="Diagnose a leaf photo with a purenn model; history and feedback.",
+        docs_url=None,
+        redoc_url=None,
+        lifespan=lifespan,
+    )
+    app.state.metrics = metrics
+    app.add_middleware(UploadLimit, max_bytes=settings.max_upload_bytes, paths=(PREDICT_PATH,))
+    app.add_middleware(RequestMetrics, metrics=metrics, known_paths=(PREDICT_PATH,))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, err: StarletteHTTPException) -> JSONResponse:
+        return JSONResponse({"error": err.detail}, err.status_code, headers=err.headers)
+
+    @app.exception_handler(Exception)
+    async def internal_error(request: Request, err: Exception) -> JSONResponse:
+        # Also logged with its traceback by the server; the client gets JSON like every error.
+        return JSONResponse({"error": f"internal error: {type(err).__name__}"}, 500)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request: Request, err: RequestValidationError) -> JSONResponse:
+        return JSONResponse({"error": _validation_message(err)}, 422)
+
+    def thumbnail_url(d: Diagnosis) -> str | None:
+        if app.state.images is None or d.image_path is None:
+            return None
+        return f"/api/thumbnails/{d.image_sha256}"
+
+    def diagnosis_json(d: Diagnosis) -> dict:
+        return {**d.to_json(), "thumbnail_url": thumbnail_url(d)}
+
+    @app.get("/", include_in_schema=False)
+    async def index() -> FileResponse:
+        return FileResponse(PAGE_DIR / "index.html")
+
+    app.mount("/page", StaticFiles(directory=PAGE_DIR), name="page")
+
+    @app.get("/healthz", summary="The process is up")
+    async def healthz() -> dict:
+        return {"status": "ok"}
+
+    @app.get("/readyz", summary="The model is loaded and the database answers")
+    async def readyz(request: Request) -> JSONResponse:
+        state = request.app.state
+        loaded = getattr(state, "served", None) is not None
+        db_ok = loaded and await run_in_threadpool(state.store.ping)
+        body = {"model_loaded": loaded, "database": "ok" if db_ok else "unreachable"}
+        return JSONResponse(
+            {"status": "ready" if db_ok else "not ready", **body}, 200 if db_ok else 503
+        )
+
+    @app.get("/metrics", summary="Prometheus metrics", response_class=PlainTextResponse)
+    async def get_metrics() -> PlainTextResponse:
+        return PlainTextResponse(metrics.render(), media_type=CONTENT_TYPE)
+
+    @app.get("/api/model", summary="Classes, image size, parameters, test accuracy")
+    async def model_info(request: Request) -> dict:
+        return request.app.state.served.describe()
+
+    @app.post(PREDICT_PATH, summary="Diagnose one image (multipart field 'file')")
+    async def predict(
+        request: Request,
+        file: Annotated[UploadFile, File(description="the photo (JPEG, PNG, WebP, ...)")],
+        top_k: Annotated[int, Query(ge=1, le=1000, description="classes to return")] = 5,
+    ) -> dict:
+        start = time.perf_counter()
+        state = request.app.state
+        served: ServedModel = state.served
+        data = await file.read()
+        try:
+            image = await run_in_threadpool(served.prepare, data)
+        except DataError as err:
+            raise _error(400, f"{file.filename or 'upload'}: {err}") from None
+        try:
+            future = state.batcher.submit(image)
+        except QueueFull:
+            raise _error(
+                503, "the server is busy: try again", {"Retry-After": str(RETRY_AFTER_SECONDS)}
+            ) from None
+        except BatcherStopped as err:
+            raise _error(503, str(err)) from None
+        probabilities = await asyncio.wrap_future(future)
+        top = top_classes(probabilities, served.class_names, top_k)
+        sha = hashlib.sha256(data).hexdigest()
+        stored = None
+        if state.images is not None:
+            stored = str(await run_in_threadpool(state.images.save, sha, data, image))
+        diagnosis = await run_in_threadpool(state.store.add, sha, stored, served.model_id, top)
+        return {
+            **diagnosis_json(diagnosis),
+            "latency_ms": round(1000 * (time.perf_counter() - start), 3),
+        }
+
+    @app.get("/api/diagnoses", summary="The history, newest first")
+    async def list_diagnoses(
+        request: Request,
+        limit: Annotated[int, Query(ge=1, le=200)] = 20,
+        before: Annotated[int | None, Query(ge=1, description="ids below this one")] = None,
+    ) -> dict:
+        rows = await run_in_threadpool(request.app.state.store.newest, limit, before)
+        return {
+            "items": [diagnosis_json(d) for d in rows],
+            "next_before": rows[-1].id if len(rows) == limit else None,
+        }
+
+    @app.get("/api/diagnoses/{diagnosis_id}", summary="One diagnosis")
+    async def get_diagnosis(request: Request, diagnosis_id: int) -> dict:
+        found = await run_in_threadpool(request.app.state.store.get, diagnosis_id)
+        if found is None:
+            raise _error(404, f"no diagnosis with id {diagnosis_id}")
+        return diagnosis_json(found)
+
+    @app.post("/api/diagnoses/{diagnosis_id}/feedback", summary="What the leaf really has")
+    async def feedback(request: Request, diagnosis_id: int, body: Feedback) -> dict:
+        names = request.app.state.served.class_names
+        if body.label not in names:
+            raise _error(
+                422, f"unknown label {body.label!r}: the model's classes are {', '.join(names)}"
+            )
+        found = await run_in_threadpool(
+            request.app.state.store.set_feedback, diagnosis_id, body.label
+        )
+        if found is None:
+            raise _error(404, f"no diagnosis with id {diagnosis_id}")
+        return diagnosis_json(found)
+
+    @app.get("/api/thumbnails/{sha256}", summary="The image the model saw (JPEG)")
+    async def thumbnail(request: Request, sha256: str) -> FileResponse:
+        images = request.app.state.images
+        if images is None or not SHA256_PATTERN.fullmatch(sha256):
+            raise _error(404, "no such thumbnail")
+        path = images.thumbnail_path(sha256)
+        if not path.is_file():
+            raise _error(404, "no such thumbnail")
+        return FileResponse(path, media_type="image/jpeg")
+
+    return app

@@ -1,0 +1,150 @@
+// The leaf-diagnosis page: upload a photo, show the top classes, send feedback, list the history.
+"use strict";
+
+const UNSURE_BELOW = 0.5; // a top probability below this shows the "not sure" message
+const PAGE_SIZE = 10;
+
+const $ = (id) => document.getElementById(id);
+let current = null; // the diagnosis on screen
+let nextBefore = null; // the id that the next history page starts below
+
+// "Pepper,_bell___Bacterial_spot" -> "Pepper, bell · Bacterial spot" (PlantVillage's plant___disease)
+const pretty = (name) => name.split("___").map((part) => part.replace(/_+/g, " ").trim()).join(" · ");
+const percent = (p) => (100 * p).toFixed(1) + "%";
+
+function setStatus(text, isError = false) {
+  $("status").textContent = text;
+  $("status").classList.toggle("error", isError);
+}
+
+async function api(path, options) {
+  const response = await fetch(path, options);
+  const body = await response.json().catch(() => ({}));
+  if (!response.ok) throw new Error(body.error || `HTTP ${response.status}`);
+  return body;
+}
+
+async function loadModel() {
+  const model = await api("/api/model");
+  const accuracy = model.test_accuracy == null ? "" :
+    `, ${percent(model.test_accuracy)} accurate on held-out photos`;
+  $("model-info").textContent = `${model.class_names.length} classes${accuracy}.`;
+  for (const name of model.class_names) {
+    const option = document.createElement("option");
+    option.value = name;
+    option.textContent = pretty(name);
+    $("feedback-label").append(option);
+  }
+}
+
+function showResult(diagnosis) {
+  current = diagnosis;
+  const [top] = diagnosis.predictions;
+  $("top-class").textContent = `${pretty(top.class)} · ${percent(top.probability)}`;
+  $("unsure").hidden = top.probability >= UNSURE_BELOW;
+  $("bars").replaceChildren(...diagnosis.predictions.map((p) => {
+    const li = document.createElement("li");
+    li.dataset.class = p.class;
+    li.innerHTML = '<div class="bar-label"><span class="bar-name"></span><span class="bar-pct"></span>' +
+      '</div><div class="bar-track"><div class="bar-fill"></div></div>';
+    li.querySelector(".bar-name").textContent = pretty(p.class);
+    li.querySelector(".bar-pct").textContent = percent(p.probability);
+    li.querySelector(".bar-fill").style.width = percent(p.probability);
+    return li;
+  }));
+  $("feedback-status").textContent = "";
+  $("feedback-label").value = diagnosis.feedback || top.class;
+  $("result").hidden = false;
+}
+
+async function diagnose(file) {
+  if (!file) return;
+  $("preview").src = URL.createObjectURL(file);
+  $("preview").hidden = false;
+  $("drop-text").hidden = true;
+  setStatus("Diagnosing…");
+  const form = new FormData();
+  form.append("file", file);
+  try {
+    const diagnosis = await api("/api/predict", { method: "POST", body: form });
+    setStatus(`Done in ${Math.round(diagnosis.latency_ms)} ms.`);
+    showResult(diagnosis);
+    await loadHistory(true);
+  } catch (err) {
+    $("result").hidden = true;
+    setStatus(`Could not diagnose this photo: ${err.message}`, true);
+  }
+}
+
+async function sendFeedback(event) {
+  event.preventDefault();
+  if (!current) return;
+  const label = $("feedback-label").value;
+  try {
+    current = await api(`/api/diagnoses/${current.id}/feedback`, {
+      method: "POST",
+      headers: { "Content-Type": "application/json" },
+      body: JSON.stringify({ label }),
+    });
+    $("feedback-status").textContent = `Thank you: saved as ${pretty(label)}.`;
+    await loadHistory(true);
+  } catch (err) {
+    $("feedback-status").textContent = `Not saved: ${err.message}`;
+  }
+}
+
+function historyItem(d) {
+  const li = document.createElement("li");
+  li.dataset.id = d.id;
+  let thumb;
+  if (d.thumbnail_url) {
+    thumb = document.createElement("img");
+    thumb.src = d.thumbnail_url;
+    thumb.alt = "";
+    thumb.loading = "lazy";
+  } else {
+    thumb = document.createElement("div");
+    thumb.className = "no-thumb";
+  }
+  const [top] = d.predictions;
+  const text = document.createElement("div");
+  text.className = "h-text";
+  text.innerHTML = '<div class="h-class"></div><div class="h-meta"></div><div class="h-feedback"></div>';
+  text.querySelector(".h-class").textContent = `${pretty(top.class)} · ${percent(top.probability)}`;
+  text.querySelector(".h-meta").textContent = new Date(d.created_at).toLocaleString();
+  text.querySelector(".h-feedback").textContent = d.feedback ? `You said: ${pretty(d.feedback)}` : "";
+  li.append(thumb, text);
+  return li;
+}
+
+async function loadHistory(reset) {
+  const query = new URLSearchParams({ limit: PAGE_SIZE });
+  if (!reset && nextBefore != null) query.set("before", nextBefore);
+  const page = await api(`/api/diagnoses?${query}`);
+  const items = page.items.map(historyItem);
+  if (reset) $("history").replaceChildren(...items);
+  else $("history").append(...items);
+  nextBefore = page.next_before;
+  $("more").hidden = nextBefore == null;
+}
+
+function wireDrop() {
+  const drop = $("drop");
+  for (const name of ["dragenter", "dragover"]) {
+    drop.addEventListener(name, (e) => { e.preventDefault(); drop.classList.add("over"); });
+  }
+  for (const name of ["dragleave", "drop"]) {
+    drop.addEventListener(name, () => drop.classList.remove("over"));
+  }
+  drop.addEventListener("drop", (e) => {
+    e.preventDefault();
+    diagnose(e.dataTransfer.files[0]);
+  });
+}
+
+$("file").addEventListener("change", (e) => diagnose(e.target.files[0]));
+$("feedback").addEventListener("submit", sendFeedback);
+$("more").addEventListener("click", () => loadHistory(false));
+wireDrop();
+loadModel().catch((err) => setStatus(`The model is not available: ${err.message}`, true));
+loadHistory(true).catch(() => {});

@@ -1,0 +1,101 @@
+"""Helpers of the serving tests: a tiny model file, image bytes, a server subprocess."""
+
+from __future__ import annotations
+
+import io
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+from PIL import Image
+
+from purenn.presets import build_preset
+from purenn.serialization import save_model
+
+REPO = Path(__file__).resolve().parents[2]
+PLANTVILLAGE = REPO / ".." / "shared" / "data" / "plantvillage"
+CLASSES = ["Leaf_healthy", "Leaf_rust", "Leaf, spot (grey)"]
+IMAGE_SIZE = 16
+
+
+def make_model(
+    path: Path, image_size: int = IMAGE_SIZE, seed: int = 0, preset: str = "demo-cnn"
+) -> Path:
+    """A preset with random weights for 3 classes, saved with the metadata predict needs."""
+    model = build_preset(preset, len(CLASSES), image_size, seed=seed)
+    meta = {"class_names": CLASSES, "image_size": image_size, "mean": [0.5] * 3, "std": [0.25] * 3}
+    return save_model(path, model, meta)
+
+
+def image_bytes(seed: int, fmt: str = "PNG", size: tuple[int, int] = (40, 30)) -> bytes:
+    """A distinct noisy image per seed, encoded as ``fmt``."""
+    rng = np.random.default_rng(seed)
+    pixels = rng.integers(0, 256, size=(size[1], size[0], 3), dtype=np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, fmt)
+    return buffer.getvalue()
+
+
+def leaf_photos(n: int) -> list[Path]:
+    """Up to ``n`` real leaf JPEGs from ../shared (empty when absent)."""
+    if not PLANTVILLAGE.is_dir():
+        return []
+    return sorted(PLANTVILLAGE.glob("*/*.[jJ][pP][gG]"))[:: 1 + 2475 // max(n, 1)][:n]
+
+
+def create_app_for(settings):
+    from purenn.serve.app import create_app
+
+    return create_app(settings)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class ServerProcess:
+    """``purenn serve`` in a subprocess on a loopback port; stops (or is killed) by the test."""
+
+    def __init__(self, model: Path, db: str, *extra: str, timeout: float = 60.0) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        env = {**os.environ, "PYTHONPATH": str(REPO)}
+        args = [sys.executable, "-m", "purenn", "serve", str(model), "--db", db, "--quiet"]
+        args += ["--port", str(self.port), "--threads", "1", *extra]
+        self.proc = subprocess.Popen(
+            args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=REPO
+        )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"server exited: {self.proc.stderr.read().decode()}")
+            try:
+                if httpx.get(self.url + "/readyz", timeout=2).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.1)
+        self.kill()
+        raise RuntimeError(f"server not ready within {timeout} s")
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait(10)
+        self.proc.stderr.close()
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                pass
+        self.kill()

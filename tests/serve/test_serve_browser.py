@@ -1,0 +1,86 @@
+"""The page in a real browser: Debian's chromium driven by Playwright against a uvicorn server.
+
+Opens the page at phone width, uploads a leaf photo (a real one from ../shared when present),
+reads the top class and the bars, sends feedback and sees it in the history. With
+``PURENN_SCREENSHOT=path`` (and ``PURENN_SCREENSHOT_MODEL=model.npz``) it also saves a
+screenshot; docs/img/serve-page.png was made so, with the trained PlantVillage model.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import httpx
+import pytest
+from serve_helpers import ServerProcess, image_bytes, leaf_photos
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+]  # fmt: skip
+TIMEOUT_MS = 30_000
+
+pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="chromium is not installed")
+
+
+@pytest.fixture
+def browser():
+    sync_api = pytest.importorskip("playwright.sync_api")
+    with sync_api.sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, timeout=TIMEOUT_MS)
+        try:
+            yield b
+        finally:
+            b.close()
+
+
+def test_diagnose_a_leaf_send_feedback_and_see_the_history(browser, model_file, tmp_path):
+    model = Path(os.environ.get("PURENN_SCREENSHOT_MODEL", model_file))
+    photos = leaf_photos(1)
+    photo = photos[0] if photos else tmp_path / "leaf.png"
+    if not photos:
+        photo.write_bytes(image_bytes(7, size=(120, 90)))
+    server = ServerProcess(model, str(tmp_path / "h.db"))
+    try:
+        classes = httpx.get(server.url + "/api/model").json()["class_names"]
+        page = browser.new_page(viewport={"width": 390, "height": 844}, device_scale_factor=2)
+        page.set_default_timeout(TIMEOUT_MS)
+        page.goto(server.url + "/")
+        page.wait_for_function("document.getElementById('feedback-label').options.length > 0")
+        page.set_input_files("#file", str(photo))
+        page.wait_for_selector("#result:not([hidden])")
+        bars = page.locator("#bars li")
+        assert bars.count() == min(5, len(classes))
+        names = [bars.nth(i).get_attribute("data-class") for i in range(bars.count())]
+        answer = httpx.get(server.url + "/api/diagnoses").json()["items"][0]
+        assert names == [p["class"] for p in answer["predictions"]]
+        percents = [float(t.rstrip("%")) for t in page.locator(".bar-pct").all_inner_texts()]
+        assert percents == sorted(percents, reverse=True) and 0 < sum(percents) <= 100.5
+        top = answer["predictions"][0]
+        assert page.inner_text("#top-class").endswith(f"{100 * top['probability']:.1f}%")
+        assert page.is_visible("#unsure") == (top["probability"] < 0.5)
+        # The page fits a phone: nothing wider than the viewport.
+        assert page.evaluate("document.documentElement.scrollWidth") <= 390
+
+        wrong = next(c for c in classes if c != top["class"])
+        page.select_option("#feedback-label", wrong)
+        page.click("#feedback-send")
+        page.wait_for_selector("#feedback-status:has-text('Thank you')")
+        first = page.locator("#history li").first
+        first.locator(".h-feedback:has-text('You said')").wait_for()
+        assert first.get_attribute("data-id") == str(answer["id"])
+        assert first.locator("img").count() == 1  # the thumbnail of the stored image
+        stored = httpx.get(f"{server.url}/api/diagnoses/{answer['id']}").json()
+        assert stored["feedback"] == wrong
+
+        if os.environ.get("PURENN_SCREENSHOT"):
+            # The photo's folder names its true class: correct the feedback, then take the picture.
+            page.select_option("#feedback-label", photo.parent.name if photos else wrong)
+            page.click("#feedback-send")
+            page.wait_for_selector("#feedback-status:has-text('Thank you')")
+            page.screenshot(path=os.environ["PURENN_SCREENSHOT"], full_page=True)
+    finally:
+        server.stop()
