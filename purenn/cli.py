@@ -1,4 +1,4 @@
-"""The ``purenn`` command: train, evaluate, predict, summary, demo.
+"""The ``purenn`` command: train, evaluate, predict, summary, demo, explain.
 
 Exit codes: 0 success; 1 training diverged (NaN/inf loss); 2 bad input (``purenn: error: ...``
 on stderr, no traceback); 130 interrupted (Ctrl-C; ``train`` saves a checkpoint first).
@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 import purenn
+from purenn.explain import cli as explain_cli
 from purenn.presets import PRESETS, build_preset
 from purenn.runtime import limit_threads
 from purenn.serialization import load_model
@@ -247,6 +248,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, metavar="N")
     p.add_argument("--threads", type=_positive_int, metavar="N")
     p.set_defaults(func=_cmd_demo)
+
+    explain_cli.add_parser(commands)
 
     for sub in commands.choices.values():
         sub.add_argument("--quiet", "-q", action="store_true", help="print only the result")

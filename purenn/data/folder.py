@@ -139,3 +139,29 @@ def scan_image_folder(root: str | Path) -> FolderScan:
         subset=[split for _, _, split in entries] if presplit else None,
         ignored=sorted(ignored, key=_path_key),
     )
+
+
+def collect_images(paths: list[str | Path]) -> list[Path]:
+    """The files given, and the image files inside the folders given (recursively, sorted).
+
+    Raises:
+        DataError: a path does not exist, or a folder holds no image file.
+    """
+    files: list[Path] = []
+    for path in map(Path, paths):
+        if path.is_dir():
+            found = sorted(
+                p
+                for p in path.rglob("*")
+                if p.is_file()
+                and p.suffix.lower() in IMAGE_EXTENSIONS
+                and not any(part.startswith(".") for part in p.relative_to(path).parts)
+            )
+            if not found:
+                raise DataError(f"no image files in folder {path}")
+            files += found
+        elif path.exists():
+            files.append(path)
+        else:
+            raise DataError(f"image does not exist: {path}")
+    return files

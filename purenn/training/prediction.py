@@ -7,38 +7,12 @@ from pathlib import Path
 import numpy as np
 
 from purenn.checks import check_int
-from purenn.data import IMAGE_EXTENSIONS, DataError, load_image, normalize_batch
+from purenn.data import collect_images, load_image, normalize_batch
 from purenn.ops import softmax
 from purenn.serialization import load_model
 
 # What a model file must hold besides its weights to classify image files.
 INFERENCE_KEYS = ("class_names", "image_size", "mean", "std")
-
-
-def collect_images(paths: list[str | Path]) -> list[Path]:
-    """The files given, and the image files inside the folders given (recursively, sorted).
-
-    Raises:
-        DataError: a path does not exist, or a folder holds no image file.
-    """
-    files: list[Path] = []
-    for path in map(Path, paths):
-        if path.is_dir():
-            found = sorted(
-                p
-                for p in path.rglob("*")
-                if p.is_file()
-                and p.suffix.lower() in IMAGE_EXTENSIONS
-                and not any(part.startswith(".") for part in p.relative_to(path).parts)
-            )
-            if not found:
-                raise DataError(f"no image files in folder {path}")
-            files += found
-        elif path.exists():
-            files.append(path)
-        else:
-            raise DataError(f"image does not exist: {path}")
-    return files
 
 
 def predict(
