@@ -12,7 +12,7 @@ from PIL import Image, ImageDraw, ImageFont
 from purenn.serialization import atomic_write
 
 COLORMAP = "turbo"
-CAPTION_HEIGHT = 16
+CAPTION_LINE = 14  # pixels per caption line
 
 
 @lru_cache(maxsize=4)
@@ -61,7 +61,8 @@ def render(
 
     Args:
         photo, heat: as for :func:`overlay`.
-        caption: one line of text (e.g. the class and its probability).
+        caption: text under the panels (e.g. the class and its probability); ``\n`` starts
+            a new line.
         panel: height in pixels of each panel (both panels resized bilinearly, aspect kept);
             default the photo's own size.
     """
@@ -71,13 +72,17 @@ def render(
         size = (max(1, round(photo.shape[1] * panel / photo.shape[0])), panel)
         left, right = (im.resize(size, Image.Resampling.BILINEAR) for im in (left, right))
     width, height = left.size
-    strip = CAPTION_HEIGHT if caption else 0
+    strip = 2 + CAPTION_LINE * len(caption.split("\n")) if caption else 0
     canvas = Image.new("RGB", (2 * width, height + strip), "white")
     canvas.paste(left, (0, 0))
     canvas.paste(right, (width, 0))
     if caption:
-        ImageDraw.Draw(canvas).text(
-            (3, height + 2), caption, fill="black", font=ImageFont.load_default(size=11)
+        ImageDraw.Draw(canvas).multiline_text(
+            (3, height + 2),
+            caption,
+            fill="black",
+            font=ImageFont.load_default(size=11),
+            spacing=CAPTION_LINE - 11,
         )
     return canvas
 

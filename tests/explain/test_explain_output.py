@@ -48,6 +48,7 @@ def test_render_puts_photo_and_overlay_side_by_side_with_a_caption():
     photo = _photo(32, 32)
     image = render(photo, np.ones((32, 32)), caption="rust 97.0%", panel=64)
     assert image.size == (128, 64 + 16)
+    assert render(photo, np.ones((32, 32)), caption="a\nb").size == (64, 32 + 30)
     pixels = np.asarray(image)
     assert (pixels[64:] < 128).any()  # caption text drawn on the white strip
     np.testing.assert_array_equal(np.asarray(render(photo, np.zeros((32, 32))))[:, :32], photo)
