@@ -67,7 +67,8 @@ def leaf_mask(photo: np.ndarray) -> np.ndarray:
     )
     mask = (saturation > 0.15) & (value > 0.06) & (hue > 15) & (hue < 170)
     mask = ndimage.binary_opening(mask, structure=np.ones((3, 3)))
-    mask = ndimage.binary_closing(mask, structure=np.ones((9, 9)))
+    padded = np.pad(mask, 4, mode="edge")  # so that the closing does not erode the image border
+    mask = ndimage.binary_closing(padded, structure=np.ones((9, 9)))[4:-4, 4:-4]
     mask = ndimage.binary_fill_holes(mask)
     labels, count = ndimage.label(mask)
     if count == 0:
