@@ -77,22 +77,23 @@ def leaf_mask(photo: np.ndarray) -> np.ndarray:
     return labels == 1 + int(np.argmax(sizes))
 
 
-def short(name: str) -> str:
+def short(name: str, width: int = 34) -> str:
     """A class name for a caption: ``"Corn_(maize)___Common_rust_"`` -> ``"Corn (maize): Common
-    rust"``."""
+    rust"``, cut to ``width`` characters."""
     plant, _, disease = name.partition("___")
-    return f"{plant.replace('_', ' ').strip()}: {disease.replace('_', ' ').strip()}"
+    text = f"{plant.replace('_', ' ').strip()}: {disease.replace('_', ' ').strip()}"
+    return text if len(text) <= width else text[: width - 3] + "..."
 
 
 def pick_examples(labels, predicted, count: int) -> list[int]:
-    """Up to ``count`` indices of different true classes: every wrong prediction's class first
-    (one image each), then correct predictions of the remaining classes."""
+    """Up to ``count`` indices of different true classes: wrong predictions for up to half of
+    them (the first test image of each class that has one), then correct ones."""
     chosen, classes = [], set()
     wrong = np.flatnonzero(predicted != labels)
     right = np.flatnonzero(predicted == labels)
-    for pool in (wrong, right):
+    for pool, limit in ((wrong, count // 2), (right, count)):
         for i in pool:
-            if len(chosen) < count and labels[i] not in classes:
+            if len(chosen) < limit and labels[i] not in classes:
                 chosen.append(int(i))
                 classes.add(int(labels[i]))
     return chosen
