@@ -24,11 +24,11 @@ import argparse
 import json
 import platform
 import subprocess
+import time
 from pathlib import Path
 
 import numpy as np
 from scipy import ndimage
-from timing import median_seconds
 
 from purenn.data import normalize_batch, scan_image_folder
 from purenn.explain import explain, explain_photo, render, write_png
@@ -77,7 +77,7 @@ def leaf_mask(photo: np.ndarray) -> np.ndarray:
     return labels == 1 + int(np.argmax(sizes))
 
 
-def short(name: str, width: int = 34) -> str:
+def short(name: str, width: int = 31) -> str:
     """A class name for a caption: ``"Corn_(maize)___Common_rust_"`` -> ``"Corn (maize): Common
     rust"``, cut to ``width`` characters."""
     plant, _, disease = name.partition("___")
@@ -97,6 +97,29 @@ def pick_examples(labels, predicted, count: int) -> list[int]:
                 chosen.append(int(i))
                 classes.add(int(labels[i]))
     return chosen
+
+
+def interleaved_seconds(calls: dict, rounds: int, warmup: int = 3) -> dict:
+    """``{name: (median seconds, median ratio to the first call)}``.
+
+    Each round times every call once, one after the other, so that a slower or faster spell of a
+    shared machine affects the calls of a round alike; the ratio is the median over rounds of a
+    call's time divided by the first call's time in the same round.
+    """
+    for _ in range(warmup):
+        for fn in calls.values():
+            fn()
+    times = {name: [] for name in calls}
+    for _ in range(rounds):
+        for name, fn in calls.items():
+            start = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - start)
+    base = np.array(next(iter(times.values())))
+    return {
+        name: (float(np.median(t)), float(np.median(np.array(t) / base)))
+        for name, t in times.items()
+    }
 
 
 def cpu_model() -> str:
@@ -217,20 +240,21 @@ def main() -> None:
         # 4. time to explain one image vs to predict it
         one = x[:1]
         photo = np.ascontiguousarray(photos[0])
-        timings = {
-            "predict": median_seconds(lambda: model.forward(one, training=False), args.repeats, 3),
-            "gradcam": median_seconds(lambda: explain(model, one), args.repeats, 3),
-            "saliency": median_seconds(lambda: explain(model, one, "saliency"), args.repeats, 3),
-            "explain_photo": median_seconds(
-                lambda: explain_photo(model, meta, photo), args.repeats, 3
-            ),
-        }
+        timings = interleaved_seconds(
+            {
+                "predict": lambda: model.forward(one, training=False),
+                "gradcam": lambda: explain(model, one),
+                "saliency": lambda: explain(model, one, "saliency"),
+                "explain_photo": lambda: explain_photo(model, meta, photo),
+            },
+            args.repeats,
+        )
         figures["seconds_per_image"] = timings
-        for name, seconds in timings.items():
-            ratio = seconds / timings["predict"]
+        for name, (seconds, ratio) in timings.items():
             print(
                 f"one {size}x{size} image, {args.threads} threads, float32: {name} "
-                f"{1000 * seconds:.1f} ms (x{ratio:.2f} predict)"
+                f"{1000 * seconds:.1f} ms (median of {args.repeats}; x{ratio:.2f} predict, "
+                "median of the per-round ratios)"
             )
     if args.json:
         Path(args.json).write_text(json.dumps(figures, indent=2) + "\n")
