@@ -222,14 +222,29 @@ def main() -> None:
             "leaf_area_mean": float(area.mean()),
             "images_mostly_background": int(((on_leaf < 0.5) & (mass > 0)).sum()),
             "empty_maps": int((mass == 0).sum()),
+            # share of the mass on the leaf / share of the pixels on the leaf: 1 for a uniform map
+            "concentration_median": float(np.median(on_leaf / np.maximum(area, 1e-12))),
+            "per_class": {
+                names[c]: {
+                    "mass_on_leaf": float(on_leaf[labels == c].mean()),
+                    "leaf_area": float(area[labels == c].mean()),
+                }
+                for c in range(len(names))
+            },
         }
         f = figures["leaf"]
         print(
             f"Grad-CAM mass on the leaf: mean {100 * f['gradcam_mass_on_leaf_mean']:.1f}%, median "
             f"{100 * f['gradcam_mass_on_leaf_median']:.1f}% (the leaf covers "
             f"{100 * f['leaf_area_mean']:.1f}% of the pixels); under half on the leaf in "
-            f"{f['images_mostly_background']} images; empty maps: {f['empty_maps']}"
+            f"{f['images_mostly_background']} images; empty maps: {f['empty_maps']}; median "
+            f"concentration (share of mass / share of area) {f['concentration_median']:.2f}"
         )
+        for name, row in f["per_class"].items():
+            print(
+                f"  {name}: {100 * row['mass_on_leaf']:.1f}% of the mass on the leaf, which "
+                f"covers {100 * row['leaf_area']:.1f}%"
+            )
         if args.mask_sheet:
             rows = range(0, len(test), max(1, len(test) // 8))
             sheet = [
