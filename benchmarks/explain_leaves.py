@@ -33,6 +33,7 @@ from scipy import ndimage
 from purenn.data import normalize_batch, scan_image_folder
 from purenn.explain import explain, explain_photo, render, write_png
 from purenn.explain.deletion import deletion_check
+from purenn.presets import build_preset
 from purenn.runtime import limit_threads
 from purenn.serialization import load_model
 from purenn.training.pipeline import open_cache, split_indices
@@ -240,6 +241,19 @@ def main() -> None:
             f"{f['images_mostly_background']} images; empty maps: {f['empty_maps']}; median "
             f"concentration (share of mass / share of area) {f['concentration_median']:.2f}"
         )
+        if meta.get("preset"):
+            # Control: the same architecture with its initial (untrained) weights.
+            fresh = build_preset(meta["preset"], len(names), size, seed=0)
+            fresh_maps = explain(fresh, x, "gradcam", batch_size=16).maps
+            fresh_mass = fresh_maps.sum(axis=(1, 2))
+            fresh_on_leaf = (fresh_maps * masks).sum(axis=(1, 2)) / np.where(
+                fresh_mass > 0, fresh_mass, 1
+            )
+            f["untrained_mass_on_leaf_mean"] = float(fresh_on_leaf[fresh_mass > 0].mean())
+            print(
+                f"control, the untrained {meta['preset']} (seed 0): "
+                f"{100 * f['untrained_mass_on_leaf_mean']:.1f}% of the Grad-CAM mass on the leaf"
+            )
         for name, row in f["per_class"].items():
             print(
                 f"  {name}: {100 * row['mass_on_leaf']:.1f}% of the mass on the leaf, which "
