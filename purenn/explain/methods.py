@@ -155,9 +155,8 @@ def _check_targets(target, n: int, num_classes: int | None) -> np.ndarray | None
             f"target must be None, a class index or {n} class indices, received: {target!r}"
         )
     if (targets < 0).any() or (num_classes is not None and (targets >= num_classes).any()):
-        raise ExplainError(
-            f"target must be class indices in [0, {num_classes}), received: {target!r}"
-        )
+        valid = ">= 0" if num_classes is None else f"in [0, {num_classes})"
+        raise ExplainError(f"target must be class indices {valid}, received: {target!r}")
     return targets.astype(np.int64)
 
 
