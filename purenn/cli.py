@@ -1,4 +1,5 @@
-"""The ``purenn`` command: train, evaluate, predict, summary, demo, cache, export.
+"""The ``purenn`` command: train, evaluate, predict, summary, demo, cache, export, serve,
+diagnoses, explain.
 
 Exit codes: 0 success; 1 training diverged (NaN/inf loss); 2 bad input (``purenn: error: ...``
 on stderr, no traceback); 130 interrupted (Ctrl-C; ``train`` saves a checkpoint first); 141
@@ -18,6 +19,7 @@ from pathlib import Path
 
 import purenn
 from purenn.cache_cli import add_parser as add_cache_parser
+from purenn.explain import cli as explain_cli
 from purenn.export.cli import add_parser as add_export_parser
 from purenn.presets import PRESETS, build_preset
 from purenn.runtime import limit_threads
@@ -415,6 +417,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_cache_parser(commands)
     add_export_parser(commands)
     serve_cli.add_parser(commands)
+    explain_cli.add_parser(commands)
 
     for sub in commands.choices.values():
         if sub.prog.endswith(" diagnoses"):

@@ -15,7 +15,7 @@ from purenn.data.augment import Augmentation
 from purenn.data.cache import ImageCache, build_cache
 from purenn.data.decode import decode_image_bytes, load_image
 from purenn.data.errors import DataError
-from purenn.data.folder import IMAGE_EXTENSIONS, FolderScan, scan_image_folder
+from purenn.data.folder import IMAGE_EXTENSIONS, FolderScan, collect_images, scan_image_folder
 from purenn.data.loader import DataLoader
 from purenn.data.split import stratified_split, subset_split
 from purenn.data.stats import channel_stats, normalize_batch
@@ -30,6 +30,7 @@ __all__ = [
     "build_cache",
     "decode_image_bytes",
     "channel_stats",
+    "collect_images",
     "load_image",
     "normalize_batch",
     "scan_image_folder",

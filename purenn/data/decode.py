@@ -66,7 +66,11 @@ def decode_image(path: str | Path, image_size: int) -> np.ndarray:
 def _decode_opened(im: Image.Image, image_size: int) -> np.ndarray:
     """The pixels of an opened (not yet loaded) image, prepared as :func:`decode_image` says."""
     im.draft("RGB", (image_size, image_size))
-    rgb = _to_rgb(ImageOps.exif_transpose(im))
+    return square_chw(_to_rgb(ImageOps.exif_transpose(im)), image_size)
+
+
+def square_chw(rgb: Image.Image, image_size: int) -> np.ndarray:
+    """An RGB Pillow image resized as training saw it: uint8 ``(3, image_size, image_size)``."""
     if rgb.size != (image_size, image_size):
         rgb = rgb.resize((image_size, image_size), Image.Resampling.BILINEAR, reducing_gap=None)
     return np.ascontiguousarray(np.asarray(rgb).transpose(2, 0, 1))

@@ -233,3 +233,23 @@ def scan_image_folder(root: str | Path) -> FolderScan:
         ignored=sorted(ignored, key=_path_key),
         ignored_folders=ignored_folders,
     )
+
+
+def collect_images(paths: list[str | Path]) -> list[Path]:
+    """The files given, and the image files inside the folders given (:func:`find_images`).
+
+    Raises:
+        DataError: a path does not exist, or a folder holds no image file.
+    """
+    files: list[Path] = []
+    for path in map(Path, paths):
+        if path.is_dir():
+            found = find_images(path)
+            if not found:
+                raise DataError(f"no image files in folder {path}")
+            files += found
+        elif path.exists():
+            files.append(path)
+        else:
+            raise DataError(f"image does not exist: {path}")
+    return files

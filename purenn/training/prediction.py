@@ -7,9 +7,8 @@ from pathlib import Path
 import numpy as np
 
 from purenn.checks import check_int
-from purenn.data import DataError
+from purenn.data import DataError, collect_images
 from purenn.data.decode import try_decode
-from purenn.data.folder import find_images
 from purenn.inference import INFERENCE_KEYS, class_probabilities, top_classes
 from purenn.serialization import ModelFileError, load_model
 
@@ -31,26 +30,6 @@ def model_file(path: str | Path, flag: str = "MODEL") -> Path:
             "finished run folder"
         )
     return path
-
-
-def collect_images(paths: list[str | Path]) -> list[Path]:
-    """The files given, and the image files inside the folders given (``find_images``).
-
-    Raises:
-        DataError: a path does not exist, or a folder holds no image file.
-    """
-    files: list[Path] = []
-    for path in map(Path, paths):
-        if path.is_dir():
-            found = find_images(path)
-            if not found:
-                raise DataError(f"no image files in folder {path}")
-            files += found
-        elif path.exists():
-            files.append(path)
-        else:
-            raise DataError(f"image does not exist: {path}")
-    return files
 
 
 def predict(
