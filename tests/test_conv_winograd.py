@@ -17,34 +17,36 @@ from purenn.presets import build_preset
 @pytest.mark.parametrize(
     ("kwargs", "chw", "expected"),
     [
-        ({"kernel_size": 3, "padding": 1}, (32, 64, 64), "winograd"),
+        ({"kernel_size": 3, "padding": 1}, (64, 32, 32), "winograd"),  # the preset's 64->128
         ({"kernel_size": 3, "padding": "same"}, (128, 16, 16), "winograd"),
+        ({"kernel_size": 3, "padding": 1}, (32, 64, 64), "im2col"),  # 32->128: C*O/(C+O) 25.6
         ({"kernel_size": 3, "padding": 1}, (3, 128, 128), "im2col"),  # too few channels
-        ({"kernel_size": 3, "padding": 1}, (32, 3, 8), "im2col"),  # output too small
-        ({"kernel_size": 3, "padding": 1, "stride": 2}, (32, 64, 64), "im2col"),
-        ({"kernel_size": 3, "padding": 0}, (32, 64, 64), "im2col"),
-        ({"kernel_size": 5, "padding": 2}, (32, 64, 64), "im2col"),
-        ({"kernel_size": (3, 1), "padding": 1}, (32, 64, 64), "im2col"),
+        ({"kernel_size": 3, "padding": 1}, (128, 3, 8), "im2col"),  # output too small
+        ({"kernel_size": 3, "padding": 1, "stride": 2}, (128, 64, 64), "im2col"),
+        ({"kernel_size": 3, "padding": 0}, (128, 64, 64), "im2col"),
+        ({"kernel_size": 5, "padding": 2}, (128, 64, 64), "im2col"),
+        ({"kernel_size": (3, 1), "padding": 1}, (128, 64, 64), "im2col"),
     ],
 )
 def test_auto_picks_winograd_only_where_it_applies_and_pays(kwargs, chw, expected):
-    layer = pn.Conv2D(chw[0], 8, rng=0, **kwargs)
+    layer = pn.Conv2D(chw[0], 128, rng=0, **kwargs)
     assert layer.algorithm_for(chw) == expected
-    assert pn.Conv2D(chw[0], 8, rng=0, algorithm="im2col", **kwargs).algorithm_for(chw) == "im2col"
+    forced = pn.Conv2D(chw[0], 128, rng=0, algorithm="im2col", **kwargs)
+    assert forced.algorithm_for(chw) == "im2col"
 
 
 def test_auto_falls_back_to_im2col_and_both_agree():
     rng = np.random.default_rng(0)
-    x = rng.standard_normal((2, 16, 9, 9))
-    dy = rng.standard_normal((2, 4, 5, 5))
-    strided = pn.Conv2D(16, 4, 3, stride=2, padding=1, rng=1, dtype=np.float64)
+    x = rng.standard_normal((2, 64, 9, 9))
+    dy = rng.standard_normal((2, 64, 5, 5))
+    strided = pn.Conv2D(64, 64, 3, stride=2, padding=1, rng=1, dtype=np.float64)
     strided.forward(x)
     assert strided._algorithm == "im2col"
     strided.backward(dy)  # runs the im2col backward that its forward prepared
-    dy = rng.standard_normal((2, 4, 9, 9))
+    dy = rng.standard_normal((2, 64, 9, 9))
     results = []
     for algorithm in ("auto", "im2col"):
-        layer = pn.Conv2D(16, 4, 3, padding=1, rng=1, dtype=np.float64, algorithm=algorithm)
+        layer = pn.Conv2D(64, 64, 3, padding=1, rng=1, dtype=np.float64, algorithm=algorithm)
         y = layer.forward(x)
         results.append((layer._algorithm, y, layer.backward(dy), layer.grads["weight"].copy()))
     assert [r[0] for r in results] == ["winograd", "im2col"]

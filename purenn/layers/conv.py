@@ -111,7 +111,7 @@ class Conv2D(WeightedLayer):
             return self.algorithm
         _, h, w = input_shape
         chosen = winograd.use_winograd(
-            self.kernel_size, self.stride, self.pads, self.in_channels, h, w
+            self.kernel_size, self.stride, self.pads, self.in_channels, self.out_channels, h, w
         )
         return "winograd" if chosen else "im2col"
 
