@@ -60,6 +60,9 @@ def purenn_worker(args) -> dict:
     retained = args.malloc == "retain" and retain_freed_memory()
     baseline = rss_mb("VmRSS")
     model = build_preset(PRESETS[args.model], image_size=args.image_size, seed=0)
+    for layer in model.layers:
+        if hasattr(layer, "algorithm"):
+            layer.algorithm = args.conv_algorithm
     params = model.parameters()
     optimizer, loss_fn = Adam(params, lr=1e-4), SoftmaxCrossEntropy(label_smoothing=0.1)
     x, y = batch(args)
@@ -80,7 +83,10 @@ def purenn_worker(args) -> dict:
     x1 = x[:1].copy()
     result["latency"] = median_seconds(lambda: model.forward(x1, training=False), args.repeats, 1)
     blas = [(i["internal_api"], i.get("version"), i["num_threads"]) for i in threadpool_info()]
-    result["backend"] = f"numpy {np.__version__}, BLAS {blas}, malloc heap retained: {retained}"
+    result["backend"] = (
+        f"numpy {np.__version__}, BLAS {blas}, malloc heap retained: {retained}, "
+        f"conv algorithm: {args.conv_algorithm}"
+    )
     if args.profile:
         result["profile"] = purenn_profile(model, train_step, optimizer, args)
     return result
@@ -194,7 +200,7 @@ WORKERS.update({"readme": readme_worker, "readme-plain": readme_worker, "fit": f
 
 def run_worker(framework: str, args) -> dict:
     command = [sys.executable, __file__, "--worker", framework, "--model", args.model]
-    for flag in ("batch", "threads", "repeats", "warmup", "image_size", "malloc"):
+    for flag in ("batch", "threads", "repeats", "warmup", "image_size", "malloc", "conv_algorithm"):
         command += [f"--{flag.replace('_', '-')}", str(getattr(args, flag))]
     command += ["--profile"] if args.profile and framework == "purenn" else []
     done = subprocess.run(command, capture_output=True, text=True, check=False)
@@ -219,6 +225,12 @@ def main() -> None:
         default="retain",
         help="purenn's process keeps freed memory for reuse, as `purenn train` does (default), "
         "or uses glibc's defaults",
+    )
+    parser.add_argument(
+        "--conv-algorithm",
+        choices=["auto", "im2col", "winograd"],
+        default="auto",
+        help="purenn's Conv2D algorithm for every conv layer (default: chosen per layer)",
     )
     parser.add_argument(
         "--loop",

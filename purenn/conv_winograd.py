@@ -76,7 +76,6 @@ def use_winograd(
     seconds (AMD EPYC Zen 5 with AVX-512, OpenBLAS 0.3.31 Haswell kernels, shared machine),
     forward+backward (the A/B script's medians of 6 alternated rounds):
 
-
         layer               C*O/(C+O)  im2col ms  Winograd ms  chosen
         3->32 on 128x128         2.7         40          138  im2col
         32->64 on 64x64         21.3        181          197  im2col
