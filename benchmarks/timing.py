@@ -57,7 +57,10 @@ def cpu_model_and_flags() -> tuple[str, set[str]]:
         return platform.processor() or "unknown CPU", set()
     pairs = (line.split(":", 1) for line in text.splitlines() if ":" in line)
     fields = {key.strip(): value.strip() for key, value in pairs}  # the last CPU's entries
-    return fields.get("model name", "unknown CPU"), set(fields.get("flags", "").split())
+    model = fields.get("model name", "unknown CPU")
+    if "cpu family" in fields:  # virtual machines often hide the generation in the name
+        model += f" (family {fields['cpu family']}, model {fields.get('model', '?')})"
+    return model, set(fields.get("flags", "").split())
 
 
 def simd_level(flags: set[str]) -> str:
