@@ -72,12 +72,15 @@ def simd_level(flags: set[str]) -> str:
 
 
 def blas_line() -> str:
-    """NumPy's BLAS library, version, kernel architecture and threads, from threadpoolctl."""
+    """NumPy's BLAS library, version and kernel architecture, from threadpoolctl.
+
+    (The threads each figure ran with are in that figure's own line.)
+    """
     from threadpoolctl import threadpool_info
 
     parts = [
-        f"{info.get('internal_api')} {info.get('version')} ({info.get('architecture', '?')} "
-        f"kernels, {info.get('num_threads')} threads)"
+        f"{info.get('internal_api')} {info.get('version')} "
+        f"({info.get('architecture', '?')} kernels)"
         for info in threadpool_info()
         if info.get("user_api") == "blas"
     ]
