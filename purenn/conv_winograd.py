@@ -39,6 +39,8 @@ When it pays: :func:`use_winograd` is the measured rule, see its docstring.
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 from purenn.parallel import over_batch
@@ -51,6 +53,24 @@ CHUNK_BYTES = 1 << 18
 
 #: Smallest C*O/(C+O) (input and output channels) for which Winograd beats im2col here.
 MIN_CHANNEL_RATIO = 32
+
+#: OpenBLAS kernels (threadpoolctl's ``architecture``) with which Winograd was measured faster:
+#: the AVX2 ones. With AVX-512 kernels (SkylakeX, ...) the GEMM runs twice as fast, the
+#: transforms do not, and im2col won on every layer measured.
+WINOGRAD_BLAS_KERNELS = frozenset({"haswell", "zen"})
+
+
+@functools.cache
+def blas_kernel_favours_winograd() -> bool:
+    """Whether every BLAS in the process uses a kernel of :data:`WINOGRAD_BLAS_KERNELS`."""
+    from threadpoolctl import threadpool_info
+
+    kernels = [
+        str(info.get("architecture")).lower()
+        for info in threadpool_info()
+        if info.get("user_api") == "blas"
+    ]
+    return bool(kernels) and all(kernel in WINOGRAD_BLAS_KERNELS for kernel in kernels)
 
 
 def accepts(kernel: tuple[int, int], stride: tuple[int, int], pads: tuple[int, ...]) -> bool:
@@ -72,21 +92,25 @@ def use_winograd(
     Per output pixel, Winograd saves GEMM work in proportion to C*O but pays transforms (memory
     passes) in proportion to C+O, so it wins once C*O/(C+O) is large enough: at least
     :data:`MIN_CHANNEL_RATIO`, with an output of at least 4x4 (smaller ones are mostly
-    padding tiles). Measured on the plantvillage-cnn layers at batch 32, one thread, CPU
-    seconds (AMD EPYC Zen 5 with AVX-512, OpenBLAS 0.3.31 Haswell kernels, shared machine),
-    forward+backward (the A/B script's medians of 6 alternated rounds):
+    padding tiles), and only with AVX2 BLAS kernels (:func:`blas_kernel_favours_winograd`).
+    Measured on the plantvillage-cnn layers at batch 32, one thread, CPU milliseconds of
+    forward+backward, medians of 6 alternated rounds, on a shared AMD EPYC (Zen 5, AVX-512)
+    with OpenBLAS 0.3.31 forced to its Haswell (AVX2) kernels and then with its own SkylakeX
+    (AVX-512) kernels:
 
-        layer               C*O/(C+O)  im2col ms  Winograd ms  chosen
-        3->32 on 128x128         2.7         40          138  im2col
-        32->64 on 64x64         21.3        181          197  im2col
-        64->128 on 32x32        42.7        153          140  Winograd
-        128->128 on 16x16       64.0         81           63  Winograd
+        layer               C*O/(C+O)   AVX2 kernels       AVX-512 kernels
+                                        im2col  Winograd   im2col  Winograd
+        3->32 on 128x128         2.7      40      138        44      161
+        32->64 on 64x64         21.3     181      197       151      185
+        64->128 on 32x32        42.7     153      140       106      117
+        128->128 on 16x16       64.0      81       63        54       56
     """
     return (
         accepts(kernel, stride, pads)
         and in_channels * out_channels >= MIN_CHANNEL_RATIO * (in_channels + out_channels)
         and height >= 4
         and width >= 4
+        and blas_kernel_favours_winograd()
     )
 
 

@@ -28,14 +28,36 @@ from purenn.presets import build_preset
         ({"kernel_size": (3, 1), "padding": 1}, (128, 64, 64), "im2col"),
     ],
 )
-def test_auto_picks_winograd_only_where_it_applies_and_pays(kwargs, chw, expected):
+def test_auto_picks_winograd_only_where_it_applies_and_pays(kwargs, chw, expected, monkeypatch):
+    monkeypatch.setattr(conv_winograd, "blas_kernel_favours_winograd", lambda: True)
     layer = pn.Conv2D(chw[0], 128, rng=0, **kwargs)
     assert layer.algorithm_for(chw) == expected
     forced = pn.Conv2D(chw[0], 128, rng=0, algorithm="im2col", **kwargs)
     assert forced.algorithm_for(chw) == "im2col"
 
 
-def test_auto_falls_back_to_im2col_and_both_agree():
+@pytest.mark.parametrize(
+    ("kernels", "expected"),
+    [(["Haswell"], True), (["Zen", "Haswell"], True), (["SkylakeX"], False), ([], False)],
+)
+def test_winograd_only_with_the_blas_kernels_it_was_measured_faster_with(
+    kernels, expected, monkeypatch
+):
+    import threadpoolctl
+
+    info = [{"user_api": "blas", "architecture": k} for k in kernels]
+    monkeypatch.setattr(threadpoolctl, "threadpool_info", lambda: info)
+    conv_winograd.blas_kernel_favours_winograd.cache_clear()
+    try:
+        assert conv_winograd.blas_kernel_favours_winograd() is expected
+        layer = pn.Conv2D(128, 128, 3, padding=1)
+        assert layer.algorithm_for((128, 16, 16)) == ("winograd" if expected else "im2col")
+    finally:
+        conv_winograd.blas_kernel_favours_winograd.cache_clear()
+
+
+def test_auto_falls_back_to_im2col_and_both_agree(monkeypatch):
+    monkeypatch.setattr(conv_winograd, "blas_kernel_favours_winograd", lambda: True)
     rng = np.random.default_rng(0)
     x = rng.standard_normal((2, 64, 9, 9))
     dy = rng.standard_normal((2, 64, 5, 5))
