@@ -84,7 +84,9 @@ def blas_line() -> str:
         for info in threadpool_info()
         if info.get("user_api") == "blas"
     ]
-    return ", ".join(parts) or "no BLAS found by threadpoolctl"
+    forced = os.environ.get("OPENBLAS_CORETYPE")
+    note = f" [kernel forced by OPENBLAS_CORETYPE={forced}]" if forced else ""
+    return (", ".join(parts) or "no BLAS found by threadpoolctl") + note
 
 
 def machine_header() -> str:
