@@ -81,6 +81,10 @@ def test_algorithm_is_checked_and_kept_in_the_config():
         pn.Conv2D(2, 2, 3, padding=1, algorithm="fft")
     with pytest.raises(ValueError, match="algorithm='winograd' needs a 3x3 kernel, stride 1"):
         pn.Conv2D(2, 2, 3, stride=2, padding=1, algorithm="winograd")
+    strided = pn.Conv2D(2, 2, 3, stride=2, padding=1)
+    strided.algorithm = "winograd"  # set after construction: checked before use
+    with pytest.raises(ValueError, match="algorithm='winograd' needs a 3x3 kernel, stride 1"):
+        strided.forward(np.zeros((1, 2, 4, 4), np.float32))
     model = pn.Sequential([pn.Conv2D(2, 2, 3, padding=1, algorithm="winograd", rng=0)])
     assert pn.Sequential.from_config(model.get_config()).layers[0].algorithm == "winograd"
     assert "algorithm" not in pn.Conv2D(2, 2, 3, padding=1).get_config()

@@ -12,7 +12,8 @@ Backward, with dy reshaped to (N, O, P):
     db   = sum over n and p of dy   (O,)
     dcol = W.T @ dy                 (N, K, P), then col2im adds it back onto the input
 
-3x3 stride-1 padding-1 layers with enough channels use Winograd F(2x2, 3x3) instead
+3x3 stride-1 padding-1 layers with enough channels (and AVX2 BLAS kernels, with which it was
+measured faster) use Winograd F(2x2, 3x3) instead
 (``purenn.conv_winograd``, 16 multiplications per output 2x2 block and channel pair instead of
 36); ``algorithm`` forces one or the other.
 """
@@ -92,21 +93,27 @@ class Conv2D(WeightedLayer):
         self.stride = pair(stride, "stride")
         self.padding = padding
         self.pads = resolve_padding(padding, self.kernel_size, self.stride)
-        if algorithm not in ALGORITHMS:
-            raise ValueError(f"algorithm must be one of {ALGORITHMS}, received: {algorithm!r}")
-        if algorithm == "winograd" and not winograd.accepts(
+        self.algorithm = algorithm
+        self._check_algorithm()
+        shape = (self.out_channels, self.in_channels) + self.kernel_size
+        super().__init__(shape, bias, init, weight_norm, rng, dtype)
+
+    def _check_algorithm(self) -> None:
+        if self.algorithm not in ALGORITHMS:
+            raise ValueError(
+                f"algorithm must be one of {ALGORITHMS}, received: algorithm={self.algorithm!r}"
+            )
+        if self.algorithm == "winograd" and not winograd.accepts(
             self.kernel_size, self.stride, self.pads
         ):
             raise ValueError(
                 "algorithm='winograd' needs a 3x3 kernel, stride 1 and padding 1, received: "
-                f"kernel_size={self.kernel_size}, stride={self.stride}, padding={padding!r}"
+                f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding!r}"
             )
-        self.algorithm = algorithm
-        shape = (self.out_channels, self.in_channels) + self.kernel_size
-        super().__init__(shape, bias, init, weight_norm, rng, dtype)
 
     def algorithm_for(self, input_shape: tuple[int, ...]) -> str:
         """ "winograd" or "im2col": what forward uses for per-sample input shape (C, H, W)."""
+        self._check_algorithm()  # the attribute may have been set after construction
         if self.algorithm != "auto":
             return self.algorithm
         _, h, w = input_shape
