@@ -15,8 +15,6 @@ import ctypes.util
 import sys
 from collections.abc import Iterator
 
-from threadpoolctl import threadpool_limits
-
 from purenn import parallel
 
 # mallopt parameter numbers from glibc's <malloc.h>.
@@ -59,6 +57,9 @@ def use_fast_path(threads: int | None = None) -> bool:
     """
     retained = retain_freed_memory()
     if threads is not None:
+        # Imported here, so that `import purenn` needs only NumPy and Pillow.
+        from threadpoolctl import threadpool_limits
+
         parallel.set_num_threads(threads)  # checks the value first
         threadpool_limits(parallel.num_threads())
     return retained
@@ -73,6 +74,8 @@ def limit_threads(threads: int | None) -> Iterator[None]:
     if threads is None:
         yield
         return
+    from threadpoolctl import threadpool_limits
+
     previous = parallel.num_threads()
     parallel.set_num_threads(threads)
     try:

@@ -63,11 +63,13 @@ def test_set_num_threads_rejects_bad_values(bad):
 
 
 def test_use_fast_path_sets_purenn_train_s_threads_and_allocator(monkeypatch):
+    import threadpoolctl
+
     from purenn import runtime
 
     calls = []
     monkeypatch.setattr(runtime, "retain_freed_memory", lambda: calls.append("malloc") or True)
-    monkeypatch.setattr(runtime, "threadpool_limits", lambda n: calls.append(("blas", n)))
+    monkeypatch.setattr(threadpoolctl, "threadpool_limits", lambda n: calls.append(("blas", n)))
     try:
         assert pn.use_fast_path(threads=3) is True
         assert parallel.num_threads() == 3
