@@ -9,6 +9,9 @@ the full output (stated in each line).
 
     python benchmarks/bench_conv.py            # 2 threads, batch 32
     python benchmarks/bench_conv.py --quick    # small shapes, to check the script works
+
+Both of purenn's algorithms (im2col, Winograd F(2x2, 3x3)) are timed in alternation, and the
+one ``Conv2D(algorithm="auto")`` picks for the shape is compared with torch.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 from threadpoolctl import threadpool_limits
-from timing import median_seconds
+from timing import alternating_medians, machine_header, median_seconds
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from naive_conv import naive_conv2d, naive_conv2d_backward  # noqa: E402
@@ -64,12 +67,14 @@ def main() -> None:
     parser.add_argument("--sample", type=int, default=300, help="naive outputs timed per layer")
     parser.add_argument("--quick", action="store_true")
     args = parser.parse_args()
+    algorithms = ("im2col", "winograd")
     layers = LAYERS
     if args.quick:
         args.batch, args.repeats, args.sample = 2, 2, 20
         layers = [(c_in, c_out, h // 8) for c_in, c_out, h in LAYERS]
     threadpool_limits(args.threads)
     parallel.set_num_threads(args.threads)
+    print(machine_header(), flush=True)
     rng = np.random.default_rng(0)
     cases = []
     for c_in, c_out, size in layers:
@@ -78,17 +83,25 @@ def main() -> None:
             f"{args.threads} threads, median of {args.repeats}"
         )
         x = rng.standard_normal((args.batch, c_in, size, size)).astype(np.float32)
-        layer = Conv2D(c_in, c_out, 3, padding=1, rng=0)
         dy = rng.standard_normal((args.batch, c_out, size, size)).astype(np.float32)
-
-        def ours_train(layer=layer, x=x, dy=dy):
-            layer.forward(x)
-            layer.backward(dy)
-
-        ours = (
-            median_ms(lambda layer=layer, x=x: layer.forward(x), args.repeats),
-            median_ms(ours_train, args.repeats),
-        )
+        layers = {a: Conv2D(c_in, c_out, 3, padding=1, rng=0, algorithm=a) for a in algorithms}
+        auto = Conv2D(c_in, c_out, 3, padding=1).algorithm_for(x.shape[1:])
+        fns = {}
+        for name, layer in layers.items():
+            fns[(name, "forward")] = lambda layer=layer, x=x: layer.forward(x)
+            fns[(name, "train")] = lambda layer=layer, x=x, dy=dy: (
+                layer.forward(x),
+                layer.backward(dy),
+            )
+        ms = {k: 1000 * v for k, v in alternating_medians(fns, args.repeats, 2).items()}
+        for name in algorithms:
+            print(
+                f"{head}: {name:8s} forward {ms[(name, 'forward')]:8.2f} ms  forward+backward "
+                f"{ms[(name, 'train')]:8.2f} ms" + ("  (auto's choice)" if name == auto else ""),
+                flush=True,
+            )
+        layer = layers[auto]
+        ours = (ms[(auto, "forward")], ms[(auto, "train")])
         slow = naive_ms(x, layer.params["weight"], layer.params["bias"], dy, args.sample, rng)
         for label, mine, naive in (
             ("forward", ours[0], slow[0]),

@@ -35,6 +35,7 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
+from timing import machine_header
 
 CNN_TRAIN_RATE = 40.0  # img/s, PlantVillage CNN train step at batch 32 (issue 4)
 CLASSES = 15
@@ -180,7 +181,8 @@ def main() -> None:
     workdir.mkdir(parents=True, exist_ok=True)
     full = workdir / f"jpegs-{args.source_size}"
     cpus = len(os.sched_getaffinity(0))
-    print(f"# {cpus} CPUs, numpy {np.__version__}, workdir {workdir}")
+    print(machine_header())
+    print(f"# {cpus} CPUs available to this process, workdir {workdir}")
     seconds = generate(full, args.images, args.source_size, cpus)
     mean_kb = np.mean([p.stat().st_size for p in list(full.rglob("*.jpg"))[:500]]) / 1024
     print(

@@ -8,6 +8,12 @@ Separate processes keep one framework's memory and threads from affecting the ot
 
     python benchmarks/bench_train.py                    # both presets, 2 threads, batch 32
     python benchmarks/bench_train.py --model cnn --profile   # plus purenn's per-layer profile
+    python benchmarks/bench_train.py --loop readme      # README's Python loop vs `purenn train`
+
+``--loop readme`` alternates three purenn processes over ``--rounds``: the step as `purenn
+train` runs it (after its process setup), the README's Python loop verbatim after
+``pn.use_fast_path()``, and the same loop without that call; it prints each one's train step
+and its ratio to `purenn train`'s.
 """
 
 from __future__ import annotations
@@ -21,7 +27,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from timing import median_seconds
+from timing import machine_header, median_seconds
 
 PRESETS = {"cnn": "plantvillage-cnn", "ann": "plantvillage-ann"}
 
@@ -54,6 +60,9 @@ def purenn_worker(args) -> dict:
     retained = args.malloc == "retain" and retain_freed_memory()
     baseline = rss_mb("VmRSS")
     model = build_preset(PRESETS[args.model], image_size=args.image_size, seed=0)
+    for layer in model.layers:
+        if hasattr(layer, "algorithm"):
+            layer.algorithm = args.conv_algorithm
     params = model.parameters()
     optimizer, loss_fn = Adam(params, lr=1e-4), SoftmaxCrossEntropy(label_smoothing=0.1)
     x, y = batch(args)
@@ -74,10 +83,49 @@ def purenn_worker(args) -> dict:
     x1 = x[:1].copy()
     result["latency"] = median_seconds(lambda: model.forward(x1, training=False), args.repeats, 1)
     blas = [(i["internal_api"], i.get("version"), i["num_threads"]) for i in threadpool_info()]
-    result["backend"] = f"numpy {np.__version__}, BLAS {blas}, malloc heap retained: {retained}"
+    result["backend"] = (
+        f"numpy {np.__version__}, BLAS {blas}, malloc heap retained: {retained}, "
+        f"conv algorithm: {args.conv_algorithm}"
+    )
     if args.profile:
         result["profile"] = purenn_profile(model, train_step, optimizer, args)
     return result
+
+
+def readme_worker(args) -> dict:
+    """The README's training loop, word for word, with or without ``pn.use_fast_path()``."""
+    import purenn as pn
+    from purenn.presets import build_preset
+
+    if args.worker == "readme":
+        pn.use_fast_path(threads=args.threads)
+    else:  # only the thread count, which `purenn train --threads` would set too
+        from threadpoolctl import threadpool_limits
+
+        threadpool_limits(args.threads)
+        pn.parallel.set_num_threads(args.threads)
+    model = build_preset(PRESETS[args.model], image_size=args.image_size, seed=0)
+    loss_fn = pn.SoftmaxCrossEntropy(label_smoothing=0.1)
+    optimizer = pn.Adam(model.parameters(), lr=1e-4)
+    x, y = batch(args)
+
+    def readme_step():
+        loss = loss_fn(model(x, training=True), y)
+        model.backward(loss_fn.backward(), input_grad=False)
+        pn.clip_grad_norm(model.parameters(), 1.0)
+        optimizer.step()
+        return loss
+
+    return {"train": median_seconds(readme_step, args.repeats, args.warmup)}
+
+
+def fit_worker(args) -> dict:
+    """The fit loop's step after the process setup `purenn train` makes (purenn.training.fit)."""
+    from purenn.training import fit
+
+    assert "retain_freed_memory" in vars(fit), "purenn train's setup moved: update this worker"
+    fit.retain_freed_memory()
+    return purenn_worker(argparse.Namespace(**{**vars(args), "malloc": "default"}))
 
 
 def purenn_profile(model, train_step, optimizer, args) -> list[tuple[str, float, float]]:
@@ -146,9 +194,13 @@ def torch_worker(args) -> dict:
     return result
 
 
+WORKERS = {"purenn": purenn_worker, "torch": torch_worker}
+WORKERS.update({"readme": readme_worker, "readme-plain": readme_worker, "fit": fit_worker})
+
+
 def run_worker(framework: str, args) -> dict:
     command = [sys.executable, __file__, "--worker", framework, "--model", args.model]
-    for flag in ("batch", "threads", "repeats", "warmup", "image_size", "malloc"):
+    for flag in ("batch", "threads", "repeats", "warmup", "image_size", "malloc", "conv_algorithm"):
         command += [f"--{flag.replace('_', '-')}", str(getattr(args, flag))]
     command += ["--profile"] if args.profile and framework == "purenn" else []
     done = subprocess.run(command, capture_output=True, text=True, check=False)
@@ -174,19 +226,32 @@ def main() -> None:
         help="purenn's process keeps freed memory for reuse, as `purenn train` does (default), "
         "or uses glibc's defaults",
     )
+    parser.add_argument(
+        "--conv-algorithm",
+        choices=["auto", "im2col", "winograd"],
+        default="auto",
+        help="purenn's Conv2D algorithm for every conv layer (default: chosen per layer)",
+    )
+    parser.add_argument(
+        "--loop",
+        choices=["fit", "readme"],
+        default="fit",
+        help="fit: purenn against PyTorch (default); readme: the README's Python loop against "
+        "`purenn train`'s step",
+    )
     parser.add_argument("--quick", action="store_true", help="tiny run to check the script works")
-    parser.add_argument("--worker", choices=["purenn", "torch"], help=argparse.SUPPRESS)
+    parser.add_argument("--worker", choices=sorted(WORKERS), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.quick:
         args.repeats, args.warmup, args.image_size, args.batch, args.rounds = 2, 1, 32, 4, 1
     if args.worker:
-        worker = purenn_worker if args.worker == "purenn" else torch_worker
-        print(json.dumps(worker(args)))
+        print(json.dumps(WORKERS[args.worker](args)))
         return
 
+    print(machine_header(), flush=True)
     for key in ("cnn", "ann") if args.model == "both" else (args.model,):
         args.model = key
-        report(key, args)
+        (report_loops if args.loop == "readme" else report)(key, args)
 
 
 def report(key: str, args) -> None:
@@ -229,6 +294,27 @@ def report(key: str, args) -> None:
         print(f"{head}: train {label} MB purenn {a:8.0f}  torch {b:8.0f}  ratio {a / b:5.2f}")
     for name, fwd, bwd in rounds[0]["purenn"].get("profile", []):
         print(f"profile {PRESETS[key]}: {name:60s} forward {fwd:8.2f} ms  backward {bwd:8.2f} ms")
+
+
+def report_loops(key: str, args) -> None:
+    """`purenn train`'s step against the README loop with and without ``pn.use_fast_path()``."""
+    names = ("fit", "readme", "readme-plain")
+    rounds = [
+        {name: run_worker(name, _no_profile(args)) for name in names} for _ in range(args.rounds)
+    ]
+    head = (
+        f"{PRESETS[key]}, {args.threads} threads, batch {args.batch}, median of {args.repeats} "
+        f"steps, median of {args.rounds} rounds"
+    )
+    labels = {
+        "fit": "`purenn train`'s step",
+        "readme": "README loop with pn.use_fast_path()",
+        "readme-plain": "README loop without it",
+    }
+    for name in names:
+        speed = statistics.median(args.batch / r[name]["train"] for r in rounds)
+        ratio = statistics.median(r["fit"]["train"] / r[name]["train"] for r in rounds)
+        print(f"{head}: {labels[name]:38s} {speed:8.1f} images/s  vs purenn train {ratio:5.3f}x")
 
 
 def _no_profile(args):

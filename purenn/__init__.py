@@ -20,6 +20,7 @@ from purenn.layers import (
 from purenn.losses import MSE, SoftmaxCrossEntropy
 from purenn.model import Sequential
 from purenn.optim import SGD, Adam, AdamW, clip_grad_norm
+from purenn.runtime import use_fast_path
 from purenn.schedules import Constant, CosineWarmup, StepDecay
 
 __version__ = "0.1.0"
@@ -34,6 +35,7 @@ __all__ = [
     "SoftmaxCrossEntropy",
     "StepDecay",
     "clip_grad_norm",
+    "use_fast_path",
     "losses",
     "optim",
     "schedules",

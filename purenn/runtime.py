@@ -15,8 +15,6 @@ import ctypes.util
 import sys
 from collections.abc import Iterator
 
-from threadpoolctl import threadpool_limits
-
 from purenn import parallel
 
 # mallopt parameter numbers from glibc's <malloc.h>.
@@ -45,6 +43,28 @@ def retain_freed_memory() -> bool:
     return bool(mallopt(_M_MMAP_MAX, 0)) and bool(mallopt(_M_TRIM_THRESHOLD, 2**31 - 1))
 
 
+def use_fast_path(threads: int | None = None) -> bool:
+    """Set this process up for training speed exactly as ``purenn train`` does.
+
+    Call it once at the top of a training script. It applies :func:`retain_freed_memory` (the
+    process keeps its peak resident memory, and other libraries in the process share the
+    setting, so purenn does not do it on import) and, if ``threads`` is given, limits BLAS and
+    purenn's batch-parallel work to that many threads (by default both use every core, as in
+    ``purenn train`` without ``--threads``).
+
+    Returns:
+        Whether the allocator setting was applied (False off Linux/glibc).
+    """
+    retained = retain_freed_memory()
+    if threads is not None:
+        # Imported here, so that `import purenn` needs only NumPy and Pillow.
+        from threadpoolctl import threadpool_limits
+
+        parallel.set_num_threads(threads)  # checks the value first
+        threadpool_limits(parallel.num_threads())
+    return retained
+
+
 @contextlib.contextmanager
 def limit_threads(threads: int | None) -> Iterator[None]:
     """Within the block, BLAS and purenn's own batch-parallel work use ``threads`` threads.
@@ -54,6 +74,8 @@ def limit_threads(threads: int | None) -> Iterator[None]:
     if threads is None:
         yield
         return
+    from threadpoolctl import threadpool_limits
+
     previous = parallel.num_threads()
     parallel.set_num_threads(threads)
     try:

@@ -75,6 +75,34 @@ CASES = [
         lambda: weight_normed(torch_nn().Conv2d(2, 3, 3, padding=1)),
         (2, 2, 5, 5),
     ),
+    # Winograd F(2x2, 3x3): even and odd sizes (cropped last tiles), one-pixel input (all
+    # padding), no bias, weight norm; the selector would pick im2col for so few channels.
+    (
+        "conv-winograd-even",
+        lambda d: pn.Conv2D(3, 4, 3, padding=1, algorithm="winograd", rng=7, dtype=d),
+        lambda: torch_nn().Conv2d(3, 4, 3, padding=1),
+        (2, 3, 6, 8),
+    ),
+    (
+        "conv-winograd-odd",
+        lambda d: pn.Conv2D(2, 3, 3, padding="same", algorithm="winograd", rng=8, dtype=d),
+        lambda: torch_nn().Conv2d(2, 3, 3, padding=1),
+        (2, 2, 7, 5),
+    ),
+    (
+        "conv-winograd-1x1-input",
+        lambda d: pn.Conv2D(2, 2, 3, padding=1, bias=False, algorithm="winograd", rng=9, dtype=d),
+        lambda: torch_nn().Conv2d(2, 2, 3, padding=1, bias=False),
+        (3, 2, 1, 1),
+    ),
+    (
+        "conv-winograd-weightnorm",
+        lambda d: pn.Conv2D(
+            2, 3, 3, padding=1, weight_norm=True, algorithm="winograd", rng=10, dtype=d
+        ),
+        lambda: weight_normed(torch_nn().Conv2d(2, 3, 3, padding=1)),
+        (2, 2, 5, 6),
+    ),
     (
         "maxpool2",
         lambda d: pn.MaxPool2D(2),
