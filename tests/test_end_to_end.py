@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from small_models import two_conv_cnn
 
 import purenn as pn
 
@@ -13,18 +14,7 @@ def test_small_cnn_training_matches_torch_step_by_step():
     nn = torch.nn
     torch.manual_seed(0)
     rng = np.random.default_rng(0)
-    model = pn.Sequential(
-        [
-            pn.Conv2D(3, 8, 3, padding=1, rng=rng),
-            pn.ReLU(),
-            pn.MaxPool2D(2),
-            pn.Conv2D(8, 16, 3, padding=1, rng=rng),
-            pn.ReLU(),
-            pn.MaxPool2D(2),
-            pn.Flatten(),
-            pn.Dense(16 * 4 * 4, 5, init="glorot", rng=rng),
-        ]
-    )
+    model = two_conv_cnn(5, 16, rng)
     reference = nn.Sequential(
         nn.Conv2d(3, 8, 3, padding=1),
         nn.ReLU(),

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from small_models import two_conv_cnn
 
 import purenn as pn
 from purenn.data import channel_stats, load_image, normalize_batch, scan_image_folder
@@ -35,19 +36,7 @@ def test_blanking_the_top_grad_cam_pixels_hurts_more_than_blanking_random_ones()
     x = normalize_batch(pixels, mean, std)
 
     rng = np.random.default_rng(0)
-    model = pn.Sequential(
-        [
-            pn.Conv2D(3, 8, 3, padding=1, rng=rng),
-            pn.ReLU(),
-            pn.MaxPool2D(2),
-            pn.Conv2D(8, 16, 3, padding=1, rng=rng),
-            pn.ReLU(),
-            pn.MaxPool2D(2),
-            pn.Flatten(),
-            pn.Dense(16 * 8 * 8, CLASSES, init="glorot", rng=rng),
-        ],
-        input_shape=(3, SIZE, SIZE),
-    )
+    model = two_conv_cnn(CLASSES, SIZE, rng)
     optimizer = pn.Adam(model.parameters(), lr=2e-3)
     loss_fn = pn.SoftmaxCrossEntropy()
     train = np.flatnonzero(~test)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+from small_models import two_conv_cnn
 
 import purenn as pn
 from purenn.explain import grad_cam
@@ -39,19 +40,7 @@ def quadrant_masks() -> np.ndarray:
 
 def test_grad_cam_mass_lies_in_the_evidence_quadrant_of_each_class():
     rng = np.random.default_rng(0)
-    model = pn.Sequential(
-        [
-            pn.Conv2D(3, 8, 3, padding=1, rng=rng),
-            pn.ReLU(),
-            pn.MaxPool2D(2),
-            pn.Conv2D(8, 16, 3, padding=1, rng=rng),
-            pn.ReLU(),
-            pn.MaxPool2D(2),
-            pn.Flatten(),
-            pn.Dense(16 * 8 * 8, len(COLOURS), init="glorot", rng=rng),
-        ],
-        input_shape=(3, SIZE, SIZE),
-    )
+    model = two_conv_cnn(len(COLOURS), SIZE, rng)
     # Decoupled weight decay removes the part of the classifier weights shared by all classes:
     # the softmax ignores it, but a class logit's Grad-CAM would show it as a uniform haze.
     optimizer = pn.AdamW(model.parameters(), lr=3e-3, weight_decay=3.0)

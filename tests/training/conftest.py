@@ -69,6 +69,23 @@ def tiny_args(cache_dir) -> list[str]:
     return [*TINY_ARGS, "--cache-dir", str(cache_dir)]
 
 
+@pytest.fixture(scope="session")
+def checkpointing_run_args(colour_folder, tiny_args):
+    """``checkpointing_run_args(epochs)``: a tiny ``train`` command line with augmentation x2, a
+    half-epoch warmup, a checkpoint every 2 steps and no early stopping (for resume tests)."""
+
+    def run_args(epochs: int) -> list:
+        args = list(tiny_args)
+        args[args.index("--augment-factor") + 1] = "2"
+        args[args.index("--warmup-epochs") + 1] = "0.5"
+        return [
+            "train", colour_folder, *args, "--epochs", str(epochs), "--checkpoint-steps", "2",
+            "--patience", "0",
+        ]  # fmt: skip
+
+    return run_args
+
+
 @pytest.fixture
 def cli(capsys):
     """``cli(*args) -> Outcome(code, out, err)``: run ``purenn`` in this process."""

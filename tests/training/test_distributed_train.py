@@ -28,14 +28,8 @@ RUN_FILES = {
 
 
 @pytest.fixture(scope="module")
-def run_args(colour_folder, tiny_args):
-    args = list(tiny_args)
-    args[args.index("--augment-factor") + 1] = "2"
-    args[args.index("--warmup-epochs") + 1] = "0.5"
-    return [
-        "train", colour_folder, *args, "--epochs", "3", "--checkpoint-steps", "2",
-        "--patience", "0",
-    ]  # fmt: skip
+def run_args(checkpointing_run_args):
+    return checkpointing_run_args(3)
 
 
 @pytest.fixture(scope="module")
