@@ -23,7 +23,7 @@ from purenn.explain import cli as explain_cli
 from purenn.export.cli import add_parser as add_export_parser
 from purenn.presets import PRESETS, build_preset
 from purenn.runtime import limit_threads
-from purenn.serialization import load_model
+from purenn.serialization import load_model, model_file
 from purenn.serve import cli as serve_cli
 from purenn.training import (
     NonFiniteLossError,
@@ -46,7 +46,7 @@ from purenn.training.config import (
 )
 from purenn.training.evaluation import SPLIT_CHOICES, default_eval_dir, describe_scored
 from purenn.training.metrics import format_report
-from purenn.training.prediction import format_predictions, model_file
+from purenn.training.prediction import format_predictions
 from purenn.training.progress import plural
 from purenn.training.rundir import RunDir
 

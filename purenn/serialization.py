@@ -183,6 +183,26 @@ def model_header(fmt: str, model: Sequential, metadata: dict) -> dict:
 
 
 # -- models --------------------------------------------------------------------------------------
+BEST_FILE = "best.npz"
+
+
+def model_file(path: str | Path, flag: str = "MODEL") -> Path:
+    """A model file path; a run folder stands for its ``best.npz``.
+
+    Raises:
+        ModelFileError: a folder without ``best.npz``, or a missing path (naming ``flag``).
+    """
+    path = Path(path).expanduser()
+    if path.is_dir():
+        if (path / BEST_FILE).is_file():
+            return path / BEST_FILE
+        raise ModelFileError(
+            f"{flag} {path} is a folder without {BEST_FILE}; pass a model file "
+            "(.npz or .safetensors) or a finished run folder"
+        )
+    return path
+
+
 def save_model(
     path: str | Path,
     model: Sequential,

@@ -13,7 +13,7 @@ from purenn.explain.methods import METHODS, explain
 from purenn.explain.overlay import render, write_png
 from purenn.explain.photo import REQUIRED_METADATA, class_index
 from purenn.runtime import limit_threads
-from purenn.serialization import load_model
+from purenn.serialization import load_model, model_file
 
 # Each panel (photo, overlay) of a written PNG is at least this many pixels high.
 MIN_PANEL = 256
@@ -82,7 +82,7 @@ def _output_names(files: list[Path], method: str) -> list[str]:
 
 def run(args: argparse.Namespace, progress) -> int:
     """The ``explain`` command: decode every image first, then explain and write in batches."""
-    model, meta = load_model(args.model, require=REQUIRED_METADATA)
+    model, meta = load_model(model_file(args.model), require=REQUIRED_METADATA)
     target = None
     if args.target is not None:  # a class name, else an index
         name_or_index = args.target

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from purenn.export.onnx import OPSET, ExportError, export_onnx
 from purenn.export.safetensors import save_safetensors
-from purenn.serialization import load_model
+from purenn.serialization import load_model, model_file
 
 SUFFIXES = (".onnx", ".safetensors")
 # Header entries that describe the file, not the model (a checkpoint's "state" stays behind).
@@ -25,7 +25,7 @@ def _cmd_export(args: argparse.Namespace, progress) -> int:
         )
     if not out.absolute().parent.is_dir():
         raise ExportError(f"the folder of OUT does not exist: {out.absolute().parent}")
-    model, header = load_model(args.model)
+    model, header = load_model(model_file(args.model))
     metadata = {k: v for k, v in header.items() if k not in FILE_KEYS}
     if suffix == ".onnx":
         export_onnx(model, out, metadata)

@@ -13,7 +13,7 @@ from purenn.data import decode_image_bytes
 from purenn.data.decode import MAX_SIDE, MAX_UPLOAD_PIXELS
 from purenn.inference import INFERENCE_KEYS, class_probabilities
 from purenn.model import Sequential
-from purenn.serialization import load_model
+from purenn.serialization import load_model, model_file
 
 REPORT_FILE = "report.json"  # written by ``purenn train`` beside best.npz (the test split)
 
@@ -46,7 +46,7 @@ class ServedModel:
     @classmethod
     def load(cls, path: str | Path, max_pixels: int = MAX_UPLOAD_PIXELS) -> ServedModel:
         """Read ``path`` (never with pickle); ModelFileError if it cannot classify images."""
-        path = Path(path)
+        path = model_file(path)
         model, meta = load_model(path, require=INFERENCE_KEYS)
         return cls(path, model, meta, file_sha256(path), _test_accuracy(path), max_pixels)
 

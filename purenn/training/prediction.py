@@ -10,26 +10,7 @@ from purenn.checks import check_int
 from purenn.data import DataError, collect_images
 from purenn.data.decode import try_decode
 from purenn.inference import INFERENCE_KEYS, class_probabilities, top_classes
-from purenn.serialization import ModelFileError, load_model
-
-BEST_FILE = "best.npz"
-
-
-def model_file(path: str | Path, flag: str = "MODEL") -> Path:
-    """A model file path; a run folder stands for its ``best.npz``.
-
-    Raises:
-        ModelFileError: a folder without ``best.npz``, or a missing path (naming ``flag``).
-    """
-    path = Path(path).expanduser()
-    if path.is_dir():
-        if (path / BEST_FILE).is_file():
-            return path / BEST_FILE
-        raise ModelFileError(
-            f"{flag} {path} is a folder without {BEST_FILE}; pass a model file (.npz) or a "
-            "finished run folder"
-        )
-    return path
+from purenn.serialization import load_model, model_file
 
 
 def predict(

@@ -21,9 +21,8 @@ from purenn.data import DataError
 from purenn.layers import Dense
 from purenn.model import Sequential
 from purenn.presets import build_preset
-from purenn.serialization import load_model
+from purenn.serialization import load_model, model_file
 from purenn.training.config import ConfigError, TrainConfig
-from purenn.training.prediction import model_file
 
 
 @dataclass
