@@ -1,0 +1,106 @@
+"""``POST /api/explain``: what the model looked at in an uploaded photo (Grad-CAM or saliency).
+
+The answer is the overlay PNG (the photo tinted by the heat map, see :mod:`purenn.explain`), the
+class explained and its probability in response headers, as an image endpoint of BentoML or
+TorchServe answers the image itself. The upload is checked and decoded by the code that checks
+``/api/predict`` uploads (:mod:`purenn.data.decode`); nothing is stored. The explanation runs a
+backward pass through the model's layers, so it runs on the inference thread through
+``batcher.call`` (never during a forward pass), and the queue bound of predictions applies.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Annotated, Literal
+from urllib.parse import quote
+
+import numpy as np
+from fastapi import APIRouter, File, Query, Request, UploadFile
+from fastapi.responses import Response
+from PIL import Image
+from starlette.concurrency import run_in_threadpool
+
+from purenn.data import DataError
+from purenn.data.decode import decode_photo_bytes
+from purenn.explain.methods import ExplainError
+from purenn.explain.photo import class_index, explain_photo
+from purenn.serve.app import EXPLAIN_PATH, RETRY_AFTER_SECONDS, _error
+from purenn.serve.batcher import BatcherStopped, QueueFull
+from purenn.serve.model import ServedModel
+
+# A larger photo is scaled down to this many pixels on its longer side before it is explained:
+# the overlay is for a screen, and a 12-megapixel overlay would hold the inference thread for
+# seconds (upsampling, tinting and PNG-encoding every pixel).
+MAX_OVERLAY_SIDE = 1024
+
+HEADERS_DOC = (
+    "The overlay PNG at the photo's size (scaled down to 1,024 pixels on its longer side when "
+    "larger). Headers: `X-Class` (the class explained, percent-encoded UTF-8), `X-Class-Index`, "
+    "`X-Probability` (the model's probability of that class), `X-Predicted` (the predicted "
+    'class, percent-encoded), `X-Method`. Errors are JSON `{"error": ...}` as for /api/predict.'
+)
+
+router = APIRouter()
+
+
+def overlay_photo(data: bytes, served: ServedModel) -> np.ndarray:
+    """Uploaded bytes -> uint8 ``(H, W, 3)`` photo to draw on (longer side <= the cap)."""
+    photo = decode_photo_bytes(data, served.max_pixels, served.max_side)
+    height, width = photo.shape[:2]
+    scale = MAX_OVERLAY_SIDE / max(height, width)
+    if scale >= 1:
+        return photo
+    size = (max(1, round(width * scale)), max(1, round(height * scale)))
+    resized = Image.fromarray(photo).resize(size, Image.Resampling.BILINEAR, reducing_gap=None)
+    return np.asarray(resized)
+
+
+@router.post(
+    EXPLAIN_PATH,
+    summary="What the model looked at: the heat-map overlay as PNG (multipart field 'file')",
+    response_class=Response,
+    responses={200: {"content": {"image/png": {}}, "description": HEADERS_DOC}},
+)
+async def explain(
+    request: Request,
+    file: Annotated[UploadFile, File(description="the photo (JPEG, PNG, WebP, ...)")],
+    method: Annotated[
+        Literal["gradcam", "saliency"], Query(description="Grad-CAM (default) or saliency")
+    ] = "gradcam",
+    target: Annotated[
+        str | None,
+        Query(alias="class", description="the class to explain (default: the predicted one)"),
+    ] = None,
+) -> Response:
+    state = request.app.state
+    served: ServedModel = state.served
+    if target is not None:
+        try:
+            class_index(served.meta, target)
+        except ExplainError as err:
+            raise _error(422, str(err)) from None
+    data = await file.read()
+    try:
+        photo = await run_in_threadpool(overlay_photo, data, served)
+    except DataError as err:
+        raise _error(400, f"{file.filename or 'upload'}: {err}") from None
+    try:
+        future = state.batcher.call(
+            lambda: explain_photo(served.model, served.meta, photo, method, target)
+        )
+    except QueueFull:
+        raise _error(
+            503, "the server is busy: try again", {"Retry-After": str(RETRY_AFTER_SECONDS)}
+        ) from None
+    except BatcherStopped as err:
+        raise _error(503, str(err)) from None
+    result = await asyncio.wrap_future(future)
+    headers = {
+        "X-Class": quote(result.class_name),
+        "X-Class-Index": str(result.class_index),
+        "X-Probability": repr(result.probability),
+        "X-Predicted": quote(result.predicted),
+        "X-Method": method,
+        "Cache-Control": "no-store",
+    }
+    return Response(result.png, media_type="image/png", headers=headers)

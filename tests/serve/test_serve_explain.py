@@ -1,0 +1,123 @@
+"""``POST /api/explain`` in process: the overlay PNG, its headers, bad input, nothing stored."""
+
+from __future__ import annotations
+
+import io
+import threading
+from urllib.parse import unquote
+
+import numpy as np
+import pytest
+from PIL import Image
+from serve_helpers import CLASSES, image_bytes
+from test_serve_api import BAD_UPLOADS, _bomb, post_image
+
+from purenn.explain.photo import explain_photo
+from purenn.serialization import load_model
+
+SIZE = (40, 30)  # the photos' width x height
+
+
+def post_explain(client, data: bytes, name: str = "leaf.png", **params):
+    return client.post("/api/explain", files={"file": (name, data)}, params=params)
+
+
+def stored_nothing(client, settings) -> bool:
+    images = settings.store_images
+    no_files = not images.exists() or not any(p.is_file() for p in images.rglob("*"))
+    return no_files and client.get("/api/diagnoses").json()["items"] == []
+
+
+@pytest.mark.parametrize("method", ["gradcam", "saliency"])
+def test_explain_answers_the_overlay_png_of_explain_photo(client, model_file, settings, method):
+    data = image_bytes(5, size=SIZE)
+    r = post_explain(client, data, method=method)
+    assert r.status_code == 200, r.text
+    assert r.headers["content-type"] == "image/png" and r.headers["x-method"] == method
+    assert Image.open(io.BytesIO(r.content)).size == SIZE
+    model, meta = load_model(model_file)
+    photo = np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
+    expected = explain_photo(model, meta, photo, method)
+    assert r.content == expected.png
+    assert unquote(r.headers["x-class"]) == expected.class_name == expected.predicted
+    assert int(r.headers["x-class-index"]) == expected.class_index
+    assert float(r.headers["x-probability"]) == pytest.approx(expected.probability, rel=1e-12)
+    # The predicted class is the one /api/predict gives for this photo.
+    predicted = client.post("/api/predict", files={"file": ("a.png", data)}).json()
+    assert predicted["predictions"][0]["class"] == expected.predicted
+
+
+def test_explain_a_chosen_class_and_store_nothing(client, settings):
+    data = image_bytes(6, size=SIZE)
+    for index, name in enumerate(CLASSES):  # "Leaf, spot (grey)" needs percent-encoding
+        r = post_explain(client, data, **{"class": name})
+        assert r.status_code == 200, r.text
+        assert unquote(r.headers["x-class"]) == name and r.headers["x-class-index"] == str(index)
+    overlays = {post_explain(client, data, **{"class": n}).content for n in CLASSES}
+    assert len(overlays) == len(CLASSES)  # a different map per class
+    assert stored_nothing(client, settings)
+    metrics = client.get("/metrics").text
+    assert 'endpoint="/api/explain",status="200"' in metrics
+
+
+@pytest.mark.parametrize("name", sorted(BAD_UPLOADS))
+def test_explain_bad_uploads_answer_400_as_predict_does(client, settings, name):
+    data, message = BAD_UPLOADS[name]
+    r = post_explain(client, data, "photo.jpg")
+    assert r.status_code == 400, r.text
+    assert message in r.json()["error"] and "photo.jpg" in r.json()["error"]
+    assert r.json() == post_image(client, data, "photo.jpg").json()  # the same check, same words
+    assert stored_nothing(client, settings)
+
+
+def test_explain_refuses_a_bomb_before_decoding(client, settings, monkeypatch):
+    from PIL import ImageFile
+
+    decoded = []
+    monkeypatch.setattr(ImageFile.ImageFile, "load", lambda self: decoded.append(1))
+    r = post_explain(client, _bomb(), "bomb.png")
+    assert r.status_code == 400 and "too large" in r.json()["error"] and decoded == []
+
+
+def test_explain_other_bad_requests_are_4xx_json(client, settings):
+    cases = [
+        (post_explain(client, b"x" * (settings.max_upload_bytes + 1)), 413, "upload too large"),
+        (client.post("/api/explain", data={"other": "1"}), 422, "missing form field 'file'"),
+        (post_explain(client, image_bytes(1), method="lime"), 422, "method"),
+        (post_explain(client, image_bytes(1), **{"class": "Leaf_mildew"}), 422, "unknown class"),
+    ]
+    for r, status, words in cases:
+        assert r.status_code == status, (words, r.text)
+        assert words in r.json()["error"], r.json()
+    assert stored_nothing(client, settings)
+    metrics = client.get("/metrics").text
+    for status in ("413", "422"):
+        assert f'endpoint="/api/explain",status="{status}"' in metrics
+
+
+def test_explain_large_photo_is_scaled_down_for_the_overlay(client):
+    buffer = io.BytesIO()
+    Image.linear_gradient("L").resize((2048, 512)).convert("RGB").save(buffer, "PNG")
+    r = post_explain(client, buffer.getvalue())
+    assert r.status_code == 200, r.text
+    assert Image.open(io.BytesIO(r.content)).size == (1024, 256)
+
+
+def test_explain_runs_between_passes_and_the_queue_bound_applies(client):
+    state = client.app.state
+    release, started = threading.Event(), threading.Event()
+
+    def hold():
+        started.set()
+        release.wait(30)
+
+    state.batcher.call(hold)  # occupies the inference thread
+    assert started.wait(30)
+    for _ in range(state.batcher.max_queue):
+        state.batcher.call(lambda: None)
+    try:
+        r = post_explain(client, image_bytes(9))
+        assert r.status_code == 503 and r.headers["retry-after"] == "1"
+    finally:
+        release.set()
+    assert post_explain(client, image_bytes(9)).status_code == 200
