@@ -28,7 +28,7 @@ from purenn.serve.app import EXPLAIN_PATH, RETRY_AFTER_SECONDS, _error
 from purenn.serve.batcher import BatcherStopped, QueueFull
 from purenn.serve.model import ServedModel
 
-# A larger photo is scaled down to this many pixels on its longer side before it is explained:
+# A larger photo is scaled down to this many pixels on its longer side for the overlay:
 # the overlay is for a screen, and a 12-megapixel overlay would hold the inference thread for
 # seconds (upsampling, tinting and PNG-encoding every pixel).
 MAX_OVERLAY_SIDE = 1024
@@ -43,16 +43,26 @@ HEADERS_DOC = (
 router = APIRouter()
 
 
-def overlay_photo(data: bytes, served: ServedModel) -> np.ndarray:
-    """Uploaded bytes -> uint8 ``(H, W, 3)`` photo to draw on (longer side <= the cap)."""
+def decode_upload(data: bytes, served: ServedModel) -> tuple[np.ndarray, np.ndarray]:
+    """Uploaded bytes -> (photo to draw on, model input).
+
+    The model input is what ``/api/predict`` gives the model for these bytes (the same call), so
+    the class and probability explained are the ones the prediction shows. The photo is the
+    upload at its own size, scaled down to ``MAX_OVERLAY_SIDE`` on its longer side when larger:
+    uint8 ``(H, W, 3)``.
+
+    Raises:
+        DataError: as ``/api/predict`` for the same bytes.
+    """
+    pixels = served.prepare(data)
     photo = decode_photo_bytes(data, served.max_pixels, served.max_side)
     height, width = photo.shape[:2]
     scale = MAX_OVERLAY_SIDE / max(height, width)
-    if scale >= 1:
-        return photo
-    size = (max(1, round(width * scale)), max(1, round(height * scale)))
-    resized = Image.fromarray(photo).resize(size, Image.Resampling.BILINEAR, reducing_gap=None)
-    return np.asarray(resized)
+    if scale < 1:
+        size = (max(1, round(width * scale)), max(1, round(height * scale)))
+        image = Image.fromarray(photo).resize(size, Image.Resampling.BILINEAR, reducing_gap=None)
+        photo = np.asarray(image)
+    return photo, pixels
 
 
 @router.post(
@@ -81,12 +91,12 @@ async def explain(
             raise _error(422, str(err)) from None
     data = await file.read()
     try:
-        photo = await run_in_threadpool(overlay_photo, data, served)
+        photo, pixels = await run_in_threadpool(decode_upload, data, served)
     except DataError as err:
         raise _error(400, f"{file.filename or 'upload'}: {err}") from None
     try:
         future = state.batcher.call(
-            lambda: explain_photo(served.model, served.meta, photo, method, target)
+            lambda: explain_photo(served.model, served.meta, photo, method, target, pixels=pixels)
         )
     except QueueFull:
         raise _error(

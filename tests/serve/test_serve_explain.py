@@ -9,13 +9,15 @@ from urllib.parse import unquote
 import numpy as np
 import pytest
 from PIL import Image
-from serve_helpers import CLASSES, image_bytes
+from serve_helpers import CLASSES, IMAGE_SIZE, image_bytes
 from test_serve_api import BAD_UPLOADS, _bomb, post_image
 
+from purenn.data import decode_image_bytes
+from purenn.data.decode import square_chw
 from purenn.explain.photo import explain_photo
 from purenn.serialization import load_model
 
-SIZE = (40, 30)  # the photos' width x height
+SIZE = (80, 64)  # the photos' width x height (a JPEG this size is decoded at 1/4 scale)
 
 
 def post_explain(client, data: bytes, name: str = "leaf.png", **params):
@@ -29,22 +31,26 @@ def stored_nothing(client, settings) -> bool:
 
 
 @pytest.mark.parametrize("method", ["gradcam", "saliency"])
-def test_explain_answers_the_overlay_png_of_explain_photo(client, model_file, settings, method):
-    data = image_bytes(5, size=SIZE)
-    r = post_explain(client, data, method=method)
+def test_explain_answers_the_overlay_png_of_explain_photo(client, model_file, method):
+    data = image_bytes(5, "JPEG", size=SIZE)
+    r = post_explain(client, data, "leaf.jpg", method=method)
     assert r.status_code == 200, r.text
     assert r.headers["content-type"] == "image/png" and r.headers["x-method"] == method
     assert Image.open(io.BytesIO(r.content)).size == SIZE
     model, meta = load_model(model_file)
     photo = np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
-    expected = explain_photo(model, meta, photo, method)
+    pixels = decode_image_bytes(data, IMAGE_SIZE)  # what /api/predict gives the model
+    assert not np.array_equal(pixels, square_chw(Image.fromarray(photo), IMAGE_SIZE))
+    expected = explain_photo(model, meta, photo, method, pixels=pixels)
     assert r.content == expected.png
     assert unquote(r.headers["x-class"]) == expected.class_name == expected.predicted
+    assert unquote(r.headers["x-predicted"]) == expected.predicted
     assert int(r.headers["x-class-index"]) == expected.class_index
     assert float(r.headers["x-probability"]) == pytest.approx(expected.probability, rel=1e-12)
-    # The predicted class is the one /api/predict gives for this photo.
-    predicted = client.post("/api/predict", files={"file": ("a.png", data)}).json()
-    assert predicted["predictions"][0]["class"] == expected.predicted
+    # The class and probability explained are the ones /api/predict shows for this photo.
+    top = post_image(client, data, "leaf.jpg").json()["predictions"][0]
+    assert top["class"] == expected.class_name
+    assert top["probability"] == pytest.approx(expected.probability, rel=1e-6)
 
 
 def test_explain_a_chosen_class_and_store_nothing(client, settings):
