@@ -33,12 +33,19 @@ from purenn.serve.model import ServedModel
 # seconds (upsampling, tinting and PNG-encoding every pixel).
 MAX_OVERLAY_SIDE = 1024
 
-HEADERS_DOC = (
+RESPONSE_HEADERS = {
+    "X-Class": "the class explained, percent-encoded UTF-8",
+    "X-Class-Index": "its index in the model's class names",
+    "X-Probability": "the model's probability of that class for this photo",
+    "X-Predicted": "the predicted class, percent-encoded UTF-8",
+    "X-Method": "gradcam or saliency",
+}
+RESPONSE_DOC = (
     "The overlay PNG at the photo's size (scaled down to 1,024 pixels on its longer side when "
-    "larger). Headers: `X-Class` (the class explained, percent-encoded UTF-8), `X-Class-Index`, "
-    "`X-Probability` (the model's probability of that class), `X-Predicted` (the predicted "
-    'class, percent-encoded), `X-Method`. Errors are JSON `{"error": ...}` as for /api/predict.'
+    "larger); the class explained and its probability are in the headers. Errors are JSON "
+    '`{"error": ...}` as for /api/predict.'
 )
+
 
 router = APIRouter()
 
@@ -69,7 +76,16 @@ def decode_upload(data: bytes, served: ServedModel) -> tuple[np.ndarray, np.ndar
     EXPLAIN_PATH,
     summary="What the model looked at: the heat-map overlay as PNG (multipart field 'file')",
     response_class=Response,
-    responses={200: {"content": {"image/png": {}}, "description": HEADERS_DOC}},
+    responses={
+        200: {
+            "content": {"image/png": {}},
+            "description": RESPONSE_DOC,
+            "headers": {
+                name: {"description": text, "schema": {"type": "string"}}
+                for name, text in RESPONSE_HEADERS.items()
+            },
+        }
+    },
 )
 async def explain(
     request: Request,

@@ -127,3 +127,10 @@ def test_explain_runs_between_passes_and_the_queue_bound_applies(client):
     finally:
         release.set()
     assert post_explain(client, image_bytes(9)).status_code == 200
+
+
+def test_openapi_describes_the_png_and_its_headers(client):
+    spec = client.get("/openapi.json").json()["paths"]["/api/explain"]["post"]
+    answer = spec["responses"]["200"]
+    assert "image/png" in answer["content"] and "X-Probability" in answer["headers"]
+    assert {p["name"] for p in spec["parameters"]} == {"method", "class"}
