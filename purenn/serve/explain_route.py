@@ -6,11 +6,13 @@ TorchServe answers the image itself. The upload is checked and decoded by the co
 ``/api/predict`` uploads (:mod:`purenn.data.decode`); nothing is stored. The explanation runs a
 backward pass through the model's layers, so it runs on the inference thread through
 ``batcher.call`` (never during a forward pass), and the queue bound of predictions applies.
+``POST /api/diagnoses/{id}/explain`` does the same for a diagnosis whose image this server stored.
 """
 
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 from typing import Annotated, Literal
 from urllib.parse import quote
 
@@ -26,6 +28,7 @@ from purenn.explain.methods import ExplainError
 from purenn.explain.photo import class_index, explain_photo
 from purenn.serve.app import EXPLAIN_PATH, RETRY_AFTER_SECONDS, _error
 from purenn.serve.batcher import BatcherStopped, QueueFull
+from purenn.serve.images import ImageStore
 from purenn.serve.model import ServedModel
 
 # A larger photo is scaled down to this many pixels on its longer side for the overlay:
@@ -72,44 +75,89 @@ def decode_upload(data: bytes, served: ServedModel) -> tuple[np.ndarray, np.ndar
     return photo, pixels
 
 
+PNG_RESPONSES = {
+    200: {
+        "content": {"image/png": {}},
+        "description": RESPONSE_DOC,
+        "headers": {
+            name: {"description": text, "schema": {"type": "string"}}
+            for name, text in RESPONSE_HEADERS.items()
+        },
+    }
+}
+Method = Annotated[
+    Literal["gradcam", "saliency"], Query(description="Grad-CAM (default) or saliency")
+]
+Target = Annotated[
+    str | None,
+    Query(alias="class", description="the class to explain (default: the predicted one)"),
+]
+
+
 @router.post(
     EXPLAIN_PATH,
     summary="What the model looked at: the heat-map overlay as PNG (multipart field 'file')",
     response_class=Response,
-    responses={
-        200: {
-            "content": {"image/png": {}},
-            "description": RESPONSE_DOC,
-            "headers": {
-                name: {"description": text, "schema": {"type": "string"}}
-                for name, text in RESPONSE_HEADERS.items()
-            },
-        }
-    },
+    responses=PNG_RESPONSES,
 )
 async def explain(
     request: Request,
     file: Annotated[UploadFile, File(description="the photo (JPEG, PNG, WebP, ...)")],
-    method: Annotated[
-        Literal["gradcam", "saliency"], Query(description="Grad-CAM (default) or saliency")
-    ] = "gradcam",
-    target: Annotated[
-        str | None,
-        Query(alias="class", description="the class to explain (default: the predicted one)"),
-    ] = None,
+    method: Method = "gradcam",
+    target: Target = None,
+) -> Response:
+    check_target(request.app.state.served, target)
+    data = await file.read()
+    return await explain_bytes(request.app.state, data, file.filename or "upload", method, target)
+
+
+@router.post(
+    "/api/diagnoses/{diagnosis_id}/explain",
+    summary="The overlay PNG of a diagnosis whose image this server stored",
+    response_class=Response,
+    responses=PNG_RESPONSES,
+)
+async def explain_diagnosis(
+    request: Request, diagnosis_id: int, method: Method = "gradcam", target: Target = None
 ) -> Response:
     state = request.app.state
-    served: ServedModel = state.served
+    check_target(state.served, target)
+    found = await run_in_threadpool(state.store.get, diagnosis_id)
+    if found is None:
+        raise _error(404, f"no diagnosis with id {diagnosis_id}")
+    path = stored_image(state.images, found.image_path)
+    if path is None:
+        raise _error(404, f"the image of diagnosis {diagnosis_id} is not stored on this server")
+    data = await run_in_threadpool(path.read_bytes)
+    return await explain_bytes(state, data, f"diagnosis {diagnosis_id}", method, target)
+
+
+def check_target(served: ServedModel, target: str | None) -> None:
+    """422 naming the model's classes when ``target`` is not one of them."""
     if target is not None:
         try:
             class_index(served.meta, target)
         except ExplainError as err:
             raise _error(422, str(err)) from None
-    data = await file.read()
+
+
+def stored_image(images: ImageStore | None, image_path: str | None) -> Path | None:
+    """The stored file of a diagnosis when it is a file of this server's image folder."""
+    if images is None or image_path is None:
+        return None
+    path = Path(image_path)
+    # A history shared with other servers (PostgreSQL) may name files of another machine.
+    inside = path.resolve().parent == images.root.resolve()
+    return path if inside and path.is_file() else None
+
+
+async def explain_bytes(state, data: bytes, name: str, method: str, target: str | None) -> Response:
+    """Decode ``data``, explain it on the inference thread, answer the PNG with its headers."""
+    served: ServedModel = state.served
     try:
         photo, pixels = await run_in_threadpool(decode_upload, data, served)
     except DataError as err:
-        raise _error(400, f"{file.filename or 'upload'}: {err}") from None
+        raise _error(400, f"{name}: {err}") from None
     try:
         future = state.batcher.call(
             lambda: explain_photo(served.model, served.meta, photo, method, target, pixels=pixels)

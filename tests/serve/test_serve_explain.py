@@ -134,3 +134,20 @@ def test_openapi_describes_the_png_and_its_headers(client):
     answer = spec["responses"]["200"]
     assert "image/png" in answer["content"] and "X-Probability" in answer["headers"]
     assert {p["name"] for p in spec["parameters"]} == {"method", "class"}
+
+
+def test_explain_a_stored_diagnosis(client, settings):
+    data = image_bytes(11, "JPEG", size=SIZE)
+    diagnosis = post_image(client, data, "leaf.jpg").json()
+    r = client.post(f"/api/diagnoses/{diagnosis['id']}/explain", params={"method": "saliency"})
+    assert r.status_code == 200, r.text
+    assert r.content == post_explain(client, data, "leaf.jpg", method="saliency").content
+    assert unquote(r.headers["x-class"]) == diagnosis["predictions"][0]["class"]
+    assert client.post("/api/diagnoses/999/explain").status_code == 404
+    r = client.post(f"/api/diagnoses/{diagnosis['id']}/explain", params={"class": "nope"})
+    assert r.status_code == 422
+    stored = next(settings.store_images.glob("*.jpg"))
+    stored.unlink()  # the file is gone (or the history names another machine's file)
+    r = client.post(f"/api/diagnoses/{diagnosis['id']}/explain")
+    assert r.status_code == 404 and "not stored on this server" in r.json()["error"]
+    assert len(client.get("/api/diagnoses").json()["items"]) == 1  # explaining adds no row
