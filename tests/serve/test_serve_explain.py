@@ -151,3 +151,28 @@ def test_explain_a_stored_diagnosis(client, settings):
     r = client.post(f"/api/diagnoses/{diagnosis['id']}/explain")
     assert r.status_code == 404 and "not stored on this server" in r.json()["error"]
     assert len(client.get("/api/diagnoses").json()["items"]) == 1  # explaining adds no row
+
+
+def test_explanations_among_concurrent_predictions_change_no_answer(client):
+    from concurrent.futures import ThreadPoolExecutor
+
+    photos = [image_bytes(20 + i, size=SIZE) for i in range(4)]
+    alone = [
+        (post_image(client, d).json()["predictions"], post_explain(client, d).content)
+        for d in photos
+    ]
+
+    def both(i: int):
+        return post_image(client, photos[i % 4]).json()["predictions"], post_explain(
+            client, photos[i % 4]
+        ).content
+
+    with ThreadPoolExecutor(8) as pool:
+        answers = list(pool.map(both, range(48), timeout=120))
+    for i, (predictions, png) in enumerate(answers):
+        expected, expected_png = alone[i % 4]
+        assert [p["class"] for p in predictions] == [p["class"] for p in expected]
+        np.testing.assert_allclose(
+            [p["probability"] for p in predictions], [p["probability"] for p in expected], 1e-5
+        )
+        assert png == expected_png
