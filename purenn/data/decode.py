@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import io
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -81,19 +83,46 @@ def decode_image_bytes(
 ) -> np.ndarray:
     """Decode an uploaded image held in memory exactly as :func:`decode_image` decodes a file.
 
-    Untrusted bytes are checked before any pixel is decoded: ``Image.open`` only reads the header,
-    so the width and height are known first, and an image above ``max_pixels`` pixels or
-    ``max_side`` pixels on a side (a decompression bomb: a few KB of PNG can declare 50,000 x
-    50,000 pixels) is refused before its pixels are decoded. Pillow's own bomb check
-    (``DecompressionBombError``, and ``DecompressionBombWarning`` where a server turned it into an
-    error with ``warnings.filterwarnings``) is refused too, and a truncated file fails (Pillow's
-    ``LOAD_TRUNCATED_IMAGES`` is left False).
+    Untrusted bytes are checked before any pixel is decoded (see :func:`_open_upload`).
 
     Returns:
         uint8 array of shape ``(3, image_size, image_size)``, RGB.
 
     Raises:
         DataError: empty, not an image, damaged or truncated, or too large; the message says which.
+    """
+    with _open_upload(data, max_pixels, max_side) as im:
+        return _decode_opened(im, image_size)
+
+
+def decode_photo_bytes(
+    data: bytes, max_pixels: int = MAX_UPLOAD_PIXELS, max_side: int = MAX_SIDE
+) -> np.ndarray:
+    """An uploaded image at its own size, checked as :func:`decode_image_bytes` checks it.
+
+    The EXIF orientation is applied and the mode converted to RGB as for training; nothing is
+    resized (this is the photo an explanation overlay is drawn on).
+
+    Returns:
+        uint8 array of shape ``(H, W, 3)``, RGB.
+
+    Raises:
+        DataError: as :func:`decode_image_bytes`.
+    """
+    with _open_upload(data, max_pixels, max_side) as im:
+        return np.asarray(_to_rgb(ImageOps.exif_transpose(im)))
+
+
+@contextmanager
+def _open_upload(data: bytes, max_pixels: int, max_side: int) -> Iterator[Image.Image]:
+    """The opened (not yet decoded) upload; any failure in the ``with`` body is a DataError.
+
+    ``Image.open`` only reads the header, so the width and height are known first, and an image
+    above ``max_pixels`` pixels or ``max_side`` pixels on a side (a decompression bomb: a few KB
+    of PNG can declare 50,000 x 50,000 pixels) is refused before its pixels are decoded. Pillow's
+    own bomb check (``DecompressionBombError``, and ``DecompressionBombWarning`` where a server
+    turned it into an error with ``warnings.filterwarnings``) is refused too, and a truncated
+    file fails (Pillow's ``LOAD_TRUNCATED_IMAGES`` is left False).
     """
     if not data:
         raise DataError("empty upload (0 bytes)")
@@ -105,7 +134,7 @@ def decode_image_bytes(
                     f"image of {width}x{height} pixels is too large (limit: {max_pixels:,} "
                     f"pixels and {max_side:,} pixels on a side)"
                 )
-            return _decode_opened(im, image_size)
+            yield im
     except DataError:
         raise
     except (Image.DecompressionBombWarning, Image.DecompressionBombError) as err:

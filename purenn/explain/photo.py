@@ -63,6 +63,7 @@ def explain_photo(
     method: str = "gradcam",
     target: int | str | None = None,
     smooth_samples: int = 0,
+    pixels: np.ndarray | None = None,
 ) -> PhotoExplanation:
     """Explain the model's decision on one photo.
 
@@ -79,6 +80,9 @@ def explain_photo(
         method: ``"gradcam"`` or ``"saliency"``.
         target: the class to explain (name or index); default the predicted class.
         smooth_samples: SmoothGrad samples for saliency (0: plain gradient).
+        pixels: the model's input already prepared from this photo, uint8 ``(3, S, S)`` (e.g.
+            by the decoder that served a prediction of it, which decodes a JPEG at reduced
+            scale); default: the photo resized as above.
 
     Returns:
         A :class:`PhotoExplanation`.
@@ -95,7 +99,14 @@ def explain_photo(
             f"photo must be uint8 RGB of shape (H, W, 3), received: {photo.dtype} {photo.shape}"
         )
     target = None if target is None else class_index(metadata, target)
-    pixels = square_chw(Image.fromarray(photo), metadata["image_size"])
+    size = metadata["image_size"]
+    if pixels is None:
+        pixels = square_chw(Image.fromarray(photo), size)
+    elif (pixels := np.asarray(pixels)).dtype != np.uint8 or pixels.shape != (3, size, size):
+        raise ExplainError(
+            f"pixels must be uint8 of shape (3, {size}, {size}), received: "
+            f"{pixels.dtype} {pixels.shape}"
+        )
     x = normalize_batch(pixels[None], metadata["mean"], metadata["std"])
     result = explain(model, x, method, target, smooth_samples=smooth_samples)
     heat = np.clip(upsample(result.maps, photo.shape[:2])[0], 0, 1)

@@ -44,6 +44,8 @@ from purenn.serve.store import Diagnosis, open_store
 
 PAGE_DIR = Path(__file__).with_name("page")
 PREDICT_PATH = "/api/predict"
+EXPLAIN_PATH = "/api/explain"  # the route is in purenn.serve.explain_route
+UPLOAD_PATHS = (PREDICT_PATH, EXPLAIN_PATH)
 RETRY_AFTER_SECONDS = 1
 
 
@@ -124,8 +126,8 @@ def create_app(settings: Settings) -> FastAPI:
         lifespan=lifespan,
     )
     app.state.metrics = metrics
-    app.add_middleware(UploadLimit, max_bytes=settings.max_upload_bytes, paths=(PREDICT_PATH,))
-    app.add_middleware(RequestMetrics, metrics=metrics, known_paths=(PREDICT_PATH,))
+    app.add_middleware(UploadLimit, max_bytes=settings.max_upload_bytes, paths=UPLOAD_PATHS)
+    app.add_middleware(RequestMetrics, metrics=metrics, known_paths=UPLOAD_PATHS)
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, err: StarletteHTTPException) -> JSONResponse:
@@ -253,4 +255,7 @@ def create_app(settings: Settings) -> FastAPI:
             raise _error(404, "no such thumbnail")
         return FileResponse(path, media_type="image/jpeg")
 
+    from purenn.serve.explain_route import router as explain_router  # it imports this module
+
+    app.include_router(explain_router)
     return app

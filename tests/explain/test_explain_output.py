@@ -12,6 +12,7 @@ from PIL import Image
 
 from purenn.cli import main
 from purenn.data import normalize_batch
+from purenn.data.decode import square_chw
 from purenn.explain import ExplainError, explain, explain_photo, overlay, render
 from purenn.explain.overlay import colormap_table
 from purenn.serialization import save_model
@@ -75,6 +76,20 @@ def test_explain_photo_prepares_the_photo_as_training_did(model_file):
         explain_photo(model, meta, photo[..., 0])
     with pytest.raises(ExplainError, match="lacks"):
         explain_photo(model, {"class_names": CLASSES}, photo)
+
+
+def test_explain_photo_with_prepared_pixels_explains_them(model_file):
+    _, model, meta = model_file
+    photo = _photo()
+    same = explain_photo(model, meta, photo, pixels=square_chw(Image.fromarray(photo), 16))
+    assert same == explain_photo(model, meta, photo)
+    other = np.ascontiguousarray(np.flip(square_chw(Image.fromarray(photo), 16), axis=2))
+    flipped = explain_photo(model, meta, photo, pixels=other)
+    x = normalize_batch(other[None], meta["mean"], meta["std"])
+    assert flipped.probability == pytest.approx(float(explain(model, x).probabilities.max()))
+    assert flipped.png != same.png
+    with pytest.raises(ExplainError, match=r"pixels must be uint8 of shape \(3, 16, 16\)"):
+        explain_photo(model, meta, photo, pixels=other[:, :8])
 
 
 def _write_images(folder, count):

@@ -1,14 +1,18 @@
 """The page in a real browser: Debian's chromium driven by Playwright against a uvicorn server.
 
 Opens the page at phone width, uploads a leaf photo (a real one from ../shared when present),
-reads the top class and the bars, sends feedback and sees it in the history. With
-``PURENN_SCREENSHOT=path`` (and ``PURENN_SCREENSHOT_MODEL=model.npz``) it also saves a
-screenshot; docs/img/serve-page.png was made so, with the trained PlantVillage model.
+reads the top class and the bars, sends feedback and sees it in the history, then turns on
+"Show what the model looked at" and sees the photo replaced by its overlay, and back. With
+``PURENN_SCREENSHOT=path`` and/or ``PURENN_SCREENSHOT_EXPLAIN=path`` (and
+``PURENN_SCREENSHOT_MODEL=model.npz``) it also saves screenshots of the page and of the overlay;
+docs/img/serve-page.png and docs/img/serve-explain.png were made so, with the trained
+PlantVillage model.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -76,11 +80,31 @@ def test_diagnose_a_leaf_send_feedback_and_see_the_history(browser, model_file, 
         stored = httpx.get(f"{server.url}/api/diagnoses/{answer['id']}").json()
         assert stored["feedback"] == wrong
 
-        if os.environ.get("PURENN_SCREENSHOT"):
-            # The photo's folder names its true class: correct the feedback, then take the picture.
+        shots = {k: os.environ.get(k) for k in ("PURENN_SCREENSHOT", "PURENN_SCREENSHOT_EXPLAIN")}
+        if any(shots.values()):
+            # The photo's folder names its true class: correct the feedback, then take pictures.
             page.select_option("#feedback-label", photo.parent.name if photos else wrong)
             page.click("#feedback-send")
             page.wait_for_selector("#feedback-status:has-text('Thank you')")
-            page.screenshot(path=os.environ["PURENN_SCREENSHOT"], full_page=True)
+        if shots["PURENN_SCREENSHOT"]:
+            page.screenshot(path=shots["PURENN_SCREENSHOT"], full_page=True)
+
+        # The overlay replaces the photo, explaining the top class, and the toggle brings it back.
+        before = page.locator("#preview").screenshot()
+        photo_src = page.get_attribute("#preview", "src")
+        page.check("#explain-toggle")
+        page.wait_for_selector("#explain-status:has-text('weighed most')")
+        page.wait_for_function("document.getElementById('preview').complete")
+        assert page.get_attribute("#preview", "src") != photo_src
+        assert page.locator("#preview").screenshot() != before
+        pretty = " · ".join(re.sub("_+", " ", part).strip() for part in top["class"].split("___"))
+        assert pretty in page.inner_text("#explain-status")  # the top class is the one explained
+        assert page.evaluate("document.documentElement.scrollWidth") <= 390
+        if shots["PURENN_SCREENSHOT_EXPLAIN"]:
+            page.screenshot(path=shots["PURENN_SCREENSHOT_EXPLAIN"], full_page=True)
+        page.uncheck("#explain-toggle")
+        assert page.get_attribute("#preview", "src") == photo_src
+        page.wait_for_function("document.getElementById('preview').complete")
+        assert page.locator("#preview").screenshot() == before
     finally:
         server.stop()

@@ -7,6 +7,7 @@ const PAGE_SIZE = 10;
 const $ = (id) => document.getElementById(id);
 let current = null; // the diagnosis on screen
 let nextBefore = null; // the id that the next history page starts below
+let photo = null; // { file, url, overlayUrl } of the photo on screen
 
 // "Pepper,_bell___Bacterial_spot" -> "Pepper, bell · Bacterial spot" (PlantVillage's plant___disease)
 const pretty = (name) => name.split("___").map((part) => part.replace(/_+/g, " ").trim()).join(" · ");
@@ -57,9 +58,57 @@ function showResult(diagnosis) {
   $("result").hidden = false;
 }
 
+function showPhoto(file) {
+  if (photo) {
+    URL.revokeObjectURL(photo.url);
+    if (photo.overlayUrl) URL.revokeObjectURL(photo.overlayUrl);
+  }
+  photo = { file, url: URL.createObjectURL(file), overlayUrl: null, explained: "" };
+  $("explain-toggle").checked = false;
+  $("explain-status").textContent = "";
+  $("preview").src = photo.url;
+}
+
+// The toggle swaps the photo for its Grad-CAM overlay (fetched once per photo) and back.
+async function toggleExplanation() {
+  const on = $("explain-toggle").checked;
+  const shown = photo;
+  if (!shown) return;
+  if (!on) {
+    $("preview").src = shown.url;
+    $("explain-status").textContent = "";
+    return;
+  }
+  if (!shown.overlayUrl) {
+    $("explain-status").textContent = "Looking…";
+    const form = new FormData();
+    form.append("file", shown.file);
+    try {
+      const response = await fetch("/api/explain", { method: "POST", body: form });
+      if (!response.ok) {
+        const body = await response.json().catch(() => ({}));
+        throw new Error(body.error || `HTTP ${response.status}`);
+      }
+      const blob = await response.blob();
+      shown.overlayUrl = URL.createObjectURL(blob);
+      shown.explained = decodeURIComponent(response.headers.get("X-Class") || "");
+    } catch (err) {
+      if (shown === photo) {
+        $("explain-toggle").checked = false;
+        $("explain-status").textContent = `Could not explain this photo: ${err.message}`;
+      }
+      return;
+    }
+  }
+  if (shown !== photo || !$("explain-toggle").checked) return; // another photo or switched off
+  $("preview").src = shown.overlayUrl;
+  $("explain-status").textContent = "Tinted yellow to red: what weighed most for " +
+    `${pretty(shown.explained)}; green and blue: less; untinted: nothing (Grad-CAM).`;
+}
+
 async function diagnose(file) {
   if (!file) return;
-  $("preview").src = URL.createObjectURL(file);
+  showPhoto(file);
   $("preview").hidden = false;
   $("drop-text").hidden = true;
   setStatus("Diagnosing…");
@@ -144,6 +193,7 @@ function wireDrop() {
 
 $("file").addEventListener("change", (e) => diagnose(e.target.files[0]));
 $("feedback").addEventListener("submit", sendFeedback);
+$("explain-toggle").addEventListener("change", toggleExplanation);
 $("more").addEventListener("click", () => loadHistory(false));
 wireDrop();
 loadModel().catch((err) => setStatus(`The model is not available: ${err.message}`, true));
