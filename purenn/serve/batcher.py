@@ -10,7 +10,9 @@ that ``submit`` raises :class:`QueueFull` at once (the server answers 503), so m
 bounded.
 
 The cap adapts to what a batch is worth for this model on this machine (:class:`BatchPolicy`):
-the batcher times every pass and keeps, per batch size, the forward time per image. A pass takes
+the batcher times every pass and keeps, per batch size, the forward pass's CPU time per image
+(of the inference thread: wall time would also count the waits for the GIL, which the event
+loop holds while other requests are parsed, and those make small passes look dear). A pass takes
 no more requests than the smallest size whose time per image is within 10% of the best size's.
 For a model whose single-image pass is bound by reading its weights (a large dense layer), big
 batches are several times cheaper per image and the cap rises to ``max_batch``; for one whose
@@ -59,13 +61,13 @@ class BatchPolicy:
     """How many waiting requests the next pass may take, learnt from the passes run so far.
 
     Pass sizes fall into buckets 1, 2, 4, ... up to ``max_batch`` (a pass of n counts in the
-    largest bucket <= n). Each bucket keeps an exponential moving average of the pass's wall
-    time per image. The cap is the smallest bucket whose time per image is within ``tolerance``
+    largest bucket <= n). Each bucket keeps an exponential moving average of the pass's time
+    per image. The cap is the smallest bucket whose time per image is within ``tolerance``
     of the best bucket's: batching only as far as it pays. Buckets above that size that were
-    never timed are tried first, the largest first (so the first cap is ``max_batch``), and
-    every ``explore_every``-th pass the cap is a neighbouring bucket, up or down (one never
-    timed first, else in turn), so that a size that became cheaper (the machine's load
-    changes) is found again.
+    never timed are tried first, the largest that the waiting requests fill first (so the first
+    cap is ``max_batch``), and every ``explore_every``-th pass the cap is a neighbouring
+    bucket, up or down (one never timed first, else in turn), so that a size that became
+    cheaper (the machine's load changes) is found again.
     """
 
     def __init__(
@@ -80,15 +82,19 @@ class BatchPolicy:
     def bucket(self, size: int) -> int:
         return max(b for b in self.buckets if b <= size)
 
-    def cap(self) -> int:
-        """The most requests the next pass may take (>= 1; fewer run if fewer wait)."""
+    def cap(self, waiting: int | None = None) -> int:
+        """The most requests the next pass may take (>= 1; fewer run if fewer wait).
+
+        Args:
+            waiting: requests ready now (None: unknown, as many as needed).
+        """
         timed = self.seconds_per_image
         if not timed:
             return self.max_batch
         best = min(timed.values())
         chosen = min(b for b, t in timed.items() if t <= best * (1 + self.tolerance))
         larger = [b for b in self.buckets if b > chosen]
-        untimed = [b for b in larger if b not in timed]
+        untimed = [b for b in larger if b not in timed and (waiting is None or b <= waiting)]
         if untimed:
             return untimed[-1]
         if self.passes % self.explore_every == self.explore_every - 1:
@@ -206,7 +212,7 @@ class MicroBatcher:
             if item.job is not None:
                 self._run_job(item)
                 continue
-            batch, cap = [item], self.policy.cap()
+            batch, cap = [item], self.policy.cap(1 + self._queue.qsize())
             while len(batch) < cap:
                 try:
                     nxt = self._queue.get_nowait()
@@ -231,9 +237,9 @@ class MicroBatcher:
         if not batch:
             return
         try:
-            start = time.perf_counter()
+            start = time.thread_time()
             out = self.forward(np.stack([r.image for r in batch]))
-            self.policy.record(len(batch), time.perf_counter() - start)
+            self.policy.record(len(batch), time.thread_time() - start)
             if len(out) != len(batch):
                 raise RuntimeError(f"forward gave {len(out)} rows for {len(batch)} images")
         except BaseException as err:  # every request of the pass gets the error
