@@ -13,7 +13,7 @@ The cap adapts to what a batch is worth for this model on this machine (:class:`
 the batcher times every pass and keeps, per batch size, the forward pass's CPU time per image
 (of the inference thread: wall time would also count the waits for the GIL, which the event
 loop holds while other requests are parsed, and those make small passes look dear). A pass takes
-no more requests than the smallest size whose time per image is within 10% of the best size's.
+no more requests than the smallest size whose time per image is within 3% of the best size's.
 For a model whose single-image pass is bound by reading its weights (a large dense layer), big
 batches are several times cheaper per image and the cap rises to ``max_batch``; for one whose
 single-image pass already saturates the CPU (a CNN whose convolutions are large GEMMs), a batch
@@ -71,7 +71,7 @@ class BatchPolicy:
     """
 
     def __init__(
-        self, max_batch: int, tolerance: float = 0.1, explore_every: int = 4, decay: float = 0.2
+        self, max_batch: int, tolerance: float = 0.03, explore_every: int = 4, decay: float = 0.2
     ) -> None:
         self.max_batch = max_batch
         self.buckets = sorted({min(2**k, max_batch) for k in range(max_batch.bit_length() + 1)})
