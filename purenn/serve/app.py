@@ -99,6 +99,7 @@ def _validation_message(err: RequestValidationError) -> str:
 
 
 async def _in_pool(pool: ThreadPoolExecutor, fn: Callable, *args):
+    """``fn(*args)`` on one of ``pool``'s threads, awaited without blocking the event loop."""
     return await asyncio.get_running_loop().run_in_executor(pool, fn, *args)
 
 
@@ -128,7 +129,7 @@ def create_app(settings: Settings) -> FastAPI:
         finally:
             batcher.stop()
             app.state.decoders.shutdown()
-            app.state.writers.shutdown()  # every answered diagnosis is written before closing
+            app.state.writers.shutdown()  # writes in flight finish before the store closes
             store.close()
 
     metrics = Metrics()
