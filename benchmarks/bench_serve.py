@@ -8,12 +8,16 @@ throughput, and the batch-size distribution read from the server's /metrics. The
 run: more clients than ``--max-queue`` admits, counting 503s, and a check that the server still
 answers. Loopback only; every run is bounded in requests and in time, and stops by itself.
 
-The model is plantvillage-cnn at 128x128: the trained /work/runs/pv-cnn/best.npz when present,
-else the preset with random weights (the speed is the same). It also times the forward pass
-alone at batch 1 and batch ``--max-batch`` in this process: the ceiling of what batching can
-gain when inference is the bottleneck.
+``--model cnn`` (the default) is plantvillage-cnn at 128x128: the trained
+/work/runs/pv-cnn/best.npz when present, else the preset with random weights (the speed is the
+same). ``--model ann`` is the dense plantvillage-ann (26M parameters, whose batch-1 pass is
+bound by reading its weights): the trained 34-class /work/runs/pv34-ann/best.npz when present,
+else the preset with random weights. ``--model PATH`` serves any model file. It also times the
+forward pass alone at batch 1 and batch ``--max-batch`` in this process, with the server's BLAS
+threads: the ceiling of what batching can gain when inference is the bottleneck.
 
     python benchmarks/bench_serve.py                          # 2,000 requests at 32 clients
+    python benchmarks/bench_serve.py --model ann --also 8     # the dense model, 3 servers
     python benchmarks/bench_serve.py --quick                  # a small run, to check it works
 """
 
@@ -38,7 +42,11 @@ from timing import median_seconds
 
 REPO = Path(__file__).resolve().parents[1]
 PLANTVILLAGE = REPO / ".." / "shared" / "data" / "plantvillage"
-TRAINED = Path("/work/runs/pv-cnn/best.npz")
+# --model name -> (preset, trained model file used when present, classes of the random one)
+MODELS = {
+    "cnn": ("plantvillage-cnn", Path("/work/runs/pv-cnn/best.npz"), 15),
+    "ann": ("plantvillage-ann", Path("/work/runs/pv34-ann/best.npz"), 34),
+}
 IMAGE_SIZE = 128
 
 
@@ -50,16 +58,20 @@ def cpu_model() -> str:
     return next((ln.split(":", 1)[1].strip() for ln in out.splitlines() if "Model name" in ln), "")
 
 
-def the_model(workdir: Path) -> tuple[Path, str]:
-    if TRAINED.is_file():
-        return TRAINED, f"trained {TRAINED}"
+def the_model(choice: str, workdir: Path) -> tuple[Path, str]:
+    """The model file to serve for ``--model`` (a name of MODELS or a path) and its label."""
+    if choice not in MODELS:
+        return Path(choice), str(choice)
+    preset, trained, classes = MODELS[choice]
+    if trained.is_file():
+        return trained, f"{preset}, trained {trained}"
     from purenn.presets import build_preset
     from purenn.serialization import save_model
 
-    model = build_preset("plantvillage-cnn", 15, IMAGE_SIZE)
-    meta = {"class_names": [f"class_{i}" for i in range(15)], "image_size": IMAGE_SIZE,
+    model = build_preset(preset, classes, IMAGE_SIZE)
+    meta = {"class_names": [f"class_{i}" for i in range(classes)], "image_size": IMAGE_SIZE,
             "mean": [0.45] * 3, "std": [0.2] * 3}  # fmt: skip
-    return save_model(workdir / "pv-cnn-random.npz", model, meta), "plantvillage-cnn, random"
+    return save_model(workdir / f"{preset}-random.npz", model, meta), f"{preset}, random weights"
 
 
 def the_photos(count: int) -> tuple[list[bytes], str]:
@@ -143,7 +155,13 @@ async def load(url: str, photos: list[bytes], clients: int, requests: int, max_s
     next_index = 0
     deadline = time.monotonic() + max_seconds
 
-    async def client(http: httpx.AsyncClient) -> None:
+    async def client() -> None:
+        # Each client is its own connection, as separate users are: one pool shared by all
+        # costs the load generator more CPU when answers come back together (batched).
+        async with httpx.AsyncClient(timeout=120, limits=httpx.Limits(max_connections=1)) as http:
+            await client_loop(http)
+
+    async def client_loop(http: httpx.AsyncClient) -> None:
         nonlocal next_index
         while next_index < requests and time.monotonic() < deadline:
             i = next_index
@@ -158,10 +176,8 @@ async def load(url: str, photos: list[bytes], clients: int, requests: int, max_s
             except httpx.HTTPError as err:
                 codes[type(err).__name__] += 1
 
-    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
     start = time.perf_counter()
-    async with httpx.AsyncClient(timeout=120, limits=limits) as http:
-        await asyncio.gather(*(client(http) for _ in range(clients)))
+    await asyncio.gather(*(client() for _ in range(clients)))
     return latencies, codes, time.perf_counter() - start
 
 
@@ -236,26 +252,33 @@ def format_row(max_batch: int, r: dict) -> str:
 
 
 def forward_ceiling(model_path: Path, threads: int, max_batch: int) -> tuple[float, float]:
-    """Forward-pass time per image at batch 1 and at ``max_batch`` (ms), in this process."""
+    """Forward-pass time per image at batch 1 and at ``max_batch`` (ms), in this process.
+
+    Batch 1 and batch ``max_batch`` alternate (5 rounds, medians), so both see the same load.
+    """
     from purenn.inference import class_probabilities
     from purenn.runtime import limit_threads
     from purenn.serialization import load_model
 
     model, meta = load_model(model_path)
     rng = np.random.default_rng(0)
-    out = []
+    size = meta["image_size"]
+    times = {1: [], max_batch: []}
     with limit_threads(threads):
-        for batch in (1, max_batch):
-            x = rng.integers(0, 256, (batch, 3, IMAGE_SIZE, IMAGE_SIZE), dtype=np.uint8)
-            seconds = median_seconds(
-                lambda x=x: class_probabilities(model, x, meta), max(3, 64 // batch), 1
-            )
-            out.append(1000 * seconds / batch)
-    return out[0], out[1]
+        for _ in range(5):
+            for batch in times:
+                x = rng.integers(0, 256, (batch, 3, size, size), dtype=np.uint8)
+                seconds = median_seconds(
+                    lambda x=x: class_probabilities(model, x, meta), max(3, 32 // batch), 1
+                )
+                times[batch].append(1000 * seconds / batch)
+    return statistics.median(times[1]), statistics.median(times[max_batch])
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--model", default="cnn",
+                        help="cnn, ann (see above) or a model file")  # fmt: skip
     parser.add_argument("--requests", type=int, default=2000, help="per run at many clients")
     parser.add_argument("--lone-requests", type=int, default=200, help="per run at 1 client")
     parser.add_argument("--clients", type=int, default=32)
@@ -276,15 +299,16 @@ def main() -> None:
     sys.path.insert(0, str(REPO))
     with tempfile.TemporaryDirectory(prefix="bench-serve-") as tmp:
         workdir = Path(tmp)
-        model, model_text = the_model(workdir)
+        model, model_text = the_model(args.model, workdir)
         photos, photo_text = the_photos(256)
         print(f"CPU: {cpu_model()} ({os.cpu_count()} logical CPUs, shared with other work)")
         print(f"model: {model_text} at {IMAGE_SIZE}x{IMAGE_SIZE}; photos: {photo_text}; "
               f"server BLAS threads: {args.threads}; client: asyncio + httpx")  # fmt: skip
         one, many = forward_ceiling(model, args.threads, args.max_batch)
-        print(f"forward pass alone: {one:.1f} ms/image at batch 1, {many:.1f} ms/image at batch "
-              f"{args.max_batch}: batching can gain at most {one / many:.2f}x when inference "
-              "is the bottleneck")  # fmt: skip
+        print(f"forward pass alone ({args.threads} BLAS threads): {one:.2f} ms/image "
+              f"({1000 / one:.0f} images/s) at batch 1, {many:.2f} ms/image ({1000 / many:.0f} "
+              f"images/s) at batch {args.max_batch}: batching can gain at most {one / many:.2f}x "
+              "when inference is the bottleneck")  # fmt: skip
         # Every server runs at once (an idle one uses no CPU) and the load alternates between
         # them in rounds, so that each sees the same share of the shared machine's drifting load.
         configs = [args.max_batch, *args.also, 1]
@@ -329,6 +353,17 @@ def main() -> None:
             f"throughput at {args.clients} clients, --max-batch {args.max_batch} over 1: median "
             f"{statistics.median(values):.2f}x (rounds: {', '.join(f'{v:.2f}' for v in values)})"
             " (target >= 3x)"
+        )
+        # On a machine whose cores are the limit (shared, and the load generator on them too),
+        # throughput follows the CPU spent per request: what batching saves of it, it gains.
+        on, off = (summarize(args.clients, runs[b]) for b in (args.max_batch, 1))
+        print(
+            f"CPU per request, --max-batch {args.max_batch} against 1: server "
+            f"{on['server_cpu_ms']:.1f} vs {off['server_cpu_ms']:.1f} ms "
+            f"(1 over {args.max_batch}: {off['server_cpu_ms'] / on['server_cpu_ms']:.2f}x), "
+            "server + load generator "
+            f"{on['server_cpu_ms'] + on['client_cpu_ms']:.1f} vs "
+            f"{off['server_cpu_ms'] + off['client_cpu_ms']:.1f} ms"
         )
         p50_on = percentile(lone[servers[args.max_batch].url], 50)
         p50_off = percentile(lone[servers[1].url], 50)

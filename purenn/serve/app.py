@@ -7,6 +7,12 @@ metadata, id), ``batcher`` (the :class:`MicroBatcher`; anything else that uses t
 such as an explanation endpoint, runs through ``batcher.call(job)`` so it never overlaps a forward
 pass), ``store``, ``images`` and ``metrics``.
 
+An upload is decoded (and resized and checked) in a small pool of its own as soon as its body is
+read, off the event loop and off the inference thread, so the inference thread only stacks ready
+arrays; its image, thumbnail and history row are written by another small pool after the answer
+is computed. Both pools are bounded (two threads each: the machine's cores are for the forward
+pass and these, not for dozens of threads contending for the GIL).
+
 The OpenAPI description is at ``/openapi.json``. FastAPI's interactive ``/docs`` page loads its
 scripts from a CDN, so it is turned off: everything the app serves works offline.
 """
@@ -17,6 +23,8 @@ import asyncio
 import hashlib
 import time
 import warnings
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,6 +55,7 @@ PREDICT_PATH = "/api/predict"
 EXPLAIN_PATH = "/api/explain"  # the route is in purenn.serve.explain_route
 UPLOAD_PATHS = (PREDICT_PATH, EXPLAIN_PATH)
 RETRY_AFTER_SECONDS = 1
+POOL_THREADS = 2  # decode workers, and writers of images and history rows
 
 
 @dataclass
@@ -91,6 +100,11 @@ def _validation_message(err: RequestValidationError) -> str:
     return "; ".join(parts)
 
 
+async def _in_pool(pool: ThreadPoolExecutor, fn: Callable, *args):
+    """``fn(*args)`` on one of ``pool``'s threads, awaited without blocking the event loop."""
+    return await asyncio.get_running_loop().run_in_executor(pool, fn, *args)
+
+
 def create_app(settings: Settings) -> FastAPI:
     """The app; its resources open when the server starts it (lifespan), never here."""
 
@@ -109,11 +123,15 @@ def create_app(settings: Settings) -> FastAPI:
         )
         metrics.queue_depth = lambda: batcher.depth
         app.state.served, app.state.images, app.state.store = served, images, store
+        app.state.decoders = ThreadPoolExecutor(POOL_THREADS, "purenn-decode")
+        app.state.writers = ThreadPoolExecutor(POOL_THREADS, "purenn-store")
         app.state.batcher = batcher.start()
         try:
             yield
         finally:
             batcher.stop()
+            app.state.decoders.shutdown()
+            app.state.writers.shutdown()  # writes in flight finish before the store closes
             store.close()
 
     metrics = Metrics()
@@ -141,6 +159,14 @@ def create_app(settings: Settings) -> FastAPI:
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, err: RequestValidationError) -> JSONResponse:
         return JSONResponse({"error": _validation_message(err)}, 422)
+
+    def record(data: bytes, image, top: list, model_id: str) -> Diagnosis:
+        """Keep the upload (when storing images) and add its history row (blocking)."""
+        sha = hashlib.sha256(data).hexdigest()
+        stored = None
+        if app.state.images is not None:
+            stored = str(app.state.images.save(sha, data, image))
+        return app.state.store.add(sha, stored, model_id, top)
 
     def thumbnail_url(d: Diagnosis) -> str | None:
         if app.state.images is None or d.image_path is None:
@@ -189,7 +215,7 @@ def create_app(settings: Settings) -> FastAPI:
         served: ServedModel = state.served
         data = await file.read()
         try:
-            image = await run_in_threadpool(served.prepare, data)
+            image = await _in_pool(state.decoders, served.prepare, data)
         except DataError as err:
             raise _error(400, f"{file.filename or 'upload'}: {err}") from None
         try:
@@ -202,11 +228,7 @@ def create_app(settings: Settings) -> FastAPI:
             raise _error(503, str(err)) from None
         probabilities = await asyncio.wrap_future(future)
         top = top_classes(probabilities, served.class_names, top_k)
-        sha = hashlib.sha256(data).hexdigest()
-        stored = None
-        if state.images is not None:
-            stored = str(await run_in_threadpool(state.images.save, sha, data, image))
-        diagnosis = await run_in_threadpool(state.store.add, sha, stored, served.model_id, top)
+        diagnosis = await _in_pool(state.writers, record, data, image, top, served.model_id)
         return {
             **diagnosis_json(diagnosis),
             "latency_ms": round(1000 * (time.perf_counter() - start), 3),

@@ -8,7 +8,7 @@ import time
 import numpy as np
 import pytest
 
-from purenn.serve.batcher import BatcherStopped, MicroBatcher, QueueFull
+from purenn.serve.batcher import BatcherStopped, BatchPolicy, MicroBatcher, QueueFull
 
 TIMEOUT = 10
 
@@ -141,3 +141,59 @@ def test_arguments_are_checked():
         MicroBatcher(lambda x: x, max_batch=0)
     with pytest.raises(ValueError, match="max_queue"):
         MicroBatcher(lambda x: x, max_queue=-1)
+
+
+def settle(policy: BatchPolicy, seconds_for, passes: int = 64) -> list[int]:
+    """Run ``passes`` saturated passes (always max_batch waiting); the caps chosen, in order."""
+    caps = []
+    for _ in range(passes):
+        caps.append(policy.cap())
+        policy.record(caps[-1], seconds_for(caps[-1]))
+    return caps
+
+
+def test_the_cap_rises_to_max_batch_when_big_passes_are_cheaper_per_image():
+    # A weight-bound model: a pass costs mostly the weight reads, shared by the whole batch.
+    policy = BatchPolicy(32)
+    caps = settle(policy, lambda n: 3e-3 + 0.5e-3 * n)
+    assert caps[0] == 32 and caps[-16:].count(32) == 12
+    assert set(caps) <= {16, 32}  # 16 re-timed now and then: 0.69 ms/image against 0.59
+
+
+def test_the_cap_falls_to_one_when_batching_saves_nothing():
+    # A compute-bound model whose per-image time grows with the batch (caches overflow).
+    policy = BatchPolicy(32)
+    caps = settle(policy, lambda n: 1e-3 * n * (1 + n / 64))
+    assert caps[:8] == [32, 32, 32, 16, 16, 16, 16, 8]  # max_batch, then down every 4th pass
+    assert caps[-16:].count(1) == 12  # then single passes, a neighbour re-timed every 4th
+    assert set(caps[-16:]) <= {1, 2}
+
+
+def test_the_cap_is_the_smallest_size_within_tolerance_and_neighbours_are_retimed():
+    policy = BatchPolicy(8, tolerance=0.1, explore_every=4)
+    for size, per_image in ((1, 10.0), (2, 5.0), (4, 1.05), (8, 1.0)):
+        policy.record(size, size * per_image)
+    assert policy.passes == 4 and policy.cap() == 4  # 1.05 is within 10% of 1.0
+    caps = []
+    for _ in range(8):
+        caps.append(policy.cap())
+        policy.record(caps[-1], caps[-1] * policy.seconds_per_image[caps[-1]])
+    assert caps == [4, 4, 4, 2, 4, 4, 4, 8]  # every 4th pass: down, then up
+
+
+def test_a_batch_that_costs_more_per_image_is_dropped_while_answers_stay_right():
+    def forward(images):  # per-image CPU time grows with the batch: 0.5 ms x n
+        end = time.thread_time() + 5e-4 * len(images) ** 2
+        while time.thread_time() < end:
+            pass
+        return images.reshape(len(images), -1).sum(axis=1, dtype=np.int64)
+
+    batcher = MicroBatcher(forward, max_batch=8, max_queue=200).start()
+    sizes = []
+    batcher.on_batch = sizes.append
+    try:
+        futures = [batcher.submit(image(v % 200)) for v in range(200)]
+        assert [f.result(TIMEOUT) for f in futures] == [12 * (v % 200) for v in range(200)]
+        assert max(sizes[-40:]) <= 2 and sizes[-40:].count(1) >= 28
+    finally:
+        batcher.stop()
