@@ -238,6 +238,8 @@ def train_torch(config, data, log) -> tuple[torch.nn.Module, list[dict], int]:
     train, val = twins.train, data.loader("val", config.batch_size)
     stopper, history = EarlyStopping(config.patience), []
     best_state = None
+    # Wall-clock seconds from the start of training, as purenn's elapsed_s (validation included).
+    training_start = time.perf_counter()
     for epoch in range(config.epochs):
         model.train()
         start, losses, correct, seen = time.perf_counter(), 0.0, 0, 0
@@ -259,6 +261,7 @@ def train_torch(config, data, log) -> tuple[torch.nn.Module, list[dict], int]:
             "lr": lr,
             "seconds": seconds,
             "images_per_sec": seen / seconds,
+            "elapsed_s": time.perf_counter() - training_start,
         }
         history.append(row)
         if val_loss < stopper.best:

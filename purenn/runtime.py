@@ -83,3 +83,24 @@ def limit_threads(threads: int | None) -> Iterator[None]:
             yield
     finally:
         parallel.set_num_threads(previous)
+
+
+def peak_memory_mb() -> float | None:
+    """This process's peak resident memory so far, in MB (2**20 bytes); None if unknown.
+
+    Linux's ``VmHWM`` from ``/proc/self/status`` (the high-water mark of the resident set),
+    else ``getrusage``'s ``ru_maxrss`` (kilobytes on Linux, bytes on macOS).
+    """
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    try:
+        import resource
+    except ImportError:  # Windows
+        return None
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 2**20 if sys.platform == "darwin" else peak / 1024

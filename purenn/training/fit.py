@@ -23,7 +23,7 @@ from purenn.distributed import abort_on_error, world
 from purenn.losses import SoftmaxCrossEntropy
 from purenn.model import Sequential
 from purenn.optim import SGD, Adam, AdamW, Optimizer
-from purenn.runtime import limit_threads, retain_freed_memory
+from purenn.runtime import limit_threads, peak_memory_mb, retain_freed_memory
 from purenn.schedules import Constant, CosineWarmup, Schedule, StepDecay
 from purenn.serialization import load_checkpoint, save_checkpoint, save_model
 from purenn.training.callbacks import EarlyStopping
@@ -41,7 +41,7 @@ from purenn.training.plots import plot_curves
 from purenn.training.progress import Progress, plural
 from purenn.training.rundir import RunDir
 from purenn.training.start import Start, initial_model
-from purenn.training.trainer import NonFiniteLossError, Trainer, TrainingInterrupted
+from purenn.training.trainer import LoopState, NonFiniteLossError, Trainer, TrainingInterrupted
 
 logger = logging.getLogger(__name__)
 
@@ -97,6 +97,7 @@ def train(
     together (docs/DISTRIBUTED.md); rank 0 alone writes the run folder and reports, and an
     error on any rank aborts them all.
     """
+    started = time.perf_counter()
     config = validate(dataclasses.replace(config))
     if config.data_dir is None:
         raise ConfigError("data_dir is required (the image folder to train on)")
@@ -117,7 +118,7 @@ def train(
             meta = {"class_names": scan.class_names, "preset": start.name, "note": start.note}
             save_model(run / RunDir.INIT, start.model, meta)
         run.write_config(config.to_dict())
-    return _run(config, run, scan, start, None, _rank_progress(progress))
+    return _run(config, run, scan, start, None, _rank_progress(progress), started)
 
 
 @abort_on_error
@@ -138,6 +139,7 @@ def resume(
         RunDirError: not a run folder. ModelFileError: a damaged checkpoint. DataError: the data
         folder is gone or its classes changed. Others as :func:`train`.
     """
+    started = time.perf_counter()
     run = RunDir.open(run_dir)
     config = make_config(run / RunDir.CONFIG, {} if threads is None else {"threads": threads})
     config.out = str(run.path)
@@ -151,7 +153,7 @@ def resume(
             f"the classes under {scan.root} changed since the run started "
             f"(was {checkpoint[1]['class_names']}, now {scan.class_names})"
         )
-    return _run(config, run, scan, start, checkpoint, _rank_progress(progress))
+    return _run(config, run, scan, start, checkpoint, _rank_progress(progress), started)
 
 
 def _rank_progress(progress: Progress | None) -> Progress:
@@ -278,6 +280,7 @@ def _run(
     start: Start,
     checkpoint: tuple | None,
     progress: Progress,
+    started: float,
 ) -> RunResult:
     # Each step frees and reallocates the same large activations: keep them in malloc's heap.
     retain_freed_memory()
@@ -305,7 +308,7 @@ def _run(
             data = load()
         if comm.is_root:
             run.write_skipped(data.cache.skipped_path)
-        return _fit(config, run, data, start, checkpoint, progress)
+        return _fit(config, run, data, start, checkpoint, progress, started)
 
 
 def _fit(
@@ -315,6 +318,7 @@ def _fit(
     start: Start,
     checkpoint: tuple | None,
     progress: Progress,
+    started: float,
 ) -> RunResult:
     cache, model = data.cache, start.model
     comm = world()
@@ -391,7 +395,7 @@ def _fit(
             f"with: purenn train --resume {run.path}"
         ) from None
 
-    return _finish(config, run, data, trainer, metadata, progress)
+    return _finish(config, run, data, trainer, metadata, progress, started)
 
 
 def _model_metadata(config: TrainConfig, data: TrainingData, name: str | None) -> dict:
@@ -422,8 +426,12 @@ def _finish(
     trainer: Trainer,
     metadata: dict,
     progress: Progress,
+    started: float,
 ) -> RunResult:
-    """After the last epoch: restore the best weights, save best.npz, evaluate the test split."""
+    """After the last epoch: restore the best weights, save best.npz, evaluate the test split.
+
+    ``started``: the ``perf_counter`` when train/resume was called (for the run's wall time).
+    """
     model, early_stopping, s = trainer.model, trainer.early_stopping, trainer.state
     early_stopping.restore(model)
     model.eval()
@@ -441,6 +449,8 @@ def _finish(
     if test_loader is not None:
         logits, labels = trainer.predict(test_loader)
         report = classification_report(logits, labels, data.cache.class_names)
+    summary = _run_summary(s, started)
+    if report is not None:
         if writes:
             write_report(
                 run.path,
@@ -449,10 +459,42 @@ def _finish(
                     "data_dir": str(data.cache.root),
                     "split": "test",
                     **report,
+                    "run": summary,
                 },
             )
         progress.info(format_report(report))
+    progress.info(_summary_line(summary))
     return RunResult(run.path, model, s.history, early_stopping.best_epoch, stopped_early, report)
+
+
+def _run_summary(s: LoopState, started: float) -> dict:
+    """Time, throughput and memory of the run, for report.json.
+
+    ``wall_seconds``: this ``train``/``resume`` call so far (data loading and caching included);
+    ``training_seconds``: the training loop over all sessions (validation included);
+    ``images_per_sec``: training images of all epochs / ``training_seconds``;
+    ``peak_memory_mb``: the process's peak resident memory (None where unknown).
+    """
+    training = s.elapsed_seconds
+    return {
+        "wall_seconds": time.perf_counter() - started,
+        "training_seconds": training,
+        "training_images": s.images_trained,
+        "images_per_sec": s.images_trained / training if training > 0 else None,
+        "peak_memory_mb": peak_memory_mb(),
+    }
+
+
+def _summary_line(summary: dict) -> str:
+    """``run: W s wall, training T s at R images/s, peak memory M MB`` (unknowns left out)."""
+    line = (
+        f"run: {summary['wall_seconds']:.1f} s wall, training {summary['training_seconds']:.1f} s"
+    )
+    if summary["images_per_sec"] is not None:
+        line += f" at {summary['images_per_sec']:.1f} images/s"
+    if summary["peak_memory_mb"] is not None:
+        line += f", peak memory {summary['peak_memory_mb']:.0f} MB"
+    return line
 
 
 def _restore(checkpoint: tuple, trainer: Trainer, cache: ImageCache) -> None:

@@ -9,6 +9,10 @@ from __future__ import annotations
 import numpy as np
 
 from purenn.losses import SoftmaxCrossEntropy
+from purenn.training.labels import short_labels
+
+# How many confused pairs a report lists.
+CONFUSED_PAIRS = 10
 
 
 def accuracy(scores: np.ndarray, labels: np.ndarray) -> float:
@@ -49,6 +53,37 @@ def per_class_scores(cm: np.ndarray) -> dict[str, np.ndarray]:
     return {"precision": precision, "recall": recall, "f1": f1, "support": support}
 
 
+def confused_pairs(cm: np.ndarray, class_names: list[str], limit: int = CONFUSED_PAIRS) -> list:
+    """The most frequent mistakes: off-diagonal cells of ``cm``, most images first.
+
+    Args:
+        cm: (K, K) counts, row = true class, column = predicted.
+        class_names: the K names.
+        limit: at most this many pairs.
+
+    Returns:
+        ``[{"true", "predicted", "count", "share"}...]`` for the non-zero off-diagonal cells,
+        ``share`` being the fraction of the true class's images given that prediction; sorted by
+        count, then share, then (true, predicted) index, all descending but the index.
+    """
+    cm = np.asarray(cm, dtype=np.int64)
+    support = cm.sum(axis=1)
+    true, predicted = np.nonzero(cm * (1 - np.eye(len(cm), dtype=np.int64)))
+    counts = cm[true, predicted]
+    shares = counts / support[true]
+    # lexsort sorts by its last key first: count, then share, descending; then row, column.
+    order = np.lexsort((predicted, true, -shares, -counts))[:limit]
+    return [
+        {
+            "true": class_names[true[i]],
+            "predicted": class_names[predicted[i]],
+            "count": int(counts[i]),
+            "share": float(shares[i]),
+        }
+        for i in order
+    ]
+
+
 def classification_report(
     logits: np.ndarray, labels: np.ndarray, class_names: list[str], top_k: int = 5
 ) -> dict:
@@ -63,7 +98,8 @@ def classification_report(
     Returns:
         ``{"samples", "loss" (plain cross-entropy), "accuracy", "top_k", "top_k_accuracy",
         "macro_f1", "weighted_f1", "classes": [{"name", "precision", "recall", "f1",
-        "support"}...], "confusion_matrix": K lists of K ints}``.
+        "support"}...], "confusion_matrix": K lists of K ints, "confused_pairs":
+        :func:`confused_pairs`}``.
     """
     cm = confusion_matrix(labels, np.argmax(logits, axis=1), len(class_names))
     scores = per_class_scores(cm)
@@ -89,11 +125,12 @@ def classification_report(
             for i, name in enumerate(class_names)
         ],
         "confusion_matrix": cm.tolist(),
+        "confused_pairs": confused_pairs(cm, class_names),
     }
 
 
 def format_report(report: dict) -> str:
-    """The per-class table and the summary lines of a :func:`classification_report`."""
+    """The per-class table, the summary line and the most confused pairs of a report."""
     width = max(len("class"), *(len(c["name"]) for c in report["classes"]))
     lines = [f"{'class':<{width}}  precision  recall     f1  support"]
     lines.append("-" * len(lines[0]))
@@ -108,4 +145,14 @@ def format_report(report: dict) -> str:
         f"{100 * report['accuracy']:.2f}%, top-{report['top_k']} "
         f"{100 * report['top_k_accuracy']:.2f}%, macro F1 {report['macro_f1']:.4f}"
     )
+    pairs = report.get("confused_pairs")  # absent from reports written before it existed
+    if pairs:
+        names = [c["name"] for c in report["classes"]]
+        short = dict(zip(names, short_labels(names), strict=True))
+        lines.append("most confused (true -> predicted: images, share of the true class):")
+        lines.extend(
+            f"  {short[p['true']]} -> {short[p['predicted']]}: {p['count']}, "
+            f"{100 * p['share']:.0f}%"
+            for p in pairs
+        )
     return "\n".join(lines)

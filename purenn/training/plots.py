@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from purenn.serialization import atomic_write
+from purenn.training.labels import short_labels
 
 
 def _figure(width: float, height: float):
@@ -52,31 +53,37 @@ def plot_curves(path: str | Path, history: list[dict], best_epoch: int | None = 
 
 
 def plot_confusion(path: str | Path, cm: np.ndarray, class_names: list[str]) -> Path:
-    """The confusion matrix, rows normalised to recall (colour), counts written when K <= 20.
+    """The confusion matrix normalised by row: each cell is the share of its true class.
+
+    Colour and the number written in each non-empty cell are that share in percent (a cell
+    below 0.5% reads "<1"); the ticks are :func:`short_labels` of the class names, so 34
+    PlantVillage classes stay legible.
 
     Args:
         path: the PNG to write.
         cm: (K, K) counts, row = true class, column = predicted.
-        class_names: the K names, used as tick labels.
+        class_names: the K names.
     """
     cm = np.asarray(cm)
     k = len(class_names)
-    side = min(4 + 0.35 * k, 24)
-    fig = _figure(side + 1.5, side)
+    labels = short_labels(class_names)
+    # About 0.4 inch per class (room for a 3-digit number at 7 pt), capped for huge K.
+    side = min(3 + 0.4 * k, 30)
+    fig = _figure(side + 3, side + 1.5)
     ax = fig.subplots()
     rows = cm.sum(axis=1, keepdims=True)
     recall = np.divide(cm, rows, out=np.zeros(cm.shape), where=rows > 0)
     image = ax.imshow(recall, cmap="Blues", vmin=0, vmax=1)
-    fig.colorbar(image, ax=ax, label="fraction of the true class")
-    ax.set_xticks(range(k), class_names, rotation=90, fontsize=8)
-    ax.set_yticks(range(k), class_names, fontsize=8)
+    fig.colorbar(image, ax=ax, label="share of the true class (row)", shrink=0.6)
+    tick_size = 10 if k <= 20 else 9
+    ax.set_xticks(range(k), labels, rotation=90, fontsize=tick_size)
+    ax.set_yticks(range(k), labels, fontsize=tick_size)
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
-    if k <= 20:
-        for i in range(k):
-            for j in range(k):
-                if cm[i, j]:
-                    colour = "white" if recall[i, j] > 0.5 else "black"
-                    ax.text(j, i, str(cm[i, j]), ha="center", va="center", color=colour, size=7)
-    ax.set_title(f"confusion matrix ({int(cm.sum())} images)")
+    for i, j in zip(*np.nonzero(cm), strict=True):
+        percent = 100 * recall[i, j]
+        text = "<1" if percent < 0.5 else f"{percent:.0f}"
+        colour = "white" if recall[i, j] > 0.5 else "black"
+        ax.text(j, i, text, ha="center", va="center", color=colour, size=7 if k > 20 else 8)
+    ax.set_title(f"confusion matrix, % of each true class ({int(cm.sum())} images)")
     return _save(fig, path)

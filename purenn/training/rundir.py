@@ -20,6 +20,7 @@ METRICS_FIELDS = (
     "lr",
     "seconds",
     "images_per_sec",
+    "elapsed_s",
 )
 
 
@@ -118,7 +119,9 @@ class RunDir:
         writer = csv.DictWriter(text, METRICS_FIELDS, lineterminator="\n")
         writer.writeheader()
         for row in history:
-            writer.writerow({k: "" if row[k] is None else _cell(row[k]) for k in METRICS_FIELDS})
+            writer.writerow(
+                {k: "" if row.get(k) is None else _cell(row[k]) for k in METRICS_FIELDS}
+            )
         atomic_write(self / self.METRICS, text.getvalue())
 
     def write_skipped(self, listing: Path) -> None:

@@ -63,6 +63,9 @@ class LoopState:
         correct: training samples of the epoch classified correctly (before the step).
         seen: training samples of the epoch so far.
         train_seconds: time spent in the epoch's training steps so far (over all sessions).
+        elapsed_seconds: wall-clock seconds of the training loop (steps, validation,
+            checkpoints) up to the last checkpoint, over all sessions.
+        images_trained: training images of the completed epochs.
         finished: all epochs done, or early stopping triggered.
         history: one metrics row per completed epoch.
     """
@@ -74,6 +77,8 @@ class LoopState:
     correct: int = 0
     seen: int = 0
     train_seconds: float = 0.0
+    elapsed_seconds: float = 0.0
+    images_trained: int = 0
     finished: bool = False
     history: list[dict] = field(default_factory=list)
 
@@ -134,6 +139,8 @@ class Trainer:
         self._params = model.parameters()
         self._test_signal = _test_signal()
         self.parallel = DataParallel(comm, model) if comm is not None and comm.size > 1 else None
+        # (elapsed_seconds at the start of this session's fit, perf_counter then)
+        self._session: tuple[float, float] | None = None
 
     # -- state ----------------------------------------------------------------------------------
     def state_dict(self) -> tuple[dict, dict[str, np.ndarray]]:
@@ -143,8 +150,10 @@ class Trainer:
         """
         optim, optim_arrays = split_state(self.optimizer.state_dict(), "optim")
         stopping, best_arrays = self.early_stopping.state_dict()
+        loop = asdict(self.state)
+        loop["elapsed_seconds"] = self.elapsed()
         scalars = {
-            "loop": asdict(self.state),
+            "loop": loop,
             "optimizer": optim,
             "schedule": self.schedule.state_dict(),
             "early_stopping": stopping,
@@ -160,6 +169,13 @@ class Trainer:
         self.model.set_rng_states(scalars["rng_states"])
         self.state = LoopState(**scalars["loop"])
 
+    def elapsed(self) -> float:
+        """Wall-clock seconds of the training loop so far, over all sessions."""
+        if self._session is None:
+            return self.state.elapsed_seconds
+        before, start = self._session
+        return before + time.perf_counter() - start
+
     # -- the loop -------------------------------------------------------------------------------
     def fit(self) -> LoopState:
         """Train from the current state until the last epoch or early stopping.
@@ -171,6 +187,7 @@ class Trainer:
         """
         if self.parallel is not None:
             self.parallel.broadcast_state()
+        self._session = (self.state.elapsed_seconds, time.perf_counter())
         with GracefulInterrupt() as interrupt:
             while not self.state.finished:
                 self._train_epoch(interrupt)
@@ -266,6 +283,9 @@ class Trainer:
         row["lr"] = self.schedule.lr_at(s.step - 1)
         row["seconds"] = s.train_seconds + time.perf_counter() - start
         row["images_per_sec"] = s.seen / s.train_seconds
+        # Time to accuracy: since the first step of the run, validation included.
+        row["elapsed_s"] = self.elapsed()
+        s.elapsed_seconds, s.images_trained = row["elapsed_s"], s.images_trained + s.seen
         monitored = row["train_loss"] if row["val_loss"] is None else row["val_loss"]
         improved = self.early_stopping.update(row["epoch"], monitored, self.model)
         s.history.append(row)

@@ -13,6 +13,7 @@ from PIL import Image
 from purenn.cli import main
 from purenn.data import build_cache, normalize_batch, scan_image_folder
 from purenn.ops import softmax
+from purenn.runtime import peak_memory_mb
 from purenn.serialization import load_checkpoint, load_model
 from purenn.training import predict
 
@@ -48,7 +49,7 @@ def test_run_folder_holds_every_file_and_no_temporaries(trained_run):
 def test_metrics_csv_has_one_finite_row_per_epoch(trained_run, metrics_reader):
     header = (trained_run / "metrics.csv").read_text().splitlines()[0]
     assert header == (
-        "epoch,train_loss,train_accuracy,val_loss,val_accuracy,lr,seconds,images_per_sec"
+        "epoch,train_loss,train_accuracy,val_loss,val_accuracy,lr,seconds,images_per_sec,elapsed_s"
     )
     rows = metrics_reader(trained_run / "metrics.csv")
     assert [row["epoch"] for row in rows] == list(range(1, EPOCHS + 1))
@@ -57,6 +58,11 @@ def test_metrics_csv_has_one_finite_row_per_epoch(trained_run, metrics_reader):
         assert 0 <= row["train_accuracy"] <= 1 and 0 <= row["val_accuracy"] <= 1
         assert row["seconds"] > 0 and row["images_per_sec"] > 0
     assert rows[-1]["train_loss"] < rows[0]["train_loss"]
+    # Wall time since the run's first step: it holds every epoch's steps and validation so far.
+    elapsed = [row["elapsed_s"] for row in rows]
+    assert elapsed == sorted(elapsed) and len(set(elapsed)) == EPOCHS
+    for i, row in enumerate(rows):
+        assert row["elapsed_s"] >= sum(r["seconds"] for r in rows[: i + 1]) * (1 - 1e-5)
     # Cosine annealing stepped per batch: the rate only falls after a warmup of 0 epochs.
     lrs = [row["lr"] for row in rows]
     assert lrs == sorted(lrs, reverse=True) and lrs[0] <= 0.01
@@ -92,6 +98,19 @@ def test_report_json_holds_the_test_metrics(trained_run):
     assert report["accuracy"] == pytest.approx(np.trace(cm) / 9)
     assert report["accuracy"] >= 2 / 3  # the colours are easy
     assert report["top_k"] == 3 and report["top_k_accuracy"] == 1.0
+    mistakes = cm - np.diag(np.diag(cm))
+    assert sum(p["count"] for p in report["confused_pairs"]) == mistakes.sum()
+
+
+def test_report_json_holds_the_runs_time_throughput_and_peak_memory(trained_run, metrics_reader):
+    run = json.loads((trained_run / "report.json").read_text())["run"]
+    rows = metrics_reader(trained_run / "metrics.csv")
+    assert run["training_images"] == EPOCHS * 18  # 36 images, 9 for validation, 9 for test
+    assert run["training_seconds"] == pytest.approx(rows[-1]["elapsed_s"], rel=1e-5)
+    assert run["wall_seconds"] > run["training_seconds"] > 0
+    assert run["images_per_sec"] == pytest.approx(run["training_images"] / run["training_seconds"])
+    # The run was in this process: its peak is at most the process's peak now, and real.
+    assert 10 < run["peak_memory_mb"] <= peak_memory_mb()
 
 
 def test_best_model_file_is_self_contained(trained_run, colour_folder):
@@ -114,6 +133,7 @@ def test_train_prints_the_header_epochs_and_test_accuracy(cli, colour_folder, ti
     assert lines[0].startswith("purenn ") and str(tmp_path / "run") in lines[0]
     assert any(line.startswith("threads: 1; BLAS: ") for line in lines)
     assert sum(line.startswith("epoch ") for line in lines) == 2
+    assert lines[-2].startswith("run: ") and " images/s, peak memory " in lines[-2]
     assert lines[-1].startswith("test accuracy: ") and "best.npz" in lines[-1]
 
 

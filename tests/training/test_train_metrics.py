@@ -82,8 +82,12 @@ def test_format_report_is_a_table_and_a_summary(predictions):
     text = format_report(classification_report(logits, labels, list("abcdef")))
     lines = text.splitlines()
     assert lines[0].split() == ["class", "precision", "recall", "f1", "support"]
-    assert len(lines) == 1 + 1 + 6 + 1 + 1
-    assert lines[-1].startswith("300 images: loss ") and "top-5" in lines[-1]
+    report = classification_report(logits, labels, list("abcdef"))
+    pairs = len(report["confused_pairs"])
+    assert pairs == 10  # random logits: more than 10 confused pairs, the 10 largest listed
+    assert len(lines) == 1 + 1 + 6 + 1 + 1 + 1 + pairs
+    assert lines[9].startswith("300 images: loss ") and "top-5" in lines[9]
+    assert lines[10].startswith("most confused (true -> predicted")
 
 
 def softmax(logits):
