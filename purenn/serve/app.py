@@ -24,7 +24,7 @@ import hashlib
 import time
 import warnings
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -103,6 +103,20 @@ def _validation_message(err: RequestValidationError) -> str:
 async def _in_pool(pool: ThreadPoolExecutor, fn: Callable, *args):
     """``fn(*args)`` on one of ``pool``'s threads, awaited without blocking the event loop."""
     return await asyncio.get_running_loop().run_in_executor(pool, fn, *args)
+
+
+async def _queued(enqueue: Callable[[], Future]):
+    """The result of a batcher job that ``enqueue()`` submits; 503 if the batcher cannot take it
+    (queue full: with Retry-After; or stopping)."""
+    try:
+        future = enqueue()
+    except QueueFull:
+        raise _error(
+            503, "the server is busy: try again", {"Retry-After": str(RETRY_AFTER_SECONDS)}
+        ) from None
+    except BatcherStopped as err:
+        raise _error(503, str(err)) from None
+    return await asyncio.wrap_future(future)
 
 
 def create_app(settings: Settings) -> FastAPI:
@@ -218,15 +232,7 @@ def create_app(settings: Settings) -> FastAPI:
             image = await _in_pool(state.decoders, served.prepare, data)
         except DataError as err:
             raise _error(400, f"{file.filename or 'upload'}: {err}") from None
-        try:
-            future = state.batcher.submit(image)
-        except QueueFull:
-            raise _error(
-                503, "the server is busy: try again", {"Retry-After": str(RETRY_AFTER_SECONDS)}
-            ) from None
-        except BatcherStopped as err:
-            raise _error(503, str(err)) from None
-        probabilities = await asyncio.wrap_future(future)
+        probabilities = await _queued(lambda: state.batcher.submit(image))
         top = top_classes(probabilities, served.class_names, top_k)
         diagnosis = await _in_pool(state.writers, record, data, image, top, served.model_id)
         return {

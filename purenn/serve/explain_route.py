@@ -11,7 +11,6 @@ backward pass through the model's layers, so it runs on the inference thread thr
 
 from __future__ import annotations
 
-import asyncio
 from pathlib import Path
 from typing import Annotated, Literal
 from urllib.parse import quote
@@ -26,8 +25,7 @@ from purenn.data import DataError
 from purenn.data.decode import decode_photo_bytes
 from purenn.explain.methods import ExplainError
 from purenn.explain.photo import class_index, explain_photo
-from purenn.serve.app import EXPLAIN_PATH, RETRY_AFTER_SECONDS, _error
-from purenn.serve.batcher import BatcherStopped, QueueFull
+from purenn.serve.app import EXPLAIN_PATH, _error, _in_pool, _queued
 from purenn.serve.images import ImageStore
 from purenn.serve.model import ServedModel
 
@@ -155,20 +153,14 @@ async def explain_bytes(state, data: bytes, name: str, method: str, target: str 
     """Decode ``data``, explain it on the inference thread, answer the PNG with its headers."""
     served: ServedModel = state.served
     try:
-        photo, pixels = await run_in_threadpool(decode_upload, data, served)
+        photo, pixels = await _in_pool(state.decoders, decode_upload, data, served)
     except DataError as err:
         raise _error(400, f"{name}: {err}") from None
-    try:
-        future = state.batcher.call(
+    result = await _queued(
+        lambda: state.batcher.call(
             lambda: explain_photo(served.model, served.meta, photo, method, target, pixels=pixels)
         )
-    except QueueFull:
-        raise _error(
-            503, "the server is busy: try again", {"Retry-After": str(RETRY_AFTER_SECONDS)}
-        ) from None
-    except BatcherStopped as err:
-        raise _error(503, str(err)) from None
-    result = await asyncio.wrap_future(future)
+    )
     headers = {
         "X-Class": quote(result.class_name),
         "X-Class-Index": str(result.class_index),
