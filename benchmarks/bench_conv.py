@@ -85,7 +85,7 @@ def main() -> None:
         x = rng.standard_normal((args.batch, c_in, size, size)).astype(np.float32)
         dy = rng.standard_normal((args.batch, c_out, size, size)).astype(np.float32)
         layers = {a: Conv2D(c_in, c_out, 3, padding=1, rng=0, algorithm=a) for a in algorithms}
-        auto = Conv2D(c_in, c_out, 3, padding=1).algorithm_for(x.shape[1:])
+        auto = Conv2D(c_in, c_out, 3, padding=1, algorithm="auto").algorithm_for(x.shape[1:])
         fns = {}
         for name, layer in layers.items():
             fns[(name, "forward")] = lambda layer=layer, x=x: layer.forward(x)

@@ -229,8 +229,9 @@ def main() -> None:
     parser.add_argument(
         "--conv-algorithm",
         choices=["auto", "im2col", "winograd"],
-        default="auto",
-        help="purenn's Conv2D algorithm for every conv layer (default: chosen per layer)",
+        default="im2col",
+        help="purenn's Conv2D algorithm for every conv layer (default: im2col, the layers' "
+        "default; auto: chosen per layer by shape)",
     )
     parser.add_argument(
         "--loop",

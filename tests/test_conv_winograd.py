@@ -30,7 +30,7 @@ from purenn.presets import build_preset
 )
 def test_auto_picks_winograd_only_where_it_applies_and_pays(kwargs, chw, expected, monkeypatch):
     monkeypatch.setattr(conv_winograd, "blas_kernel_favours_winograd", lambda: True)
-    layer = pn.Conv2D(chw[0], 128, rng=0, **kwargs)
+    layer = pn.Conv2D(chw[0], 128, rng=0, algorithm="auto", **kwargs)
     assert layer.algorithm_for(chw) == expected
     forced = pn.Conv2D(chw[0], 128, rng=0, algorithm="im2col", **kwargs)
     assert forced.algorithm_for(chw) == "im2col"
@@ -50,7 +50,7 @@ def test_winograd_only_with_the_blas_kernels_it_was_measured_faster_with(
     conv_winograd.blas_kernel_favours_winograd.cache_clear()
     try:
         assert conv_winograd.blas_kernel_favours_winograd() is expected
-        layer = pn.Conv2D(128, 128, 3, padding=1)
+        layer = pn.Conv2D(128, 128, 3, padding=1, algorithm="auto")
         assert layer.algorithm_for((128, 16, 16)) == ("winograd" if expected else "im2col")
     finally:
         conv_winograd.blas_kernel_favours_winograd.cache_clear()
@@ -87,7 +87,8 @@ def test_algorithm_is_checked_and_kept_in_the_config():
         strided.forward(np.zeros((1, 2, 4, 4), np.float32))
     model = pn.Sequential([pn.Conv2D(2, 2, 3, padding=1, algorithm="winograd", rng=0)])
     assert pn.Sequential.from_config(model.get_config()).layers[0].algorithm == "winograd"
-    assert "algorithm" not in pn.Conv2D(2, 2, 3, padding=1).get_config()
+    assert "algorithm" not in pn.Conv2D(2, 2, 3, padding=1).get_config()  # im2col, the default
+    assert pn.Conv2D(2, 2, 3, padding=1).algorithm_for((2, 8, 8)) == "im2col"
 
 
 def relative_to_scale(actual: np.ndarray, reference: np.ndarray) -> float:

@@ -12,10 +12,11 @@ Backward, with dy reshaped to (N, O, P):
     db   = sum over n and p of dy   (O,)
     dcol = W.T @ dy                 (N, K, P), then col2im adds it back onto the input
 
-3x3 stride-1 padding-1 layers with enough channels (and AVX2 BLAS kernels, with which it was
-measured faster) use Winograd F(2x2, 3x3) instead
-(``purenn.conv_winograd``, 16 multiplications per output 2x2 block and channel pair instead of
-36); ``algorithm`` forces one or the other.
+``algorithm="winograd"`` computes 3x3 stride-1 padding-1 layers with Winograd F(2x2, 3x3)
+instead (``purenn.conv_winograd``, 16 multiplications per output 2x2 block and channel pair
+instead of 36), and ``"auto"`` picks it per layer by shape. im2col stays the default: on an idle
+AMD EPYC with 2 threads, the preset CNN's inference was slower with ``"auto"`` than with im2col
+(5.19 vs 4.19 ms at batch 1, 151 vs 143 ms at batch 32; docs/RESULTS.md, issue 13).
 """
 
 from __future__ import annotations
@@ -64,9 +65,9 @@ class Conv2D(WeightedLayer):
         stride: int or (sh, sw).
         padding: int, (ph, pw), or "same" (stride 1).
         bias, init, weight_norm, rng, dtype: as for :class:`~purenn.layers.dense.Dense`.
-        algorithm: "auto" (Winograd where :func:`purenn.conv_winograd.use_winograd` says it
-            pays, else im2col), "im2col", or "winograd" (3x3, stride 1, padding 1 only).
-            The results agree to rounding.
+        algorithm: "im2col" (the default), "winograd" (3x3, stride 1, padding 1 only), or
+            "auto" (Winograd where :func:`purenn.conv_winograd.use_winograd` says it paid at one
+            thread, else im2col). The results agree to rounding.
 
     Input shape: (N, C, H, W). Output shape: (N, O, Ho, Wo) with
     ``Ho = (H + pad_top + pad_bottom - kh) // sh + 1`` (likewise Wo). Parameters: ``weight``
@@ -85,7 +86,7 @@ class Conv2D(WeightedLayer):
         weight_norm: bool = False,
         rng: np.random.Generator | int | None = None,
         dtype=np.float32,
-        algorithm: str = "auto",
+        algorithm: str = "im2col",
     ) -> None:
         self.in_channels = check_int(in_channels, "in_channels")
         self.out_channels = check_int(out_channels, "out_channels")
@@ -208,5 +209,5 @@ class Conv2D(WeightedLayer):
             "stride": list(self.stride),
             "padding": self.padding if isinstance(self.padding, (int, str)) else list(self.padding),
             **self.weighted_config(),
-            **({} if self.algorithm == "auto" else {"algorithm": self.algorithm}),
+            **({} if self.algorithm == "im2col" else {"algorithm": self.algorithm}),
         }
