@@ -146,7 +146,7 @@ def _cmd_train(args: argparse.Namespace, progress: Progress) -> int:
     else:
         config = _new_run_config(args.config, given)
         result = train(config, args.overwrite, progress)
-    line = f"best model (epoch {result.best_epoch}): {result.run_dir / 'best.npz'}"
+    line = f"best model (epoch {result.best_epoch}): {result.run_dir / RunDir.BEST}"
     if result.test_report is not None:
         report = result.test_report
         line = (
@@ -267,7 +267,7 @@ def _cmd_demo(args: argparse.Namespace, progress: Progress) -> int:
     start = time.perf_counter()
     result = run_demo(args.out, overwrite=args.overwrite, progress=progress, **overrides)
     progress.info(
-        f"run folder: {result.run_dir} (try: purenn summary {result.run_dir / 'best.npz'})"
+        f"run folder: {result.run_dir} (try: purenn summary {result.run_dir / RunDir.BEST})"
     )
     report = result.test_report
     progress.result(

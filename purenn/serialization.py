@@ -190,7 +190,8 @@ def model_file(path: str | Path, flag: str = "MODEL") -> Path:
     """A model file path; a run folder stands for its ``best.npz``.
 
     Raises:
-        ModelFileError: a folder without ``best.npz``, or a missing path (naming ``flag``).
+        ModelFileError: a folder without ``best.npz`` (naming ``flag``); any other path is
+        returned as it is, for the loader to report.
     """
     path = Path(path).expanduser()
     if path.is_dir():

@@ -8,7 +8,7 @@ import json
 import tempfile
 from pathlib import Path
 
-from purenn.serialization import atomic_write, remove_stale_temporaries
+from purenn.serialization import BEST_FILE, atomic_write, remove_stale_temporaries
 from purenn.training.evaluation import CONFUSION_FILE, REPORT_FILE
 
 METRICS_FIELDS = (
@@ -37,7 +37,7 @@ class RunDir:
     preset: fine-tuning or the user's own model).
     """
 
-    BEST = "best.npz"
+    BEST = BEST_FILE
     CHECKPOINT = "last.ckpt.npz"
     METRICS = "metrics.csv"
     CONFIG = "config.json"
