@@ -196,6 +196,12 @@ def make_schedule(config: TrainConfig, optimizer: Optimizer, steps_per_epoch: in
     return Constant(optimizer)
 
 
+def _rank_threads(config: TrainConfig) -> int | None:
+    """This process's threads: ``--threads``, else its share of the host under MPI (None: all
+    cores)."""
+    return config.threads or world().threads_per_rank()
+
+
 def _threads_line(config: TrainConfig) -> str:
     libs = [
         f"{lib['internal_api']} {lib.get('version') or ''} ({lib['num_threads']} threads)"
@@ -203,7 +209,7 @@ def _threads_line(config: TrainConfig) -> str:
         if lib["user_api"] == "blas"
     ]
     comm = world()
-    threads = config.threads or comm.threads_per_rank()
+    threads = _rank_threads(config)
     limit = "all cores" if threads is None else threads
     if comm.size > 1:
         limit = f"{limit} per rank x {comm.size} MPI ranks"
@@ -285,7 +291,7 @@ def _run(
     # Each step frees and reallocates the same large activations: keep them in malloc's heap.
     retain_freed_memory()
     comm = world()
-    threads = config.threads or comm.threads_per_rank()
+    threads = _rank_threads(config)
 
     def load() -> TrainingData:
         return load_training_data(
