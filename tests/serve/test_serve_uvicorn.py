@@ -37,6 +37,18 @@ def probabilities(response: httpx.Response) -> dict[str, float]:
     return {p["class"]: p["probability"] for p in response.json()["predictions"]}
 
 
+def post_at_once(url: str, images: list[bytes]) -> list[httpx.Response]:
+    """One client thread per image, all released together by a barrier; answers in order."""
+    barrier = threading.Barrier(len(images), timeout=CLIENT_TIMEOUT)
+
+    def send(data: bytes) -> httpx.Response:
+        barrier.wait()
+        return post(url, data)
+
+    with ThreadPoolExecutor(len(images)) as pool:
+        return list(pool.map(send, images))
+
+
 def batch_count(url: str) -> int:
     text = httpx.get(url + "/metrics", timeout=CLIENT_TIMEOUT).text
     return int(re.search(r"^purenn_batch_size_count (\d+)$", text, re.M).group(1))
@@ -51,14 +63,7 @@ def test_concurrent_clients_each_get_their_own_answer(big_model, tmp_path):
         assert len({tuple(np.round(list(a.values()), 4)) for a in alone}) == len(images)
         solo_passes = batch_count(server.url)
         assert solo_passes == len(images)
-        barrier = threading.Barrier(len(images), timeout=CLIENT_TIMEOUT)
-
-        def send(data):
-            barrier.wait()
-            return post(server.url, data)
-
-        with ThreadPoolExecutor(len(images)) as pool:
-            answers = list(pool.map(send, images))
+        answers = post_at_once(server.url, images)
         assert [a.status_code for a in answers] == [200] * len(images)
         for got, expected in zip(answers, alone, strict=True):
             # every class is listed (3 < top_k): compare each class's probability, to 1e-5
@@ -133,14 +138,7 @@ def test_past_the_queue_cap_503_with_retry_after(big_model, tmp_path):
     )
     images = [image_bytes(200 + i, size=(96, 80)) for i in range(24)]
     try:
-        barrier = threading.Barrier(len(images), timeout=CLIENT_TIMEOUT)
-
-        def send(data):
-            barrier.wait()
-            return post(server.url, data)
-
-        with ThreadPoolExecutor(len(images)) as pool:
-            answers = list(pool.map(send, images))
+        answers = post_at_once(server.url, images)
         codes = sorted(a.status_code for a in answers)
         assert set(codes) == {200, 503} and codes.count(200) >= 2
         busy = next(a for a in answers if a.status_code == 503)
