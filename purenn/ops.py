@@ -143,12 +143,14 @@ def col2im(
     kernel: tuple[int, int],
     stride: tuple[int, int],
     pads: tuple[int, int, int, int] = (0, 0, 0, 0),
+    out: np.ndarray | None = None,
 ) -> np.ndarray:
     """Adjoint of :func:`im2col`: add column gradients back onto the (unpadded) input.
 
     Args:
         col: (N, C * kh * kw, Ho * Wo) gradient with respect to the column matrix.
         input_shape: (N, C, H, W) of the unpadded input.
+        out: optional (N, C, H, W) array of col's dtype to write the result into.
 
     Returns:
         (N, C, H, W) with ``dx[n, c, i + sh*p - top, j + sw*q - left] += dcol[n, (c, i, j),
@@ -169,7 +171,7 @@ def col2im(
         if stride == (1, 1) and rows.stop - rows.start == h and columns.stop - columns.start == w
     ]
     first = windows.pop(covering[0]) if covering else None
-    grad = np.empty(input_shape, dtype=col.dtype)
+    grad = np.empty(input_shape, dtype=col.dtype) if out is None else out
 
     def scatter(batch: slice) -> None:
         if first is None:

@@ -20,11 +20,12 @@ import purenn as pn
     ],
 )
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
-def test_conv_matches_naive_loops(in_ch, out_ch, kernel, stride, padding, hw, dtype):
+@pytest.mark.parametrize("batch", [2, 5])  # 5: samples split over threads (over_samples)
+def test_conv_matches_naive_loops(in_ch, out_ch, kernel, stride, padding, hw, dtype, batch):
     rng = np.random.default_rng(0)
     layer = pn.Conv2D(in_ch, out_ch, kernel, stride=stride, padding=padding, rng=1, dtype=dtype)
     layer.params["bias"][...] = rng.standard_normal(out_ch)
-    x = rng.standard_normal((2, in_ch, *hw)).astype(dtype)
+    x = rng.standard_normal((batch, in_ch, *hw)).astype(dtype)
     tol = 1e-10 if dtype == np.float64 else 1e-4
     weight, bias = layer.params["weight"], layer.params["bias"]
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import pytest
 
@@ -19,7 +21,8 @@ def restore_threads(monkeypatch):
 def run_model(threads: int, x: np.ndarray, dy: np.ndarray, algorithm: str = "im2col"):
     parallel.set_num_threads(threads)
     conv = pn.Conv2D(4, 8, 3, padding=1, rng=0, algorithm=algorithm)
-    model = pn.Sequential([conv, pn.ReLU(), pn.MaxPool2D(2), pn.ReLU()])
+    dense = pn.Dense(8 * 16 * 15, 5, rng=0)
+    model = pn.Sequential([conv, pn.ReLU(), pn.MaxPool2D(2), pn.ReLU(), pn.Flatten(), dense])
     y = model.forward(x)
     dx = model.backward(dy)
     return y, dx, [grad.copy() for _, grad in model.parameters()]
@@ -33,7 +36,7 @@ def test_threads_do_not_change_a_single_bit(algorithm, monkeypatch):
     monkeypatch.setattr(conv_winograd, "CHUNK_BYTES", 1)  # Winograd: one sample per chunk
     rng = np.random.default_rng(0)
     x = rng.standard_normal((7, 4, 33, 30)).astype(np.float32)  # odd sizes
-    dy = rng.standard_normal((7, 8, 16, 15)).astype(np.float32)
+    dy = rng.standard_normal((7, 5)).astype(np.float32)
     y1, dx1, grads1 = run_model(1, x, dy, algorithm)
     for threads in (2, 3):
         y, dx, grads = run_model(threads, x, dy, algorithm)
@@ -54,6 +57,58 @@ def test_over_batch_covers_every_row_once():
 
     parallel.over_batch(10, mark, nbytes=1 << 30)
     np.testing.assert_array_equal(seen, 1)
+
+
+def blas_threads() -> int:
+    from threadpoolctl import threadpool_info
+
+    return min(i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas")
+
+
+@pytest.mark.usefixtures("restore_threads")
+def test_over_samples_gives_each_thread_its_samples_a_slot_and_one_blas_thread():
+    parallel.set_num_threads(2)
+    before = blas_threads()
+    calls = []
+
+    def work(samples, slot):
+        calls.append((samples, slot, blas_threads()))
+
+    parallel.over_samples(9, work)
+    assert sorted(calls, key=lambda call: call[1]) == [(slice(0, 4), 0, 1), (slice(4, 9), 1, 1)]
+    assert blas_threads() == before
+    calls.clear()
+    parallel.over_samples(3, work)  # fewer than 2 per thread: the caller alone, BLAS untouched
+    assert calls == [(slice(0, 3), 0, before)]
+
+
+@pytest.mark.usefixtures("restore_threads")
+def test_over_samples_waits_for_every_thread_when_one_fails():
+    parallel.set_num_threads(2)
+    finished = []
+
+    def work(samples, slot):
+        if slot == 0:
+            raise RuntimeError("sample 0 failed")
+        time.sleep(0.2)
+        finished.append(slot)
+
+    with pytest.raises(RuntimeError, match="sample 0 failed"):
+        parallel.over_samples(4, work)
+    assert finished == [1]  # the other thread had finished before the error reached the caller
+
+
+@pytest.mark.usefixtures("restore_threads")
+@pytest.mark.parametrize(("m", "k", "n"), [(40, 7, 3000), (3000, 7, 40), (1, 50, 60), (9, 3, 2)])
+def test_matmul_equals_numpy_for_row_and_column_splits(m, k, n, monkeypatch):
+    monkeypatch.setattr(parallel, "MIN_PARALLEL_FLOPS", 0)
+    parallel.set_num_threads(3)
+    rng = np.random.default_rng(0)
+    a, b = rng.standard_normal((m, k)), rng.standard_normal((n, k)).T  # b: a transposed view
+    np.testing.assert_allclose(parallel.matmul(a, b), a @ b, rtol=1e-13, atol=1e-13)
+    out = np.full((m, n), np.nan)
+    assert parallel.matmul(a, b, out=out) is out
+    np.testing.assert_allclose(out, a @ b, rtol=1e-13, atol=1e-13)
 
 
 @pytest.mark.parametrize("bad", [0, -2, 1.5, True])

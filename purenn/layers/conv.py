@@ -1,16 +1,23 @@
-"""2-D convolution (cross-correlation, like PyTorch) by im2col and one batched BLAS product.
+"""2-D convolution (cross-correlation, like PyTorch) by im2col and a BLAS product per sample.
 
-Shapes (N batch, C in channels, O out channels, kernel kh x kw, K = C*kh*kw, P = Ho*Wo):
+Shapes (N batch, C in channels, O out channels, kernel kh x kw, K = C*kh*kw, P = Ho*Wo), for
+each sample n:
 
-    col = im2col(x)               (N, K, P)   every receptive field as a column (zero padding
-                                              implicit: no padded copy of x is made)
-    y   = W.reshape(O, K) @ col   (N, O, P)   already NCHW: no transpose on the way out
+    col  = im2col(x[n])             (K, P)   every receptive field as a column (zero padding
+                                             implicit: no padded copy of x is made)
+    y[n] = W.reshape(O, K) @ col    (O, P)   already NCHW: no transpose on the way out
 
-Backward, with dy reshaped to (N, O, P):
+Backward, with dy reshaped to (N, O, P), recomputing col from the kept input:
 
-    dW   = sum_n dy[n] @ col[n].T   (O, K)
-    db   = sum over n and p of dy   (O,)
-    dcol = W.T @ dy                 (N, K, P), then col2im adds it back onto the input
+    dW    = sum_n dy[n] @ col.T     (O, K)
+    db    = sum over n and p of dy  (O,)
+    dcol  = W.T @ dy[n]             (K, P), then col2im adds it back onto dx[n]
+
+Each thread takes whole samples with single-threaded BLAS (``purenn.parallel.over_samples``),
+so a sample's column matrix (1-5 MB in the preset CNN) is written, multiplied and read back
+while it is in that core's cache, and no (N, K, P) matrix is ever stored: recomputing im2col in
+backward costs less than streaming the batch's column matrices (320 MB for the preset CNN at
+batch 32) to memory and back (docs/RESULTS.md, issue 13).
 
 ``algorithm="winograd"`` computes 3x3 stride-1 padding-1 layers with Winograd F(2x2, 3x3)
 instead (``purenn.conv_winograd``, 16 multiplications per output 2x2 block and channel pair
@@ -27,7 +34,7 @@ from purenn import conv_winograd as winograd
 from purenn.checks import check_int
 from purenn.layers.weighted import WeightedLayer
 from purenn.ops import col2im, im2col, output_size, pair
-from purenn.parallel import over_batch
+from purenn.parallel import over_samples, sample_threads
 
 #: Values of Conv2D's ``algorithm`` argument.
 ALGORITHMS = ("auto", "im2col", "winograd")
@@ -149,21 +156,32 @@ class Conv2D(WeightedLayer):
         _, out_h, out_w = self.output_shape(x.shape[1:])
         self._input_shape = x.shape
         self._algorithm = self.algorithm_for(x.shape[1:])
-        n, c, kh, kw = x.shape[0], self.in_channels, *self.kernel_size
+        n, c = x.shape[0], self.in_channels
         self._w = self.weight()
         if self._algorithm == "winograd":
             th, tw = winograd.tiles(out_h, out_w)
             self._v = self.scratch("winograd_v", (16, c, n * th * tw), self.dtype)
             y = winograd.conv3x3(x, winograd.transform_filter(self._w), v_out=self._v)
-            y = y.reshape(n, self.out_channels, -1)
-        else:
-            col = self.scratch("col", (n, c * kh * kw, out_h * out_w), self.dtype)
-            self._col = im2col(x, self.kernel_size, self.stride, self.pads, out=col)
-            y = np.matmul(self._w.reshape(self.out_channels, -1), self._col)  # (N, O, P)
-        if self.use_bias:
-            bias = self.params["bias"][:, None]
-            over_batch(len(y), lambda rows: np.add(y[rows], bias, out=y[rows]), y.nbytes)
-        return y.reshape(x.shape[0], self.out_channels, out_h, out_w)
+            if self.use_bias:
+                y += self.params["bias"][:, None, None]
+            return y
+        self._x = x
+        y = np.empty((n, self.out_channels, out_h * out_w), dtype=self.dtype)
+        w = self._w.reshape(self.out_channels, -1)
+        bias = self.params["bias"][:, None] if self.use_bias else None
+
+        cols = self._column_buffers(n, out_h * out_w)
+
+        def forward_samples(samples: slice, slot: int) -> None:
+            col = cols[slot : slot + 1]
+            for i in range(samples.start, samples.stop):
+                self._im2col(i, col)
+                np.matmul(w, col[0], out=y[i])  # (O, K) @ (K, P)
+                if bias is not None:
+                    y[i] += bias
+
+        over_samples(n, forward_samples)
+        return y.reshape(n, self.out_channels, out_h, out_w)
 
     def backward(self, grad_out: np.ndarray, input_grad: bool = True) -> np.ndarray | None:
         n = grad_out.shape[0]
@@ -171,16 +189,42 @@ class Conv2D(WeightedLayer):
         dw = self.weight_grad_buffer()
         if self._algorithm == "winograd":
             return self._winograd_backward(dy.reshape(grad_out.shape), dw, input_grad)
-        # dW = sum_n dy[n] @ col[n]^T: one GEMM per sample with the long P axis as inner dimension.
-        np.sum(np.matmul(dy, self._col.transpose(0, 2, 1)), axis=0, out=dw.reshape(dy.shape[1], -1))
+        w = self._w.reshape(self.out_channels, -1)
+        # One (O, K) product per sample, summed afterwards in sample order: the same sum
+        # whatever the thread count.
+        dw_per_sample = self.scratch("dw_per_sample", (n,) + w.shape, self.dtype)
+        dx = np.empty(self._input_shape, dtype=self.dtype) if input_grad else None
+
+        cols = self._column_buffers(n, dy.shape[2])
+
+        def backward_samples(samples: slice, slot: int) -> None:
+            col = cols[slot : slot + 1]
+            for i in range(samples.start, samples.stop):
+                self._im2col(i, col)
+                np.matmul(dy[i], col[0].T, out=dw_per_sample[i])  # (O, P) @ (P, K)
+                if dx is not None:
+                    np.matmul(w.T, dy[i], out=col[0])  # dcol = W^T dy, reusing col's buffer
+                    col2im(col, (1,) + self._input_shape[1:], *self._geometry, out=dx[i : i + 1])
+
+        over_samples(n, backward_samples)
+        np.sum(dw_per_sample, axis=0, out=dw.reshape(w.shape))
         self.finish_weight_grad(dw)
         if self.use_bias:
             np.sum(dy, axis=(0, 2), out=self.grads["bias"])
-        if not input_grad:
-            return None
-        # dcol reuses the column buffer: col is no longer needed once dW is computed.
-        dcol = np.matmul(self._w.reshape(self.out_channels, -1).T, dy, out=self._col)  # (N, K, P)
-        return col2im(dcol, self._input_shape, self.kernel_size, self.stride, self.pads)
+        return dx
+
+    @property
+    def _geometry(self) -> tuple:
+        return (self.kernel_size, self.stride, self.pads)
+
+    def _im2col(self, sample: int, col: np.ndarray) -> None:
+        """Fill col (1, K, P) with the columns of the kept input's sample ``sample``."""
+        im2col(self._x[sample : sample + 1], *self._geometry, out=col)
+
+    def _column_buffers(self, n: int, columns: int) -> np.ndarray:
+        """(threads, K, P): one column matrix per thread of ``over_samples(n, ...)``."""
+        k = self.in_channels * self.kernel_size[0] * self.kernel_size[1]
+        return self.scratch("col", (sample_threads(n), k, columns), self.dtype)
 
     def _winograd_backward(self, dy: np.ndarray, dw: np.ndarray, input_grad: bool):
         """dW through the Winograd domain, dx as the Winograd convolution of dy with W flipped."""

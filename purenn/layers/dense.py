@@ -6,6 +6,7 @@ import numpy as np
 
 from purenn.checks import check_int
 from purenn.layers.weighted import WeightedLayer
+from purenn.parallel import matmul
 
 
 class Dense(WeightedLayer):
@@ -43,7 +44,7 @@ class Dense(WeightedLayer):
         self.check_input(x, 2, 1, self.in_features)
         self._x = x
         self._w = self.weight()
-        y = x @ self._w.T
+        y = matmul(x, self._w.T)
         if self.use_bias:
             y += self.params["bias"]
         return y
@@ -51,13 +52,13 @@ class Dense(WeightedLayer):
     def backward(self, grad_out: np.ndarray, input_grad: bool = True) -> np.ndarray | None:
         dy = np.asarray(grad_out, dtype=self.dtype)
         dw = self.weight_grad_buffer()
-        np.matmul(dy.T, self._x, out=dw)  # dL/dW = dy^T x, (out, N) @ (N, in)
+        matmul(dy.T, self._x, out=dw)  # dL/dW = dy^T x, (out, N) @ (N, in)
         self.finish_weight_grad(dw)
         if self.use_bias:
             np.sum(dy, axis=0, out=self.grads["bias"])
         if not input_grad:
             return None
-        return dy @ self._w  # dL/dx = dy W, (N, out) @ (out, in)
+        return matmul(dy, self._w)  # dL/dx = dy W, (N, out) @ (out, in)
 
     def output_shape(self, input_shape: tuple[int, ...]) -> tuple[int, ...]:
         if tuple(input_shape) != (self.in_features,):
