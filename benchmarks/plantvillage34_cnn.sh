@@ -7,10 +7,10 @@
 #   RUNS=/work/runs SEEDS="0 1 2" bash benchmarks/plantvillage34_cnn.sh
 #
 # Nothing else may run meanwhile: the time-to-accuracy comparison needs both frameworks timed on
-# the same idle machine with the same threads, one run after the other. About 1 h per framework
-# and seed on 2 cores (the 15-class CNN took 27 min in purenn and 30 min in PyTorch; here 2.2x the
-# images), so about 6 h for three seeds. Re-running the script skips every finished step and
-# resumes an interrupted purenn run.
+# the same idle machine with the same threads, one run after the other. About 30 min per
+# framework and seed on 2 cores (seed 0 on an idle AMD EPYC: purenn 28 min, PyTorch 28 min plus
+# its side-by-side replay of the first epoch), so about 3 h for three seeds. Re-running the
+# script skips every finished step and resumes an interrupted purenn run.
 set -euo pipefail
 
 DATA=${DATA:-../shared/data/plantvillage34}
