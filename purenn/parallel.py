@@ -13,8 +13,10 @@ depend on which thread runs them, so results are bit-identical whatever the thre
 
 from __future__ import annotations
 
+import contextlib
 import os
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor, wait
 
 import numpy as np
@@ -31,6 +33,9 @@ MIN_SAMPLES_PER_THREAD = 2
 _threads: int | None = None
 _pool: ThreadPoolExecutor | None = None
 _blas = None  # threadpoolctl's controller of the BLAS libraries, made on first use
+_blas_lock = threading.Lock()
+_blas_limit = None  # the active single-thread limit, while _blas_users > 0
+_blas_users = 0
 
 
 def available_cores() -> int:
@@ -152,12 +157,30 @@ def _run_parts(n: int, threads: int, work: Callable[[slice, int], object]) -> No
         future.result()
 
 
-def _single_threaded_blas():
-    """Context manager: NumPy's BLAS runs single-threaded within the block (about 6 us)."""
-    global _blas
-    if _blas is None:
-        # Imported here, so that `import purenn` needs only NumPy and Pillow.
-        from threadpoolctl import ThreadpoolController
+@contextlib.contextmanager
+def _single_threaded_blas() -> Iterator[None]:
+    """NumPy's BLAS runs single-threaded within the block (about 6 us to enter and leave).
 
-        _blas = ThreadpoolController().select(user_api="blas")
-    return _blas.limit(limits=1)
+    Blocks may overlap across threads (two models run from two threads): the first to enter
+    limits BLAS, the last to leave restores what the first found. OpenBLAS 0.3.31 was seen to
+    ignore a thread count set from a thread other than the main one once the main thread had
+    set one; BLAS then keeps its threads inside the block: slower, with the same results.
+    """
+    global _blas, _blas_limit, _blas_users
+    with _blas_lock:
+        if _blas_users == 0:
+            if _blas is None:
+                # Imported here, so that `import purenn` needs only NumPy and Pillow.
+                from threadpoolctl import ThreadpoolController
+
+                _blas = ThreadpoolController().select(user_api="blas")
+            _blas_limit = _blas.limit(limits=1)
+        _blas_users += 1
+    try:
+        yield
+    finally:
+        with _blas_lock:
+            _blas_users -= 1
+            if _blas_users == 0:
+                _blas_limit.restore_original_limits()
+                _blas_limit = None

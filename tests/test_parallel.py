@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 
 import numpy as np
@@ -80,6 +81,56 @@ def test_over_samples_gives_each_thread_its_samples_a_slot_and_one_blas_thread()
     calls.clear()
     parallel.over_samples(3, work)  # fewer than 2 per thread: the caller alone, BLAS untouched
     assert calls == [(slice(0, 3), 0, before)]
+
+
+class RecordingBlas:
+    """Stands in for threadpoolctl's BLAS controller: records limits set and restored."""
+
+    def __init__(self):
+        self.events = []
+
+    def limit(self, limits):
+        self.events.append(("limit", limits))
+        return self
+
+    def restore_original_limits(self):
+        self.events.append(("restore", None))
+
+
+@pytest.mark.usefixtures("restore_threads")
+def test_overlapping_callers_limit_blas_once_and_restore_when_the_last_leaves(monkeypatch):
+    # Two models run from two threads: their single-threaded-BLAS blocks overlap, and the one
+    # that started first finishes first. BLAS is limited once, by the first, and restored once,
+    # by the last (a restore by the first would give the second threaded BLAS; a restore by
+    # the second to what it found would leave BLAS at one thread for good).
+    blas = RecordingBlas()
+    monkeypatch.setattr(parallel, "_blas", blas)
+    parallel.set_num_threads(2)
+    first_inside, second_inside, first_left = (threading.Event() for _ in range(3))
+    seen = []
+
+    def first(samples, slot):
+        if slot == 0:
+            first_inside.set()
+            second_inside.wait(5)
+
+    def second(samples, slot):
+        if slot == 0:
+            second_inside.set()
+            first_left.wait(5)
+            seen.append(list(blas.events))
+
+    def run_first():
+        parallel.over_samples(4, first)
+        first_left.set()
+
+    other = threading.Thread(target=run_first)
+    other.start()
+    first_inside.wait(5)
+    parallel.over_samples(4, second)
+    other.join(5)
+    assert seen == [[("limit", 1)]]  # still limited after the first caller left
+    assert blas.events == [("limit", 1), ("restore", None)]
 
 
 @pytest.mark.usefixtures("restore_threads")
