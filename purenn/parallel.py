@@ -136,8 +136,7 @@ def matmul(a: np.ndarray, b: np.ndarray, out: np.ndarray | None = None) -> np.nd
         else:
             np.matmul(a, b[:, part], out=out[:, part])
 
-    with _single_threaded_blas():
-        _run_parts(m if by_rows else n, min(num_threads(), m if by_rows else n), block)
+    over_samples(m if by_rows else n, block)
     return out
 
 
