@@ -41,6 +41,13 @@ def image_bytes(seed: int, fmt: str = "PNG", size: tuple[int, int] = (40, 30)) -
     return buffer.getvalue()
 
 
+def stored_nothing(client, settings) -> bool:
+    """No diagnosis in the history and no file under the app's image folder."""
+    images = settings.store_images
+    no_files = not images.exists() or not any(p.is_file() for p in images.rglob("*"))
+    return no_files and client.get("/api/diagnoses").json()["items"] == []
+
+
 def leaf_photos(n: int) -> list[Path]:
     """Up to ``n`` real leaf JPEGs from ../shared (empty when absent)."""
     if not PLANTVILLAGE.is_dir():

@@ -9,7 +9,7 @@ from urllib.parse import unquote
 import numpy as np
 import pytest
 from PIL import Image
-from serve_helpers import CLASSES, IMAGE_SIZE, image_bytes
+from serve_helpers import CLASSES, IMAGE_SIZE, image_bytes, stored_nothing
 from test_serve_api import BAD_UPLOADS, _bomb, post_image
 
 from purenn.data import decode_image_bytes
@@ -22,12 +22,6 @@ SIZE = (80, 64)  # the photos' width x height (a JPEG this size is decoded at 1/
 
 def post_explain(client, data: bytes, name: str = "leaf.png", **params):
     return client.post("/api/explain", files={"file": (name, data)}, params=params)
-
-
-def stored_nothing(client, settings) -> bool:
-    images = settings.store_images
-    no_files = not images.exists() or not any(p.is_file() for p in images.rglob("*"))
-    return no_files and client.get("/api/diagnoses").json()["items"] == []
 
 
 @pytest.mark.parametrize("method", ["gradcam", "saliency"])
