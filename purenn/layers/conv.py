@@ -34,7 +34,7 @@ from purenn import conv_winograd as winograd
 from purenn.checks import check_int
 from purenn.layers.weighted import WeightedLayer
 from purenn.ops import col2im, im2col, output_size, pair
-from purenn.parallel import over_samples, sample_threads
+from purenn.parallel import over_batch, over_samples, sample_threads
 
 #: Values of Conv2D's ``algorithm`` argument.
 ALGORITHMS = ("auto", "im2col", "winograd")
@@ -163,7 +163,8 @@ class Conv2D(WeightedLayer):
             self._v = self.scratch("winograd_v", (16, c, n * th * tw), self.dtype)
             y = winograd.conv3x3(x, winograd.transform_filter(self._w), v_out=self._v)
             if self.use_bias:
-                y += self.params["bias"][:, None, None]
+                bias = self.params["bias"][:, None, None]
+                over_batch(n, lambda rows: np.add(y[rows], bias, out=y[rows]), y.nbytes)
             return y
         self._x = x
         y = np.empty((n, self.out_channels, out_h * out_w), dtype=self.dtype)
