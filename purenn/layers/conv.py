@@ -22,8 +22,9 @@ batch 32) to memory and back (docs/RESULTS.md, issue 13).
 ``algorithm="winograd"`` computes 3x3 stride-1 padding-1 layers with Winograd F(2x2, 3x3)
 instead (``purenn.conv_winograd``, 16 multiplications per output 2x2 block and channel pair
 instead of 36), and ``"auto"`` picks it per layer by shape. im2col stays the default: on an idle
-AMD EPYC with 2 threads, the preset CNN's inference was slower with ``"auto"`` than with im2col
-(5.19 vs 4.19 ms at batch 1, 151 vs 143 ms at batch 32; docs/RESULTS.md, issue 13).
+AMD EPYC with 2 threads, the preset CNN was slower with ``"auto"`` than with the per-sample
+im2col (train step 87.5 vs 115.4 images/s, batch-1 inference 5.25 vs 4.36 ms;
+docs/RESULTS.md, issue 13).
 """
 
 from __future__ import annotations
