@@ -155,7 +155,6 @@ class Conv2D(WeightedLayer):
         x = np.asarray(x, dtype=self.dtype)
         self.check_input(x, 4, 1, self.in_channels)
         _, out_h, out_w = self.output_shape(x.shape[1:])
-        self._input_shape = x.shape
         self._algorithm = self.algorithm_for(x.shape[1:])
         n, c = x.shape[0], self.in_channels
         self._w = self.weight()
@@ -195,7 +194,7 @@ class Conv2D(WeightedLayer):
         # One (O, K) product per sample, summed afterwards in sample order: the same sum
         # whatever the thread count.
         dw_per_sample = self.scratch("dw_per_sample", (n,) + w.shape, self.dtype)
-        dx = np.empty(self._input_shape, dtype=self.dtype) if input_grad else None
+        dx = np.empty(self._x.shape, dtype=self.dtype) if input_grad else None
 
         cols = self._column_buffers(n, dy.shape[2])
 
@@ -206,7 +205,7 @@ class Conv2D(WeightedLayer):
                 np.matmul(dy[i], col[0].T, out=dw_per_sample[i])  # (O, P) @ (P, K)
                 if dx is not None:
                     np.matmul(w.T, dy[i], out=col[0])  # dcol = W^T dy, reusing col's buffer
-                    col2im(col, (1,) + self._input_shape[1:], *self._geometry, out=dx[i : i + 1])
+                    col2im(col, (1,) + self._x.shape[1:], *self._geometry, out=dx[i : i + 1])
 
         over_samples(n, backward_samples)
         np.sum(dw_per_sample, axis=0, out=dw.reshape(w.shape))
