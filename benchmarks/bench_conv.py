@@ -28,7 +28,8 @@ from timing import alternating_medians, machine_header, median_seconds
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from naive_conv import naive_conv2d, naive_conv2d_backward  # noqa: E402
 
-from purenn import Conv2D, parallel  # noqa: E402
+from purenn import Conv2D  # noqa: E402
+from purenn.kernels import parallel  # noqa: E402
 
 LAYERS = [(3, 32, 128), (32, 64, 64), (64, 128, 32), (128, 128, 16)]  # (C_in, C_out, H=W)
 

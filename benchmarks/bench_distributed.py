@@ -49,12 +49,12 @@ def cpu_model() -> str:
 def worker(args) -> None:
     from threadpoolctl import threadpool_limits
 
-    from purenn import parallel
     from purenn.distributed import DataParallel, world
-    from purenn.losses import SoftmaxCrossEntropy
-    from purenn.optim import Adam, clip_grad_norm
+    from purenn.kernels import parallel
+    from purenn.kernels.runtime import retain_freed_memory
+    from purenn.nn.losses import SoftmaxCrossEntropy
+    from purenn.optim.optimizers import Adam, clip_grad_norm
     from purenn.presets import build_preset
-    from purenn.runtime import retain_freed_memory
 
     threadpool_limits(args.threads)
     parallel.set_num_threads(args.threads)

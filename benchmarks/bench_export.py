@@ -34,8 +34,8 @@ def cpu_model() -> str:
 
 
 def load(args):
+    from purenn.io import load_model
     from purenn.presets import build_preset
-    from purenn.serialization import load_model
 
     if args.model:
         model, meta = load_model(args.model, require=("mean", "std", "image_size"))
@@ -59,7 +59,7 @@ def main() -> None:
 
     from purenn.data import normalize_batch
     from purenn.export import OPSET, export_onnx
-    from purenn.runtime import limit_threads
+    from purenn.kernels.runtime import limit_threads
 
     model, meta, source = load(args)
     size = meta["image_size"]

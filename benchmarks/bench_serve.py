@@ -65,8 +65,8 @@ def the_model(choice: str, workdir: Path) -> tuple[Path, str]:
     preset, trained, classes = MODELS[choice]
     if trained.is_file():
         return trained, f"{preset}, trained {trained}"
+    from purenn.io import save_model
     from purenn.presets import build_preset
-    from purenn.serialization import save_model
 
     model = build_preset(preset, classes, IMAGE_SIZE)
     meta = {"class_names": [f"class_{i}" for i in range(classes)], "image_size": IMAGE_SIZE,
@@ -256,9 +256,9 @@ def forward_ceiling(model_path: Path, threads: int, max_batch: int) -> tuple[flo
 
     Batch 1 and batch ``max_batch`` alternate (5 rounds, medians), so both see the same load.
     """
-    from purenn.inference import class_probabilities
-    from purenn.runtime import limit_threads
-    from purenn.serialization import load_model
+    from purenn.inference.probabilities import class_probabilities
+    from purenn.io import load_model
+    from purenn.kernels.runtime import limit_threads
 
     model, meta = load_model(model_path)
     rng = np.random.default_rng(0)

@@ -49,11 +49,11 @@ def batch(args, classes: int = 38):
 def purenn_worker(args) -> dict:
     from threadpoolctl import threadpool_info, threadpool_limits
 
-    from purenn import parallel
-    from purenn.losses import SoftmaxCrossEntropy
-    from purenn.optim import Adam, clip_grad_norm
+    from purenn.kernels import parallel
+    from purenn.kernels.runtime import retain_freed_memory
+    from purenn.nn.losses import SoftmaxCrossEntropy
+    from purenn.optim.optimizers import Adam, clip_grad_norm
     from purenn.presets import build_preset
-    from purenn.runtime import retain_freed_memory
 
     threadpool_limits(args.threads)
     parallel.set_num_threads(args.threads)

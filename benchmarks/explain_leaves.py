@@ -33,9 +33,9 @@ from scipy import ndimage
 from purenn.data import normalize_batch, scan_image_folder
 from purenn.explain import explain, explain_photo, render, write_png
 from purenn.explain.deletion import deletion_check
+from purenn.io import load_model
+from purenn.kernels.runtime import limit_threads
 from purenn.presets import build_preset
-from purenn.runtime import limit_threads
-from purenn.serialization import load_model
 from purenn.training.pipeline import open_cache, split_indices
 
 

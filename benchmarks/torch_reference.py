@@ -50,11 +50,11 @@ import torch  # noqa: E402
 from torch_twin import torch_twin
 
 from purenn.data import DataLoader, scan_image_folder
-from purenn.losses import SoftmaxCrossEntropy
-from purenn.model import Sequential
-from purenn.optim import Optimizer, clip_grad_norm
+from purenn.nn.losses import SoftmaxCrossEntropy
+from purenn.nn.sequential import Sequential
+from purenn.optim.optimizers import Optimizer, clip_grad_norm
+from purenn.optim.schedules import Schedule
 from purenn.presets import build_preset
-from purenn.schedules import Schedule
 from purenn.training.callbacks import EarlyStopping
 from purenn.training.config import make_config
 from purenn.training.evaluation import predict_logits

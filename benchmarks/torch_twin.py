@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from purenn.export.safetensors import to_torch_names
+from purenn.io.safetensors import to_torch_names
 
 
 def _module(layer_type: str, config: dict) -> nn.Module:
@@ -61,7 +61,7 @@ def _plain_module(layer_type: str, config: dict) -> nn.Module:
 def torch_sequential(architecture: dict) -> nn.Sequential:
     """The ``nn.Sequential`` of a purenn architecture (``Sequential.get_config()``), fresh weights.
 
-    Its ``state_dict()`` names are those of ``purenn.export.safetensors.to_torch_names``.
+    Its ``state_dict()`` names are those of ``purenn.io.safetensors.to_torch_names``.
     """
     return nn.Sequential(
         *(_module(spec["type"], spec["config"]) for spec in architecture["layers"])

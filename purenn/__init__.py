@@ -1,7 +1,10 @@
 """purenn: a deep-learning library written from first principles in NumPy."""
 
-from purenn import init, layers, losses, ops, optim, schedules
-from purenn.layers import (
+from purenn import optim
+from purenn.kernels import ops
+from purenn.kernels.runtime import use_fast_path
+from purenn.nn import init, layers, losses
+from purenn.nn.layers import (
     AvgPool2D,
     BatchNorm1D,
     BatchNorm2D,
@@ -17,11 +20,10 @@ from purenn.layers import (
     Softmax,
     Tanh,
 )
-from purenn.losses import MSE, SoftmaxCrossEntropy
-from purenn.model import Sequential
-from purenn.optim import SGD, Adam, AdamW, clip_grad_norm
-from purenn.runtime import use_fast_path
-from purenn.schedules import Constant, CosineWarmup, StepDecay
+from purenn.nn.losses import MSE, SoftmaxCrossEntropy
+from purenn.nn.sequential import Sequential
+from purenn.optim import SGD, Adam, AdamW, clip_grad_norm, schedules
+from purenn.optim.schedules import Constant, CosineWarmup, StepDecay
 
 __version__ = "0.1.0"
 

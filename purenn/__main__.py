@@ -2,6 +2,6 @@
 
 import sys
 
-from purenn.cli import main
+from purenn.cli.main import main
 
 sys.exit(main())

@@ -12,8 +12,8 @@ from collections.abc import Callable
 import numpy as np
 
 from purenn.checks import check_int
-from purenn.layers import Conv2D, Dense, Dropout, Flatten, MaxPool2D, ReLU
-from purenn.model import Sequential
+from purenn.nn.layers import Conv2D, Dense, Dropout, Flatten, MaxPool2D, ReLU
+from purenn.nn.sequential import Sequential
 
 
 def _conv_blocks(channels: list[int], rng, dtype, weight_norm: bool) -> list:

@@ -25,8 +25,8 @@ import purenn as pn
 from purenn.data import Augmentation, DataLoader
 from purenn.data.loader import shard_bounds
 from purenn.distributed import LocalCommunicator, world
-from purenn.optim import clip_grad_norm
-from purenn.schedules import Constant
+from purenn.optim.optimizers import clip_grad_norm
+from purenn.optim.schedules import Constant
 from purenn.training.callbacks import EarlyStopping
 from purenn.training.progress import Progress
 from purenn.training.trainer import Trainer

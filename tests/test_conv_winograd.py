@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import purenn as pn
-from purenn import conv_winograd
+from purenn.kernels import winograd as conv_winograd
 from purenn.presets import build_preset
 
 

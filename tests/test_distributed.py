@@ -14,8 +14,8 @@ from distributed_script import build
 import purenn as pn
 from purenn.data import Augmentation, DataLoader
 from purenn.data.loader import shard_bounds
-from purenn.distributed import communicator
-from purenn.distributed.communicator import DistributedError, default_threads, launcher_size
+from purenn.distributed import communicator, group
+from purenn.distributed.group import DistributedError, default_threads, launcher_size
 from purenn.training.pipeline import TrainingData
 
 
@@ -96,7 +96,7 @@ def test_launcher_size_and_threads_per_rank():
 
 def test_one_process_uses_the_local_communicator(monkeypatch):
     monkeypatch.setattr(communicator, "_world", None)
-    for name in communicator.SIZE_VARIABLES:
+    for name in group.SIZE_VARIABLES:
         monkeypatch.delenv(name, raising=False)
     comm = communicator.world()
     assert (comm.rank, comm.size, comm.shard, comm.is_root) == (0, 1, (0, 1), True)

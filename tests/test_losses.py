@@ -1,9 +1,9 @@
-"""Tests for purenn.losses: finite-difference gradients, PyTorch parity, stability, errors."""
+"""Tests for purenn.nn.losses: finite-difference gradients, PyTorch parity, stability, errors."""
 
 import numpy as np
 import pytest
 
-from purenn.losses import MSE, SoftmaxCrossEntropy
+from purenn.nn.losses import MSE, SoftmaxCrossEntropy
 
 SMOOTHINGS = [0.0, 0.1, 0.5, 1.0]
 DTYPES_RTOL = [(np.float64, 1e-6), (np.float32, 1e-4)]

@@ -7,12 +7,12 @@ import numpy as np
 import pytest
 
 from purenn import optim
-from purenn.optim import SGD, Adam, AdamW, clip_grad_norm
+from purenn.optim.optimizers import SGD, Adam, AdamW, clip_grad_norm
 
 SHAPES = [(3, 4), (5,), (2, 3, 2, 2)]
 DTYPES_TOL = [(np.float64, 1e-6), (np.float32, 1e-5)]
 
-# (class name in both purenn.optim and torch.optim, keyword arguments valid for both)
+# (class name in both purenn.optim.optimizers and torch.optim, keyword arguments valid for both)
 CONFIGS = [
     ("SGD", {"lr": 0.1}),
     ("SGD", {"lr": 0.1, "momentum": 0.9}),
@@ -339,7 +339,7 @@ def test_clip_grad_norm_rejects_negative_max_norm():
 def test_parameters_larger_than_a_chunk_update_like_torch():
     """Chunked updates (optim.CHUNK elements at a time) cover every element exactly once."""
     torch = pytest.importorskip("torch")
-    from purenn.optim import CHUNK
+    from purenn.optim.optimizers import CHUNK
 
     rng = np.random.default_rng(0)
     value = rng.standard_normal((2, CHUNK + 7))

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import purenn as pn
-from purenn import parallel
+from purenn.kernels import parallel
 
 
 @pytest.fixture
@@ -32,7 +32,7 @@ def run_model(threads: int, x: np.ndarray, dy: np.ndarray, algorithm: str = "im2
 @pytest.mark.usefixtures("restore_threads")
 @pytest.mark.parametrize("algorithm", ["im2col", "winograd"])
 def test_threads_do_not_change_a_single_bit(algorithm, monkeypatch):
-    from purenn import conv_winograd
+    from purenn.kernels import winograd as conv_winograd
 
     monkeypatch.setattr(conv_winograd, "CHUNK_BYTES", 1)  # Winograd: one sample per chunk
     rng = np.random.default_rng(0)
@@ -171,7 +171,7 @@ def test_set_num_threads_rejects_bad_values(bad):
 def test_use_fast_path_sets_purenn_train_s_threads_and_allocator(monkeypatch):
     import threadpoolctl
 
-    from purenn import runtime
+    from purenn.kernels import runtime
 
     calls = []
     monkeypatch.setattr(runtime, "retain_freed_memory", lambda: calls.append("malloc") or True)

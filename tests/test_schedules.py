@@ -1,12 +1,12 @@
-"""Tests for purenn.schedules: the formulas, PyTorch's schedulers, resuming, errors."""
+"""Tests for purenn.optim.schedules: the formulas, PyTorch's schedulers, resuming, errors."""
 
 import math
 
 import numpy as np
 import pytest
 
-from purenn.optim import SGD
-from purenn.schedules import Constant, CosineWarmup, StepDecay
+from purenn.optim.optimizers import SGD
+from purenn.optim.schedules import Constant, CosineWarmup, StepDecay
 
 BASE_LR = 0.1
 

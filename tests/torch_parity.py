@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 # purenn parameter names that differ from the torch module's (weight norm parametrisation).
-from purenn.export.safetensors import TORCH_NAMES
+from purenn.io.safetensors import TORCH_NAMES
 
 TOLERANCE = {np.float64: 1e-6, np.float32: 1e-4}
 

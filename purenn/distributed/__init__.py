@@ -8,15 +8,14 @@ the MPI communicator when the process was started by ``mpiexec`` with more than 
 is imported only then. See docs/DISTRIBUTED.md.
 """
 
-from purenn.distributed.communicator import (
+from purenn.distributed.communicator import abort_on_error, world
+from purenn.distributed.data_parallel import DataParallel
+from purenn.distributed.group import (
     Communicator,
     DistributedError,
     LocalCommunicator,
-    abort_on_error,
     launcher_size,
-    world,
 )
-from purenn.distributed.data_parallel import DataParallel
 
 __all__ = [
     "Communicator",

@@ -25,10 +25,10 @@ import time
 import numpy as np
 
 from purenn.data.loader import DataLoader, shard_bounds
-from purenn.distributed.communicator import Communicator
-from purenn.layers import Dropout
-from purenn.losses import SoftmaxCrossEntropy
-from purenn.model import Sequential
+from purenn.distributed.group import Communicator
+from purenn.nn.layers import Dropout
+from purenn.nn.losses import SoftmaxCrossEntropy
+from purenn.nn.sequential import Sequential
 
 
 class DataParallel:

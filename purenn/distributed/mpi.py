@@ -7,7 +7,7 @@ from typing import Any
 import numpy as np
 from mpi4py import MPI
 
-from purenn.distributed.communicator import Communicator, _threads_per_rank
+from purenn.distributed.group import Communicator, threads_for_this_rank
 
 
 class MPICommunicator(Communicator):
@@ -42,4 +42,4 @@ class MPICommunicator(Communicator):
         self._comm.Abort(code)
 
     def threads_per_rank(self) -> int | None:
-        return _threads_per_rank()
+        return threads_for_this_rank()

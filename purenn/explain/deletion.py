@@ -13,8 +13,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from purenn.explain.methods import ExplainError, isolated
-from purenn.model import Sequential
-from purenn.ops import softmax
+from purenn.kernels.ops import softmax
+from purenn.nn.sequential import Sequential
 
 
 @dataclass(frozen=True)

@@ -29,9 +29,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from purenn.checks import check_int
-from purenn.layers import Conv2D, ReLU
-from purenn.model import Sequential
-from purenn.ops import softmax
+from purenn.kernels.ops import softmax
+from purenn.nn.layers import Conv2D, ReLU
+from purenn.nn.sequential import Sequential
 
 METHODS = ("gradcam", "saliency")
 # Normalised saliency maps are divided by this quantile of each map (and clipped at 1).

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from purenn.serialization import atomic_write
+from purenn.io import atomic_write
 
 COLORMAP = "turbo"
 CAPTION_LINE = 14  # pixels per caption line

@@ -1,7 +1,7 @@
 """Explain one decoded photo with a saved model: the overlay PNG and the class it explains.
 
 This is the entry point for a server (``POST /api/explain``) or any caller holding a model loaded
-with :func:`purenn.serialization.load_model` and a photo decoded to RGB pixels.
+with :func:`purenn.io.load_model` and a photo decoded to RGB pixels.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from purenn.data import normalize_batch
 from purenn.data.decode import square_chw
 from purenn.explain.methods import ExplainError, explain, upsample
 from purenn.explain.overlay import overlay, png_bytes
-from purenn.model import Sequential
+from purenn.nn.sequential import Sequential
 
 # What a model file must hold besides its weights to explain photos.
 REQUIRED_METADATA = ("class_names", "image_size", "mean", "std")

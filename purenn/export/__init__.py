@@ -5,7 +5,7 @@ it is called; the safetensors reader and writer are plain NumPy.
 """
 
 from purenn.export.onnx import OPSET, ExportError, build_onnx, export_onnx
-from purenn.export.safetensors import (
+from purenn.io.safetensors import (
     load_torch_state,
     read_safetensors,
     save_safetensors,

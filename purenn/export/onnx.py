@@ -27,7 +27,8 @@ from pathlib import Path
 import numpy as np
 
 import purenn
-from purenn.layers import (
+from purenn.io import atomic_write
+from purenn.nn.layers import (
     AvgPool2D,
     BatchNorm1D,
     BatchNorm2D,
@@ -44,8 +45,7 @@ from purenn.layers import (
     Softmax,
     Tanh,
 )
-from purenn.model import Sequential
-from purenn.serialization import atomic_write
+from purenn.nn.sequential import Sequential
 
 OPSET = 17
 # ONNX IR version 8 goes with opset 17 (ONNX 1.12); newer IR versions would lock out older runtimes.

@@ -19,18 +19,16 @@ scripts from a CDN, so it is turned off: everything the app serves works offline
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import time
 import warnings
-from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated
 
-from fastapi import FastAPI, File, HTTPException, Query, Request, UploadFile
+from fastapi import FastAPI, File, Query, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse
 from fastapi.staticfiles import StaticFiles
@@ -42,8 +40,10 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 import purenn
 from purenn.data import DataError
 from purenn.data.decode import MAX_UPLOAD_PIXELS
-from purenn.inference import top_classes
-from purenn.serve.batcher import BatcherStopped, MicroBatcher, QueueFull
+from purenn.inference.probabilities import top_classes
+from purenn.serve.batcher import MicroBatcher
+from purenn.serve.explain_route import router as explain_router
+from purenn.serve.handlers import PREDICT_PATH, UPLOAD_PATHS, http_error, in_pool, queued
 from purenn.serve.images import SHA256_PATTERN, ImageStore
 from purenn.serve.limits import RequestMetrics, UploadLimit
 from purenn.serve.metrics import CONTENT_TYPE, Metrics
@@ -51,10 +51,6 @@ from purenn.serve.model import ServedModel
 from purenn.serve.store import Diagnosis, open_store
 
 PAGE_DIR = Path(__file__).with_name("page")
-PREDICT_PATH = "/api/predict"
-EXPLAIN_PATH = "/api/explain"  # the route is in purenn.serve.explain_route
-UPLOAD_PATHS = (PREDICT_PATH, EXPLAIN_PATH)
-RETRY_AFTER_SECONDS = 1
 POOL_THREADS = 2  # decode workers, and writers of images and history rows
 
 
@@ -85,10 +81,6 @@ class Feedback(BaseModel):
     label: str
 
 
-def _error(status: int, message: str, headers: dict | None = None) -> HTTPException:
-    return HTTPException(status_code=status, detail=message, headers=headers)
-
-
 def _validation_message(err: RequestValidationError) -> str:
     parts = []
     for e in err.errors():
@@ -98,25 +90,6 @@ def _validation_message(err: RequestValidationError) -> str:
         else:
             parts.append(f"{'.'.join(loc) or 'request'}: {e.get('msg')}")
     return "; ".join(parts)
-
-
-async def _in_pool(pool: ThreadPoolExecutor, fn: Callable, *args):
-    """``fn(*args)`` on one of ``pool``'s threads, awaited without blocking the event loop."""
-    return await asyncio.get_running_loop().run_in_executor(pool, fn, *args)
-
-
-async def _queued(enqueue: Callable[[], Future]):
-    """The result of a batcher job that ``enqueue()`` submits; 503 if the batcher cannot take it
-    (queue full: with Retry-After; or stopping)."""
-    try:
-        future = enqueue()
-    except QueueFull:
-        raise _error(
-            503, "the server is busy: try again", {"Retry-After": str(RETRY_AFTER_SECONDS)}
-        ) from None
-    except BatcherStopped as err:
-        raise _error(503, str(err)) from None
-    return await asyncio.wrap_future(future)
 
 
 def create_app(settings: Settings) -> FastAPI:
@@ -162,7 +135,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.add_middleware(RequestMetrics, metrics=metrics, known_paths=UPLOAD_PATHS)
 
     @app.exception_handler(StarletteHTTPException)
-    async def http_error(request: Request, err: StarletteHTTPException) -> JSONResponse:
+    async def http_error_handler(request: Request, err: StarletteHTTPException) -> JSONResponse:
         return JSONResponse({"error": err.detail}, err.status_code, headers=err.headers)
 
     @app.exception_handler(Exception)
@@ -229,12 +202,12 @@ def create_app(settings: Settings) -> FastAPI:
         served: ServedModel = state.served
         data = await file.read()
         try:
-            image = await _in_pool(state.decoders, served.prepare, data)
+            image = await in_pool(state.decoders, served.prepare, data)
         except DataError as err:
-            raise _error(400, f"{file.filename or 'upload'}: {err}") from None
-        probabilities = await _queued(lambda: state.batcher.submit(image))
+            raise http_error(400, f"{file.filename or 'upload'}: {err}") from None
+        probabilities = await queued(lambda: state.batcher.submit(image))
         top = top_classes(probabilities, served.class_names, top_k)
-        diagnosis = await _in_pool(state.writers, record, data, image, top, served.model_id)
+        diagnosis = await in_pool(state.writers, record, data, image, top, served.model_id)
         return {
             **diagnosis_json(diagnosis),
             "latency_ms": round(1000 * (time.perf_counter() - start), 3),
@@ -256,34 +229,32 @@ def create_app(settings: Settings) -> FastAPI:
     async def get_diagnosis(request: Request, diagnosis_id: int) -> dict:
         found = await run_in_threadpool(request.app.state.store.get, diagnosis_id)
         if found is None:
-            raise _error(404, f"no diagnosis with id {diagnosis_id}")
+            raise http_error(404, f"no diagnosis with id {diagnosis_id}")
         return diagnosis_json(found)
 
     @app.post("/api/diagnoses/{diagnosis_id}/feedback", summary="What the leaf really has")
     async def feedback(request: Request, diagnosis_id: int, body: Feedback) -> dict:
         names = request.app.state.served.class_names
         if body.label not in names:
-            raise _error(
+            raise http_error(
                 422, f"unknown label {body.label!r}: the model's classes are {', '.join(names)}"
             )
         found = await run_in_threadpool(
             request.app.state.store.set_feedback, diagnosis_id, body.label
         )
         if found is None:
-            raise _error(404, f"no diagnosis with id {diagnosis_id}")
+            raise http_error(404, f"no diagnosis with id {diagnosis_id}")
         return diagnosis_json(found)
 
     @app.get("/api/thumbnails/{sha256}", summary="The image the model saw (JPEG)")
     async def thumbnail(request: Request, sha256: str) -> FileResponse:
         images = request.app.state.images
         if images is None or not SHA256_PATTERN.fullmatch(sha256):
-            raise _error(404, "no such thumbnail")
+            raise http_error(404, "no such thumbnail")
         path = images.thumbnail_path(sha256)
         if not path.is_file():
-            raise _error(404, "no such thumbnail")
+            raise http_error(404, "no such thumbnail")
         return FileResponse(path, media_type="image/jpeg")
-
-    from purenn.serve.explain_route import router as explain_router  # it imports this module
 
     app.include_router(explain_router)
     return app

@@ -25,7 +25,7 @@ from purenn.data import DataError
 from purenn.data.decode import decode_photo_bytes
 from purenn.explain.methods import ExplainError
 from purenn.explain.photo import class_index, explain_photo
-from purenn.serve.app import EXPLAIN_PATH, _error, _in_pool, _queued
+from purenn.serve.handlers import EXPLAIN_PATH, http_error, in_pool, queued
 from purenn.serve.images import ImageStore
 from purenn.serve.model import ServedModel
 
@@ -122,10 +122,10 @@ async def explain_diagnosis(
     check_target(state.served, target)
     found = await run_in_threadpool(state.store.get, diagnosis_id)
     if found is None:
-        raise _error(404, f"no diagnosis with id {diagnosis_id}")
+        raise http_error(404, f"no diagnosis with id {diagnosis_id}")
     path = stored_image(state.images, found.image_path)
     if path is None:
-        raise _error(404, f"the image of diagnosis {diagnosis_id} is not stored on this server")
+        raise http_error(404, f"the image of diagnosis {diagnosis_id} is not stored on this server")
     data = await run_in_threadpool(path.read_bytes)
     return await explain_bytes(state, data, f"diagnosis {diagnosis_id}", method, target)
 
@@ -136,7 +136,7 @@ def check_target(served: ServedModel, target: str | None) -> None:
         try:
             class_index(served.meta, target)
         except ExplainError as err:
-            raise _error(422, str(err)) from None
+            raise http_error(422, str(err)) from None
 
 
 def stored_image(images: ImageStore | None, image_path: str | None) -> Path | None:
@@ -153,10 +153,10 @@ async def explain_bytes(state, data: bytes, name: str, method: str, target: str 
     """Decode ``data``, explain it on the inference thread, answer the PNG with its headers."""
     served: ServedModel = state.served
     try:
-        photo, pixels = await _in_pool(state.decoders, decode_upload, data, served)
+        photo, pixels = await in_pool(state.decoders, decode_upload, data, served)
     except DataError as err:
-        raise _error(400, f"{name}: {err}") from None
-    result = await _queued(
+        raise http_error(400, f"{name}: {err}") from None
+    result = await queued(
         lambda: state.batcher.call(
             lambda: explain_photo(served.model, served.meta, photo, method, target, pixels=pixels)
         )

@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from purenn.serialization import atomic_write
+from purenn.io import atomic_write
 from purenn.serve.store import open_store
 
 

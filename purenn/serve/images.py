@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from purenn.serialization import atomic_write
+from purenn.io import atomic_write
 
 SHA256_PATTERN = re.compile(r"[0-9a-f]{64}")
 

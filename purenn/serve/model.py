@@ -11,9 +11,9 @@ import numpy as np
 
 from purenn.data import decode_image_bytes
 from purenn.data.decode import MAX_SIDE, MAX_UPLOAD_PIXELS
-from purenn.inference import INFERENCE_KEYS, class_probabilities
-from purenn.model import Sequential
-from purenn.serialization import load_model, model_file
+from purenn.inference.probabilities import INFERENCE_KEYS, class_probabilities
+from purenn.io import load_model, model_file
+from purenn.nn.sequential import Sequential
 
 REPORT_FILE = "report.json"  # written by ``purenn train`` beside best.npz (the test split)
 

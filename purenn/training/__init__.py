@@ -10,6 +10,7 @@ Typical use::
     predict("runs/my-run/best.npz", ["leaf.jpg"], top_k=3)
 """
 
+from purenn.inference.prediction import predict
 from purenn.training.callbacks import EarlyStopping
 from purenn.training.config import ConfigError, TrainConfig, make_config
 from purenn.training.demo import run_demo
@@ -21,7 +22,6 @@ from purenn.training.metrics import (
     confusion_matrix,
     top_k_accuracy,
 )
-from purenn.training.prediction import predict
 from purenn.training.progress import Progress
 from purenn.training.rundir import RunDir, RunDirError
 from purenn.training.trainer import NonFiniteLossError, Trainer, TrainingInterrupted

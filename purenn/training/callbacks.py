@@ -9,7 +9,7 @@ import threading
 
 import numpy as np
 
-from purenn.model import Sequential
+from purenn.nn.sequential import Sequential
 
 
 class EarlyStopping:

@@ -10,12 +10,12 @@ from pathlib import Path
 import numpy as np
 
 from purenn.data import DataError, DataLoader, scan_image_folder
-from purenn.model import Sequential
-from purenn.serialization import atomic_write, load_model
+from purenn.inference.prediction import INFERENCE_KEYS
+from purenn.io import atomic_write, load_model
+from purenn.nn.sequential import Sequential
 from purenn.training.metrics import classification_report
 from purenn.training.pipeline import SPLITS, open_cache, split_indices
 from purenn.training.plots import plot_confusion
-from purenn.training.prediction import INFERENCE_KEYS
 
 logger = logging.getLogger(__name__)
 

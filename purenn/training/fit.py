@@ -20,12 +20,12 @@ from threadpoolctl import threadpool_info
 import purenn
 from purenn.data import DataError, FolderScan, ImageCache, scan_image_folder
 from purenn.distributed import abort_on_error, world
-from purenn.losses import SoftmaxCrossEntropy
-from purenn.model import Sequential
-from purenn.optim import SGD, Adam, AdamW, Optimizer
-from purenn.runtime import limit_threads, peak_memory_mb, retain_freed_memory
-from purenn.schedules import Constant, CosineWarmup, Schedule, StepDecay
-from purenn.serialization import load_checkpoint, save_checkpoint, save_model
+from purenn.io import load_checkpoint, save_checkpoint, save_model
+from purenn.kernels.runtime import limit_threads, peak_memory_mb, retain_freed_memory
+from purenn.nn.losses import SoftmaxCrossEntropy
+from purenn.nn.sequential import Sequential
+from purenn.optim.optimizers import SGD, Adam, AdamW, Optimizer
+from purenn.optim.schedules import Constant, CosineWarmup, Schedule, StepDecay
 from purenn.training.callbacks import EarlyStopping
 from purenn.training.config import (
     ConfigError,

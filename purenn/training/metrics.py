@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from purenn.losses import SoftmaxCrossEntropy
+from purenn.nn.losses import SoftmaxCrossEntropy
 from purenn.training.labels import short_labels
 
 # How many confused pairs a report lists.

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from purenn.serialization import atomic_write
+from purenn.io import atomic_write
 from purenn.training.labels import short_labels
 
 

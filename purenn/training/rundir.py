@@ -8,7 +8,7 @@ import json
 import tempfile
 from pathlib import Path
 
-from purenn.serialization import BEST_FILE, atomic_write, remove_stale_temporaries
+from purenn.io import BEST_FILE, atomic_write, remove_stale_temporaries
 from purenn.training.evaluation import CONFUSION_FILE, REPORT_FILE
 
 METRICS_FIELDS = (

@@ -18,10 +18,10 @@ from pathlib import Path
 import numpy as np
 
 from purenn.data import DataError
-from purenn.layers import Dense
-from purenn.model import Sequential
+from purenn.io import load_model, model_file
+from purenn.nn.layers import Dense
+from purenn.nn.sequential import Sequential
 from purenn.presets import build_preset
-from purenn.serialization import load_model, model_file
 from purenn.training.config import ConfigError, TrainConfig
 
 

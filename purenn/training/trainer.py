@@ -19,11 +19,11 @@ import numpy as np
 
 from purenn.data import DataLoader
 from purenn.distributed import Communicator, DataParallel
-from purenn.losses import SoftmaxCrossEntropy
-from purenn.model import Sequential
-from purenn.optim import Optimizer, clip_grad_norm
-from purenn.schedules import Schedule
-from purenn.serialization import join_state, split_state
+from purenn.io import join_state, split_state
+from purenn.nn.losses import SoftmaxCrossEntropy
+from purenn.nn.sequential import Sequential
+from purenn.optim.optimizers import Optimizer, clip_grad_norm
+from purenn.optim.schedules import Schedule
 from purenn.training.callbacks import EarlyStopping, GracefulInterrupt
 from purenn.training.evaluation import predict_logits
 from purenn.training.metrics import accuracy

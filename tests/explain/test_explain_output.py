@@ -10,12 +10,12 @@ import pytest
 from explain_models import bn_dropout_cnn
 from PIL import Image
 
-from purenn.cli import main
+from purenn.cli.main import main
 from purenn.data import normalize_batch
 from purenn.data.decode import square_chw
 from purenn.explain import ExplainError, explain, explain_photo, overlay, render
 from purenn.explain.overlay import colormap_table
-from purenn.serialization import save_model
+from purenn.io import save_model
 
 CLASSES = ["healthy", "late blight", "mosaic", "rust"]
 

@@ -11,10 +11,10 @@ import pytest
 from export_models import META, every_layer_model
 from PIL import Image
 
-from purenn.cli import main
+from purenn.cli.main import main
 from purenn.data import load_image
-from purenn.ops import softmax
-from purenn.serialization import load_model, save_checkpoint, save_model
+from purenn.io import load_model, save_checkpoint, save_model
+from purenn.kernels.ops import softmax
 from purenn.training import evaluate
 
 
@@ -130,7 +130,7 @@ def test_safetensors_model_files_need_no_extra(tmp_path, model_file, leaves):
 import sys
 for name in ("onnx", "onnxruntime", "safetensors", "torch"):
     sys.modules[name] = None
-from purenn.cli import main
+from purenn.cli.main import main
 assert main(["export", {str(model_file)!r}, {str(out)!r}]) == 0
 assert main(["predict", {str(out)!r}, {str(leaves)!r}, "--quiet"]) == 0
 sys.exit(main(["export", {str(out)!r}, {str(tmp_path / "m.onnx")!r}]))

@@ -14,8 +14,8 @@ from torch_parity import assert_close
 import purenn as pn
 from purenn.data import normalize_batch
 from purenn.export import load_torch_state, read_safetensors, save_safetensors, write_safetensors
+from purenn.io import ModelFileError, load_model, save_model
 from purenn.presets import build_preset
-from purenn.serialization import ModelFileError, load_model, save_model
 
 TORCH_TOL = 1e-5
 pytestmark = pytest.mark.filterwarnings("ignore:Using padding='same' with even kernel:UserWarning")

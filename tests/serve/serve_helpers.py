@@ -14,8 +14,8 @@ import httpx
 import numpy as np
 from PIL import Image
 
+from purenn.io import save_model
 from purenn.presets import build_preset
-from purenn.serialization import save_model
 
 REPO = Path(__file__).resolve().parents[2]
 PLANTVILLAGE = REPO / ".." / "shared" / "data" / "plantvillage"

@@ -12,8 +12,8 @@ from PIL import Image
 from serve_helpers import CLASSES, IMAGE_SIZE, image_bytes, stored_nothing
 
 from purenn.data.decode import decode_image
-from purenn.inference import class_probabilities
-from purenn.serialization import load_model
+from purenn.inference.probabilities import class_probabilities
+from purenn.io import load_model
 
 
 def post_image(client, data: bytes, name: str = "leaf.png", **params):

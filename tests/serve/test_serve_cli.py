@@ -8,9 +8,9 @@ import socket
 import pytest
 from serve_helpers import CLASSES, image_bytes
 
-from purenn.cli import main
+from purenn.cli.main import main
+from purenn.cli.serve import default_images_dir
 from purenn.data import scan_image_folder
-from purenn.serve.cli import default_images_dir
 
 
 def _diagnose_with_feedback(client, seeds_labels):

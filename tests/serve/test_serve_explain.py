@@ -15,7 +15,7 @@ from test_serve_api import BAD_UPLOADS, _bomb, post_image
 from purenn.data import decode_image_bytes
 from purenn.data.decode import square_chw
 from purenn.explain.photo import explain_photo
-from purenn.serialization import load_model
+from purenn.io import load_model
 
 SIZE = (80, 64)  # the photos' width x height (a JPEG this size is decoded at 1/4 scale)
 

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from purenn.cli import main
+from purenn.cli.main import main
 
 # Three classes of 12 noisy solid-colour 16x16 PNGs; a tiny CNN separates them in a few epochs.
 COLOURS = {"blue": (30, 60, 200), "green": (40, 190, 60), "red": (210, 40, 40)}

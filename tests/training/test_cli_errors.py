@@ -10,8 +10,8 @@ import zipfile
 import numpy as np
 import pytest
 
+from purenn.io import save_model
 from purenn.presets import build_preset
-from purenn.serialization import save_model
 
 TRAIN = ("--preset", "demo-cnn", "--image-size", "8", "--epochs", "1", "--warmup-epochs", "0")
 
@@ -206,7 +206,7 @@ def test_non_model_files_are_refused(cli, colour_folder, tmp_path):
 
 def test_object_arrays_are_never_unpickled(tmp_path):
     """An npz whose entry holds a pickled object array fails with allow_pickle=False."""
-    from purenn.serialization import ModelFileError, load_model
+    from purenn.io import ModelFileError, load_model
 
     path = tmp_path / "objects.npz"
     np.savez(path, __purenn__=np.array([Trap(tmp_path / "pwned")], dtype=object))

@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from purenn.cli import main
+from purenn.cli.main import main
 from purenn.data import build_cache, normalize_batch, scan_image_folder
-from purenn.ops import softmax
-from purenn.runtime import peak_memory_mb
-from purenn.serialization import load_checkpoint, load_model
+from purenn.io import load_checkpoint, load_model
+from purenn.kernels.ops import softmax
+from purenn.kernels.runtime import peak_memory_mb
 from purenn.training import predict
 
 EPOCHS = 4

@@ -13,7 +13,7 @@ import mpi_launch
 import numpy as np
 import pytest
 
-from purenn.serialization import load_checkpoint
+from purenn.io import load_checkpoint
 
 # Starts ``python -m purenn ARGS`` with PURENN_TEST_SIGNAL=<first argument> on rank 1 only.
 ON_RANK_1 = (

@@ -11,8 +11,8 @@ import sys
 import numpy as np
 import pytest
 
-from purenn.cli import main
-from purenn.serialization import load_model
+from purenn.cli.main import main
+from purenn.io import load_model
 
 PER_CLASS = 12  # images per class of the colour folder
 
@@ -162,8 +162,8 @@ def test_evaluate_another_folder_scores_all_of_it_and_never_resplits_silently(
 
 
 def test_evaluate_with_a_model_that_does_not_record_its_folder(cli, colour_folder, tmp_path):
+    from purenn.io import save_model
     from purenn.presets import build_preset
-    from purenn.serialization import save_model
 
     meta = {
         "class_names": ["blue", "green", "red"],
@@ -300,8 +300,8 @@ def test_init_from_with_another_image_size_is_a_clear_error(
 
 
 def test_init_from_a_grey_model_is_a_clear_error(cli, colour_folder, tmp_path):
+    from purenn.io import save_model
     from purenn.presets import build_preset
-    from purenn.serialization import save_model
 
     grey = build_preset("demo-cnn", 3, 8, in_channels=1)
     save_model(tmp_path / "grey.npz", grey, {"class_names": ["blue", "green", "red"]})

@@ -9,9 +9,7 @@ import numpy as np
 import pytest
 
 import purenn as pn
-from purenn.optim import Adam
-from purenn.presets import build_preset
-from purenn.serialization import (
+from purenn.io import (
     ModelFileError,
     atomic_write,
     join_state,
@@ -21,6 +19,8 @@ from purenn.serialization import (
     save_model,
     split_state,
 )
+from purenn.optim.optimizers import Adam
+from purenn.presets import build_preset
 
 META = {"class_names": ["a", "b", "c"], "image_size": 8, "mean": [0.1, 0.2, 0.3], "std": [1, 2, 3]}
 

@@ -16,7 +16,7 @@ import time
 import numpy as np
 import pytest
 
-from purenn.serialization import ModelFileError, load_checkpoint
+from purenn.io import ModelFileError, load_checkpoint
 
 TIMING = ("seconds", "images_per_sec", "elapsed_s")
 

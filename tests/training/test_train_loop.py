@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 
 from purenn.data import scan_image_folder
-from purenn.losses import SoftmaxCrossEntropy
-from purenn.optim import Adam
+from purenn.io import load_checkpoint, load_model
+from purenn.nn.losses import SoftmaxCrossEntropy
+from purenn.optim.optimizers import Adam
+from purenn.optim.schedules import Constant
 from purenn.presets import build_preset
-from purenn.schedules import Constant
-from purenn.serialization import load_checkpoint, load_model
 from purenn.training import EarlyStopping, NonFiniteLossError, Progress, Trainer, make_config
 from purenn.training import train as train_run
 from purenn.training.evaluation import predict_logits

@@ -1,0 +1,11 @@
+"""Answering with a trained model: probabilities from images, and ``predict`` over image files.
+
+Modules: ``probabilities`` (normalise as training did, forward in eval mode, softmax, top classes),
+``prediction`` (``purenn predict``: files in, ranked classes out). Predict, explain, serve and
+export share this floor and never import the fit loop.
+"""
+
+from purenn.inference.prediction import format_predictions, predict
+from purenn.inference.probabilities import INFERENCE_KEYS, class_probabilities, top_classes
+
+__all__ = ["INFERENCE_KEYS", "class_probabilities", "format_predictions", "predict", "top_classes"]

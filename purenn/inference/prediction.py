@@ -1,0 +1,77 @@
+"""Predict the classes of image files with a saved model: top-k classes and probabilities."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from purenn.checks import check_int
+from purenn.data import DataError, collect_images
+from purenn.data.decode import try_decode
+from purenn.inference.probabilities import INFERENCE_KEYS, class_probabilities, top_classes
+from purenn.io import load_model, model_file
+
+
+def predict(
+    model_path: str | Path,
+    paths: list[str | Path],
+    top_k: int = 5,
+    batch_size: int = 64,
+    skipped: list[tuple[str, str]] | None = None,
+) -> list[dict]:
+    """Top-k classes of every image.
+
+    Every image is decoded (as in training: resized to the model's size, RGB) before the first
+    prediction, so an unreadable file is reported before any work.
+
+    Args:
+        model_path: a model file (or checkpoint), or a run folder (its ``best.npz``).
+        paths: image files and/or folders of images.
+        top_k: classes listed per image (capped at the number of classes).
+        batch_size: images per forward pass.
+        skipped: if a list, unreadable files are appended to it as ``(path, reason)`` and left
+            out, and the others are predicted; if None (strict), the first one is an error.
+
+    Returns:
+        One ``{"file": str, "predictions": [{"class": name, "probability": p}, ...]}`` per image,
+        best first.
+
+    Raises:
+        ModelFileError: not a purenn model. DataError: missing image, an unreadable one in
+        strict mode, or no readable image at all.
+    """
+    top_k, batch_size = check_int(top_k, "top_k"), check_int(batch_size, "batch_size")
+    model, meta = load_model(model_file(model_path), require=INFERENCE_KEYS)
+    decoded = []
+    for path in collect_images(paths):
+        image, reason = try_decode(path, meta["image_size"])
+        if image is not None:
+            decoded.append((path, image))
+        elif skipped is None:
+            raise DataError(f"cannot read image {path}: {reason}")
+        else:
+            skipped.append((str(path), reason))
+    if not decoded:
+        raise DataError(f"none of the {len(skipped or [])} image files could be read")
+    files = [path for path, _ in decoded]
+    images = np.stack([image for _, image in decoded])
+    results = []
+    for start in range(0, len(files), batch_size):
+        probs = class_probabilities(model, images[start : start + batch_size], meta)
+        for f, p in zip(files[start : start + batch_size], probs, strict=True):
+            results.append(
+                {"file": str(f), "predictions": top_classes(p, meta["class_names"], top_k)}
+            )
+    return results
+
+
+def format_predictions(results: list[dict]) -> str:
+    """A plain-text table: each file, then its ranked classes with probabilities."""
+    width = max(len(p["class"]) for r in results for p in r["predictions"])
+    lines = []
+    for r in results:
+        lines.append(r["file"])
+        for rank, p in enumerate(r["predictions"], 1):
+            lines.append(f"  {rank}. {p['class']:<{width}}  {100 * p['probability']:6.2f}%")
+    return "\n".join(lines)

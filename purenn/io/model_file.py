@@ -1,0 +1,91 @@
+"""Model files: the architecture, the weights and the metadata ``predict`` needs, in one file.
+
+A model file is a purenn ``.npz`` archive (:mod:`purenn.io.archive`) or a ``.safetensors`` file
+written by ``purenn export`` (:mod:`purenn.io.safetensors`), chosen by the suffix; both carry the
+same JSON header (:mod:`purenn.io.header`). A run folder stands for its ``best.npz``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from purenn.io.archive import read_archive, write_archive
+from purenn.io.header import MODEL_FORMAT, ModelFileError, build_model, check_header, model_header
+from purenn.io.safetensors import read_model_tensors
+from purenn.nn.sequential import Sequential
+
+
+def _read_model_file(path: str | Path) -> tuple[dict[str, np.ndarray], dict]:
+    """The arrays and header of a ``.safetensors`` model file (by suffix) or a purenn ``.npz``."""
+    if Path(path).suffix.lower() == ".safetensors":
+        arrays, header = read_model_tensors(path)
+        return arrays, check_header(Path(path), header)
+    return read_archive(path)
+
+
+# -- models --------------------------------------------------------------------------------------
+BEST_FILE = "best.npz"
+
+
+def model_file(path: str | Path, flag: str = "MODEL") -> Path:
+    """A model file path; a run folder stands for its ``best.npz``.
+
+    Raises:
+        ModelFileError: a folder without ``best.npz`` (naming ``flag``); any other path is
+        returned as it is, for the loader to report.
+    """
+    path = Path(path).expanduser()
+    if path.is_dir():
+        if (path / BEST_FILE).is_file():
+            return path / BEST_FILE
+        raise ModelFileError(
+            f"{flag} {path} is a folder without {BEST_FILE}; pass a model file "
+            "(.npz or .safetensors) or a finished run folder"
+        )
+    return path
+
+
+def save_model(
+    path: str | Path,
+    model: Sequential,
+    metadata: dict,
+    weights: dict[str, np.ndarray] | None = None,
+) -> Path:
+    """Write ``model`` (architecture and weights) and ``metadata`` to ``path`` atomically.
+
+    Args:
+        path: destination, conventionally ``*.npz``.
+        model: the model; its ``state_dict()`` arrays are stored under their names.
+        metadata: JSON-able dict, e.g. ``class_names``, ``image_size``, ``mean``, ``std``.
+        weights: a state dict of ``model`` to store instead of its current one (e.g. the best
+            weights kept by early stopping).
+    """
+    weights = model.state_dict() if weights is None else weights
+    return write_archive(path, weights, model_header(MODEL_FORMAT, model, metadata))
+
+
+def load_model(path: str | Path, require: tuple[str, ...] = ()) -> tuple[Sequential, dict]:
+    """Read a model file (or a checkpoint, giving its latest weights).
+
+    Args:
+        path: the file: a purenn ``.npz``, or a ``.safetensors`` written by
+            ``purenn export`` (chosen by the suffix).
+        require: metadata keys the caller needs (e.g. ``("class_names", "image_size")``).
+
+    Returns:
+        ``(model, metadata)``: the rebuilt model in eval mode, and the JSON header (the
+        ``metadata`` given to :func:`save_model` plus ``format``, ``format_version`` and
+        ``architecture``).
+
+    Raises:
+        ModelFileError: the file is missing, a pickle, not an ``.npz``, lacks the purenn entry,
+            has a newer format version, its arrays do not fit its architecture, or a key of
+            ``require`` is missing.
+    """
+    arrays, header = _read_model_file(path)
+    missing = [key for key in require if key not in header]
+    if missing:
+        raise ModelFileError(f"model file {path} lacks the metadata {missing}")
+    return build_model(Path(path), arrays, header).eval(), header
