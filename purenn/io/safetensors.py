@@ -277,7 +277,7 @@ def read_model_tensors(path: str | Path) -> tuple[dict[str, np.ndarray], dict]:
     if PURENN_KEY not in metadata:
         raise ModelFileError(
             f"{path} holds tensors but no purenn metadata (no architecture): if it is a PyTorch "
-            f"state dict, build the model and use purenn.export.load_torch_state(path, model)"
+            f"state dict, build the model and use purenn.io.load_torch_state(path, model)"
         )
     try:
         header = parse_json(metadata[PURENN_KEY])
