@@ -1,7 +1,9 @@
 """Answering with a trained model: probabilities from images, and ``predict`` over image files.
 
-Modules: ``probabilities`` (normalise as training did, forward in eval mode, softmax, top classes),
-``prediction`` (``purenn predict``: files in, ranked classes out). Predict, explain, serve and
+Modules: ``probabilities`` (normalise as training did, forward in eval mode, softmax of the
+logits divided by the model's temperature, top classes), ``calibration`` (fitting that
+temperature; expected calibration error, reliability bins), ``prediction`` (``purenn predict``:
+files in, ranked classes out). Predict, explain, serve and
 export share this floor and never import the fit loop.
 """
 
