@@ -18,17 +18,20 @@ step leaves it (``rtsafe``, Press et al., Numerical Recipes 9.4).
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 import numpy as np
 
-from purenn.kernels.ops import log_softmax
+from purenn.kernels.ops import log_softmax, softmax
+
+logger = logging.getLogger(__name__)
 
 # Guo et al. 2017: confidences in 15 equal-width bins.
 ECE_BINS = 15
 # The fitted temperature is kept within [1 / MAX_TEMPERATURE, MAX_TEMPERATURE]: if the NLL
 # still falls at a bound (e.g. every image right, so the NLL tends to 0 as T -> 0), that bound.
-MAX_TEMPERATURE = 1e3
+MAX_TEMPERATURE = 100.0
 # Newton/bisection stops when the step in log T is below this (T within 1e-10 relative).
 LOG_T_TOLERANCE = 1e-10
 MAX_ITERATIONS = 200
@@ -102,10 +105,16 @@ def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
 
     bound = float(np.log(MAX_TEMPERATURE))
     lo, hi = -bound, bound
-    if gradient(lo) >= 0:
-        return float(np.exp(lo))
-    if gradient(hi) <= 0:
-        return float(np.exp(hi))
+    for edge, falling in ((lo, gradient(lo) >= 0), (hi, gradient(hi) <= 0)):
+        if falling:
+            logger.warning(
+                "the NLL of softmax(logits / T) has no minimum for T in [%g, %g] (e.g. every "
+                "image right with a margin); T = %g, the bound",
+                1 / MAX_TEMPERATURE,
+                MAX_TEMPERATURE,
+                np.exp(edge),
+            )
+            return float(np.exp(edge))
     # Invariant: dL/ds < 0 at lo, > 0 at hi. Start at T = 1, where training left the logits.
     s = 0.0
     for _ in range(MAX_ITERATIONS):
@@ -191,3 +200,23 @@ def expected_calibration_error(
 ) -> float:
     """ECE of ``(N, K)`` probabilities of labelled images, ``bins`` equal-width bins (Guo 2017)."""
     return reliability(probabilities, labels, bins).ece
+
+
+def calibration_summary(logits: np.ndarray, labels: np.ndarray, temperature: float) -> dict:
+    """How ``temperature`` calibrates labelled logits, JSON-able.
+
+    Returns:
+        ``{"samples", "nll_before", "nll_after", "ece_before", "ece_after"}``: the mean NLL and
+        the expected calibration error (:data:`ECE_BINS` bins) of ``softmax(logits)`` (before)
+        and of ``softmax(logits / temperature)`` (after).
+    """
+    z, y = _check(logits, labels)
+    nll_before = _nll_derivatives(z, y, 0.0)[0]
+    nll_after = _nll_derivatives(z, y, float(np.log(temperature)))[0]
+    return {
+        "samples": int(len(y)),
+        "nll_before": nll_before,
+        "nll_after": nll_after,
+        "ece_before": expected_calibration_error(softmax(z), y),
+        "ece_after": expected_calibration_error(softmax(z / temperature), y),
+    }

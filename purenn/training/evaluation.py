@@ -10,8 +10,11 @@ from pathlib import Path
 import numpy as np
 
 from purenn.data import DataError, DataLoader, scan_image_folder
+from purenn.inference.calibration import expected_calibration_error, scaled_logits
 from purenn.inference.prediction import INFERENCE_KEYS
+from purenn.inference.probabilities import model_temperature
 from purenn.io import atomic_write, load_model
+from purenn.kernels.ops import softmax
 from purenn.nn.sequential import Sequential
 from purenn.training.metrics import classification_report
 from purenn.training.pipeline import SPLITS, open_cache, split_indices
@@ -102,8 +105,11 @@ def evaluate(
         progress: show the caching progress bar.
 
     Returns:
-        :func:`classification_report` plus ``model``, ``data_dir``, ``split`` (the split
-        scored), ``trained_on`` (the model's training folder, None if not recorded) and
+        :func:`classification_report` of the calibrated logits (``logits / temperature``: its
+        ``loss`` is the NLL of the probabilities purenn reports) plus ``temperature`` (the model
+        file's, 1.0 if it has none), ``ece`` (their expected calibration error), ``model``,
+        ``data_dir``, ``split`` (the split scored), ``trained_on`` (the model's training
+        folder, None if not recorded) and
         ``train_overlap`` (how many scored images are in the model's training split; None when
         ``data_dir`` is not the folder the model was trained on).
 
@@ -166,7 +172,9 @@ def evaluate(
     labels = np.array([known[name] for name in cache.class_names])[cache.labels]
     loader = DataLoader(cache.images, labels, indices, batch_size, meta["mean"], meta["std"])
     logits, y = predict_logits(model, loader)
-    report = classification_report(logits, y, meta["class_names"])
+    temperature = model_temperature(meta)
+    calibrated = scaled_logits(logits, temperature)
+    report = classification_report(calibrated, y, meta["class_names"])
     return {
         "model": str(Path(model_path).absolute()),
         "data_dir": str(scan.root),
@@ -174,4 +182,6 @@ def evaluate(
         "trained_on": meta.get("data_dir"),
         "train_overlap": overlap,
         **report,
+        "temperature": temperature,
+        "ece": expected_calibration_error(softmax(calibrated), y),
     }
