@@ -202,21 +202,19 @@ def expected_calibration_error(
     return reliability(probabilities, labels, bins).ece
 
 
-def calibration_summary(logits: np.ndarray, labels: np.ndarray, temperature: float) -> dict:
-    """How ``temperature`` calibrates labelled logits, JSON-able.
+def calibration_summary(
+    logits: np.ndarray, labels: np.ndarray, temperature: float, before: float = 1.0
+) -> dict:
+    """How ``temperature`` calibrates labelled logits, compared with temperature ``before``.
 
     Returns:
         ``{"samples", "nll_before", "nll_after", "ece_before", "ece_after"}``: the mean NLL and
-        the expected calibration error (:data:`ECE_BINS` bins) of ``softmax(logits)`` (before)
-        and of ``softmax(logits / temperature)`` (after).
+        the expected calibration error (:data:`ECE_BINS` bins) of ``softmax(logits / before)``
+        and of ``softmax(logits / temperature)``; JSON-able.
     """
     z, y = _check(logits, labels)
-    nll_before = _nll_derivatives(z, y, 0.0)[0]
-    nll_after = _nll_derivatives(z, y, float(np.log(temperature)))[0]
-    return {
-        "samples": int(len(y)),
-        "nll_before": nll_before,
-        "nll_after": nll_after,
-        "ece_before": expected_calibration_error(softmax(z), y),
-        "ece_after": expected_calibration_error(softmax(z / temperature), y),
-    }
+    summary = {"samples": int(len(y))}
+    for when, t in (("before", before), ("after", temperature)):
+        summary[f"nll_{when}"] = _nll_derivatives(z, y, float(np.log(t)))[0]
+        summary[f"ece_{when}"] = expected_calibration_error(softmax(z / t), y)
+    return summary

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -77,6 +78,110 @@ def describe_scored(report: dict) -> str:
     return line + f" (the model's training folder; {overlap} of them trained on)"
 
 
+@dataclass(frozen=True)
+class ScoredImages:
+    """The logits of the labelled images chosen by :func:`score_folder`.
+
+    Attributes:
+        logits: float (N, K) raw model outputs (before any temperature); labels: int64 (N,)
+            indices into the model's classes.
+        split: the split scored (``"auto"`` resolved); root: the data folder, resolved.
+        train_overlap: how many scored images are in the model's training split (None when
+            ``root`` is not the folder the model was trained on).
+    """
+
+    logits: np.ndarray
+    labels: np.ndarray
+    split: str
+    root: Path
+    train_overlap: int | None
+
+
+def score_folder(
+    model: Sequential,
+    meta: dict,
+    data_dir: str | Path,
+    split: str,
+    batch_size: int = 64,
+    cache_dir: str | None = None,
+    workers: int | None = None,
+    progress: bool = True,
+    auto: tuple[str, ...] = ("test", "val"),
+) -> ScoredImages:
+    """Logits of a model on an image folder, or on one split of it as split during training.
+
+    Args:
+        model, meta: as :func:`purenn.io.load_model` returns them.
+        data_dir: ``DATA_DIR/<class>/<image>`` (or pre-split); its classes must be among the
+            model's (matched by name).
+        split: as :func:`evaluate`'s ``split``; ``"auto"`` takes the first non-empty split of
+            ``auto`` on the folder the model was trained on, else ``"all"``.
+        batch_size, cache_dir, workers, progress: as :func:`evaluate`'s.
+        auto: the splits ``"auto"`` prefers, in order.
+
+    Raises:
+        DataError: bad folder, a class unknown to the model, or an empty split.
+    """
+    scan = scan_image_folder(data_dir)
+    same_folder = trained_on(meta, scan.root)
+    known = {name: i for i, name in enumerate(meta["class_names"])}
+    unknown = [name for name in scan.class_names if name not in known]
+    if unknown:
+        raise DataError(
+            f"class folder {unknown[0]!r} of {scan.root} is not one of the model's "
+            f"{len(known)} classes ({', '.join(list(known)[:5])}, ...)"
+        )
+    if split not in ("all", "auto") and scan.class_names != meta["class_names"]:
+        raise DataError(
+            f"--split {split} needs the model's classes in {scan.root}, found {scan.class_names}"
+        )
+    cache = open_cache(scan, meta["image_size"], cache_dir, workers, progress)
+    parts = None
+    if same_folder or split not in ("all", "auto"):
+        s = meta["split"]
+        parts = split_indices(cache, s["val_fraction"], s["test_fraction"], s["seed"])
+    if split == "auto":
+        held_out = [name for name in auto if same_folder and len(parts[name])]
+        split = held_out[0] if held_out else "all"
+    if split == "all":
+        indices = np.arange(len(cache.labels))
+    else:
+        indices = parts[split]
+        if not len(indices):
+            raise DataError(f"the {split} split of {scan.root} is empty")
+        if not same_folder:
+            logger.warning(
+                "%s is not the folder the model was trained on (%s): --split %s is a new split "
+                "of it with the model's fractions and seed, not images the model held out; "
+                "use --split all to score every image of it",
+                scan.root,
+                meta.get("data_dir", "not recorded in the model file"),
+                split,
+            )
+    overlap = None
+    if same_folder:
+        overlap = int(np.isin(indices, parts["train"]).sum())
+        if overlap and split != "train":
+            logger.warning(
+                "%d of the %d images scored are in the model's training split of %s: the "
+                "scores overstate its accuracy on new images (use --split test)",
+                overlap,
+                len(indices),
+                scan.root,
+            )
+    labels = np.array([known[name] for name in cache.class_names])[cache.labels]
+    loader = DataLoader(cache.images, labels, indices, batch_size, meta["mean"], meta["std"])
+    logits, y = predict_logits(model, loader)
+    return ScoredImages(logits, y, split, scan.root, overlap)
+
+
+def check_split(split: str, choices: tuple[str, ...] = SPLIT_CHOICES) -> str:
+    """``split`` if it is one of ``choices``; ValueError naming it otherwise."""
+    if split not in choices:
+        raise ValueError(f"split must be one of {', '.join(choices)}, received: {split!r}")
+    return split
+
+
 def evaluate(
     model_path: str | Path,
     data_dir: str | Path,
@@ -109,79 +214,29 @@ def evaluate(
         ``loss`` is the NLL of the probabilities purenn reports) plus ``temperature`` (the model
         file's, 1.0 if it has none), ``ece`` (their expected calibration error), ``model``,
         ``data_dir``, ``split`` (the split scored), ``trained_on`` (the model's training
-        folder, None if not recorded) and
-        ``train_overlap`` (how many scored images are in the model's training split; None when
-        ``data_dir`` is not the folder the model was trained on).
+        folder, None if not recorded) and ``train_overlap`` (how many scored images are in the
+        model's training split; None when ``data_dir`` is not the folder the model was trained
+        on).
 
     Raises:
         ModelFileError: not a purenn model. DataError: bad folder, a class unknown to the model,
         or an empty split. ValueError: bad ``split``.
     """
-    if split not in SPLIT_CHOICES:
-        raise ValueError(f"split must be one of {', '.join(SPLIT_CHOICES)}, received: {split!r}")
+    check_split(split)
     model, meta = load_model(
         model_path, require=INFERENCE_KEYS + (() if split in ("all", "auto") else ("split",))
     )
-    scan = scan_image_folder(data_dir)
-    same_folder = trained_on(meta, scan.root)
-    known = {name: i for i, name in enumerate(meta["class_names"])}
-    unknown = [name for name in scan.class_names if name not in known]
-    if unknown:
-        raise DataError(
-            f"class folder {unknown[0]!r} of {scan.root} is not one of the model's "
-            f"{len(known)} classes ({', '.join(list(known)[:5])}, ...)"
-        )
-    if split not in ("all", "auto") and scan.class_names != meta["class_names"]:
-        raise DataError(
-            f"--split {split} needs the model's classes in {scan.root}, found {scan.class_names}"
-        )
-    cache = open_cache(scan, meta["image_size"], cache_dir, workers, progress)
-    parts = None
-    if same_folder or split not in ("all", "auto"):
-        s = meta["split"]
-        parts = split_indices(cache, s["val_fraction"], s["test_fraction"], s["seed"])
-    if split == "auto":
-        held_out = [name for name in ("test", "val") if same_folder and len(parts[name])]
-        split = held_out[0] if held_out else "all"
-    if split == "all":
-        indices = np.arange(len(cache.labels))
-    else:
-        indices = parts[split]
-        if not len(indices):
-            raise DataError(f"the {split} split of {scan.root} is empty")
-        if not same_folder:
-            logger.warning(
-                "%s is not the folder the model was trained on (%s): --split %s is a new split "
-                "of it with the model's fractions and seed, not images the model held out; "
-                "use --split all to score every image of it",
-                scan.root,
-                meta.get("data_dir", "not recorded in the model file"),
-                split,
-            )
-    overlap = None
-    if same_folder:
-        overlap = int(np.isin(indices, parts["train"]).sum())
-        if overlap and split != "train":
-            logger.warning(
-                "%d of the %d images scored are in the model's training split of %s: the "
-                "scores overstate its accuracy on new images (use --split test)",
-                overlap,
-                len(indices),
-                scan.root,
-            )
-    labels = np.array([known[name] for name in cache.class_names])[cache.labels]
-    loader = DataLoader(cache.images, labels, indices, batch_size, meta["mean"], meta["std"])
-    logits, y = predict_logits(model, loader)
+    scored = score_folder(model, meta, data_dir, split, batch_size, cache_dir, workers, progress)
     temperature = model_temperature(meta)
-    calibrated = scaled_logits(logits, temperature)
-    report = classification_report(calibrated, y, meta["class_names"])
+    calibrated = scaled_logits(scored.logits, temperature)
+    report = classification_report(calibrated, scored.labels, meta["class_names"])
     return {
         "model": str(Path(model_path).absolute()),
-        "data_dir": str(scan.root),
-        "split": split,
+        "data_dir": str(scored.root),
+        "split": scored.split,
         "trained_on": meta.get("data_dir"),
-        "train_overlap": overlap,
+        "train_overlap": scored.train_overlap,
         **report,
         "temperature": temperature,
-        "ece": expected_calibration_error(softmax(calibrated), y),
+        "ece": expected_calibration_error(softmax(calibrated), scored.labels),
     }
