@@ -4,9 +4,8 @@ Modules: ``probabilities`` (normalise as training did, forward in eval mode, sof
 logits divided by the model's temperature, top classes), ``calibration`` (fitting that
 temperature; expected calibration error, reliability bins), ``ood`` (out-of-distribution
 scores: maximum softmax, maximum logit, energy, Mahalanobis; AUROC, FPR at 95% TPR; not yet
-used by any command), ``prediction`` (``purenn predict``:
-files in, ranked classes out). Predict, explain, serve and
-export share this floor and never import the fit loop.
+used by any command), ``prediction`` (``purenn predict``: files in, ranked classes out).
+Predict, explain, serve and export share this floor and never import the fit loop.
 """
 
 from purenn.inference.prediction import format_predictions, predict
