@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 
 from purenn.inference.calibration import (
-    MAX_TEMPERATURE,
     expected_calibration_error,
     fit_temperature,
     reliability,
@@ -89,12 +88,22 @@ def test_fit_recovers_the_temperature_that_drew_the_labels(true_temperature):
     assert fit_temperature(logits, labels) == pytest.approx(true_temperature, rel=0.04)
 
 
-def test_fit_at_the_bounds_and_with_constant_logits():
-    # Every image right with a margin: the NLL falls to 0 as T -> 0, so the lower bound.
+def test_without_a_minimum_the_temperature_stays_one(caplog):
+    # Every image right with a margin: the NLL falls to 0 as T -> 0; the bound would make every
+    # answer certain, so T stays 1, with a warning.
     logits = np.array([[4.0, 0.0], [0.0, 3.0], [5.0, 1.0]])
-    assert fit_temperature(logits, np.array([0, 1, 0])) == pytest.approx(1 / MAX_TEMPERATURE)
+    assert temperature_nll(logits, np.array([0, 1, 0]), np.log(0.1))[1] > 0  # rising in T
+    assert fit_temperature(logits, np.array([0, 1, 0])) == 1.0
+    assert "no minimum" in caplog.text
     # Every image wrong: the NLL falls toward log K as T -> inf.
-    assert fit_temperature(logits, np.array([1, 0, 1])) == pytest.approx(MAX_TEMPERATURE)
+    assert temperature_nll(logits, np.array([1, 0, 1]), np.log(10.0))[1] < 0  # falling in T
+    assert fit_temperature(logits, np.array([1, 0, 1])) == 1.0
+    # One mistake among confident answers: a minimum inside the bounds (T = 1.97).
+    logits = np.array([[4.0, 0.0], [0.0, 3.0], [5.0, 1.0], [2.0, 0.0]])
+    labels = np.array([0, 1, 0, 1])
+    temperature = fit_temperature(logits, labels)
+    assert 1.5 < temperature < 2.5
+    assert abs(temperature_nll(logits, labels, np.log(temperature))[1]) < 1e-12
     # T changes nothing: 1.
     assert fit_temperature(np.ones((3, 4)), np.array([0, 1, 2])) == 1.0
 

@@ -29,8 +29,9 @@ logger = logging.getLogger(__name__)
 
 # Guo et al. 2017: confidences in 15 equal-width bins.
 ECE_BINS = 15
-# The fitted temperature is kept within [1 / MAX_TEMPERATURE, MAX_TEMPERATURE]: if the NLL
-# still falls at a bound (e.g. every image right, so the NLL tends to 0 as T -> 0), that bound.
+# The minimum is searched for in [1 / MAX_TEMPERATURE, MAX_TEMPERATURE]. Where there is none
+# (the NLL still falls at a bound: every image right with a margin, so it tends to 0 as T -> 0),
+# T stays 1: the bound would make every answer certain, wrong ones included.
 MAX_TEMPERATURE = 100.0
 # Newton/bisection stops when the step in log T is below this (T within 1e-10 relative).
 LOG_T_TOLERANCE = 1e-10
@@ -90,8 +91,10 @@ def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
         labels: ``(N,)`` int classes.
 
     Returns:
-        ``T`` within ``[1 / MAX_TEMPERATURE, MAX_TEMPERATURE]`` (a bound when the NLL is
-        still falling there; 1.0 when every row of logits is constant, so ``T`` changes nothing).
+        ``T`` within ``[1 / MAX_TEMPERATURE, MAX_TEMPERATURE]``; 1.0, with a warning, when the
+        NLL has no minimum there (it still falls at a bound: e.g. every image right with a
+        margin, where it tends to 0 as ``T -> 0`` and the bound would make every answer
+        certain), and when every row of logits is constant (``T`` changes nothing).
 
     Raises:
         ValueError: logits not ``(N, K)`` finite, or labels not ``N`` ints in ``[0, K)``.
@@ -105,16 +108,15 @@ def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
 
     bound = float(np.log(MAX_TEMPERATURE))
     lo, hi = -bound, bound
-    for edge, falling in ((lo, gradient(lo) >= 0), (hi, gradient(hi) <= 0)):
-        if falling:
-            logger.warning(
-                "the NLL of softmax(logits / T) has no minimum for T in [%g, %g] (e.g. every "
-                "image right with a margin); T = %g, the bound",
-                1 / MAX_TEMPERATURE,
-                MAX_TEMPERATURE,
-                np.exp(edge),
-            )
-            return float(np.exp(edge))
+    if gradient(lo) >= 0 or gradient(hi) <= 0:
+        logger.warning(
+            "the NLL of softmax(logits / T) on these %d images has no minimum for T in "
+            "[%g, %g] (every image right with a margin?): the temperature stays 1, uncalibrated",
+            len(y),
+            1 / MAX_TEMPERATURE,
+            MAX_TEMPERATURE,
+        )
+        return 1.0
     # Invariant: dL/ds < 0 at lo, > 0 at hi. Start at T = 1, where training left the logits.
     s = 0.0
     for _ in range(MAX_ITERATIONS):

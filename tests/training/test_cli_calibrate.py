@@ -38,16 +38,21 @@ def close_folder(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def legacy_model(tmp_path_factory, close_folder, tiny_args):
-    """A run's best.npz rewritten without a temperature, as purenn wrote it before."""
+def close_run(tmp_path_factory, close_folder, tiny_args):
+    """A run folder trained on the close colours (do not modify)."""
     run = tmp_path_factory.mktemp("run") / "run"
     args = ["train", close_folder, "--out", run, "--epochs", 3, "--patience", 0, "-q"]
     assert main([str(a) for a in [*args, *tiny_args]]) == 0
-    model, header = load_model(run / "best.npz")
+    return run
+
+
+@pytest.fixture(scope="module")
+def legacy_model(close_run):
+    """The run's best.npz without its temperature, as purenn wrote model files before."""
+    model, header = load_model(close_run / "best.npz")
     metadata = header_metadata(header)
-    assert metadata.pop("temperature") != 1.0
-    save_model(run / "best.npz", model, metadata)
-    return run / "best.npz"
+    del metadata["temperature"]
+    return save_model(close_run.parent / "legacy.npz", model, metadata)
 
 
 @pytest.fixture
@@ -65,6 +70,23 @@ def val_logits(model_path, cache_dir):
         split["test_fraction"], split["seed"], str(cache_dir), 1, False,
     )  # fmt: skip
     return predict_logits(model, data.loader("val", 8))
+
+
+def test_training_fits_the_temperature_on_the_val_split(close_run, cache_dir):
+    calibration = json.loads((close_run / "report.json").read_text())["calibration"]
+    _, meta = load_model(close_run / "best.npz")
+    logits, labels = val_logits(close_run / "best.npz", cache_dir)
+    temperature = fit_temperature(logits, labels)
+    assert 0.05 < temperature < 20 and temperature != 1.0  # a real minimum
+    assert meta["temperature"] == calibration["temperature"]
+    assert meta["temperature"] == pytest.approx(temperature, rel=1e-9)
+    assert calibration["fitted_on"] == "val" and calibration["bins"] == 15
+    assert calibration["val"] == pytest.approx(calibration_summary(logits, labels, temperature))
+    # Fitted on these images, the temperature cannot raise their NLL.
+    assert calibration["val"]["nll_after"] < calibration["val"]["nll_before"]
+    assert calibration["test"]["samples"] == 12
+    with Image.open(close_run / "reliability.png") as png:
+        assert png.format == "PNG" and png.width >= 600
 
 
 def test_calibrate_fits_the_val_split_and_rewrites_only_the_temperature(
@@ -164,7 +186,7 @@ def test_calibrate_bad_split(cli, model_copy, close_folder, args, message):
 
 
 def test_calibrate_refuses_a_checkpoint(cli, legacy_model, close_folder, cache_dir):
-    checkpoint = legacy_model.parent / "last.ckpt.npz"
+    checkpoint = legacy_model.parent / "run" / "last.ckpt.npz"
     saved = checkpoint.read_bytes()
     result = cli("calibrate", checkpoint, close_folder, "--cache-dir", cache_dir)
     assert result.code == 2 and "is a checkpoint, not a model file" in result.err

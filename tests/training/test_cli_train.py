@@ -103,29 +103,14 @@ def test_report_json_holds_the_test_metrics(trained_run):
     assert sum(p["count"] for p in report["confused_pairs"]) == mistakes.sum()
 
 
-def test_report_json_holds_the_calibration_fitted_on_the_val_split(trained_run, cache_dir):
-    from purenn.inference.calibration import calibration_summary, fit_temperature
-    from purenn.training.evaluation import predict_logits
-    from purenn.training.pipeline import load_training_data
-
+def test_report_json_holds_the_calibration_block(trained_run):
+    # The colours are easy: every validation image right, so the NLL has no minimum and T = 1
+    # (test_cli_calibrate.py trains on close colours, where T is fitted).
     calibration = json.loads((trained_run / "report.json").read_text())["calibration"]
     _, meta = load_model(trained_run / "best.npz")
-    assert calibration["temperature"] == meta["temperature"]
+    assert calibration["temperature"] == meta["temperature"] == 1.0
     assert calibration["fitted_on"] == "val" and calibration["bins"] == 15
     assert calibration["val"]["samples"] == calibration["test"]["samples"] == 9
-    # The same numbers from the val split's logits of the saved model.
-    model, meta = load_model(trained_run / "best.npz")
-    split = meta["split"]
-    data = load_training_data(
-        scan_image_folder(meta["data_dir"]), 8, split["val_fraction"], split["test_fraction"],
-        split["seed"], str(cache_dir), 1, False, None,
-    )  # fmt: skip
-    logits, labels = predict_logits(model, data.loader("val", 8))
-    assert fit_temperature(logits, labels) == pytest.approx(meta["temperature"], rel=1e-6)
-    summary = calibration_summary(logits, labels, meta["temperature"])
-    assert calibration["val"] == pytest.approx(summary, rel=1e-6)
-    # Fitted on these images, the temperature cannot raise their NLL.
-    assert summary["nll_after"] <= summary["nll_before"]
 
 
 def test_report_json_holds_the_runs_time_throughput_and_peak_memory(trained_run, metrics_reader):
@@ -252,9 +237,7 @@ def test_predict_decodes_files_exactly_as_the_training_cache(trained_run, colour
     model, meta = load_model(trained_run / "best.npz")
     cache = build_cache(scan_image_folder(colour_folder), cache_dir, 8, workers=1, progress=False)
     x = normalize_batch(np.asarray(cache.images), meta["mean"], meta["std"])
-    temperature = meta["temperature"]
-    assert temperature > 0 and temperature != 1.0  # fitted at the end of training
-    expected = softmax(model.forward(x, training=False).astype(np.float64) / temperature)
+    expected = softmax(model.forward(x, training=False).astype(np.float64) / meta["temperature"])
     assert [r["file"] for r in results] == [str(colour_folder / f) for f in cache.files]
     for r, probs in zip(results, expected, strict=True):
         got = {p["class"]: p["probability"] for p in r["predictions"]}
