@@ -12,6 +12,7 @@ from purenn.data import collect_images, load_image, normalize_batch
 from purenn.explain.methods import METHODS, explain
 from purenn.explain.overlay import render, write_png
 from purenn.explain.photo import REQUIRED_METADATA, class_index
+from purenn.inference.probabilities import model_temperature
 from purenn.io import load_model, model_file
 from purenn.kernels.runtime import limit_threads
 
@@ -83,6 +84,7 @@ def _output_names(files: list[Path], method: str) -> list[str]:
 def run(args: argparse.Namespace, progress) -> int:
     """The ``explain`` command: decode every image first, then explain and write in batches."""
     model, meta = load_model(model_file(args.model), require=REQUIRED_METADATA)
+    temperature = model_temperature(meta)
     target = None
     if args.target is not None:  # a class name, else an index
         name_or_index = args.target
@@ -106,6 +108,7 @@ def run(args: argparse.Namespace, progress) -> int:
                 target,
                 layer=args.layer,
                 smooth_samples=args.smooth,
+                temperature=temperature,
             )
             for i, f in enumerate(files[rows]):
                 chosen = int(result.targets[i])

@@ -7,11 +7,10 @@ from pathlib import Path
 
 from purenn.export.onnx import OPSET, ExportError, export_onnx
 from purenn.io import load_model, model_file
+from purenn.io.header import header_metadata
 from purenn.io.safetensors import save_safetensors
 
 SUFFIXES = (".onnx", ".safetensors")
-# Header entries that describe the file, not the model (a checkpoint's "state" stays behind).
-FILE_KEYS = ("format", "format_version", "architecture", "state")
 
 
 def _cmd_export(args: argparse.Namespace, progress) -> int:
@@ -26,7 +25,7 @@ def _cmd_export(args: argparse.Namespace, progress) -> int:
     if not out.absolute().parent.is_dir():
         raise ExportError(f"the folder of OUT does not exist: {out.absolute().parent}")
     model, header = load_model(model_file(args.model))
-    metadata = {k: v for k, v in header.items() if k not in FILE_KEYS}
+    metadata = header_metadata(header)
     if suffix == ".onnx":
         export_onnx(model, out, metadata)
         what = f"ONNX opset {OPSET}, input (batch, {', '.join(map(str, model.input_shape or ()))})"

@@ -1,5 +1,5 @@
-"""The ``purenn`` command: train, evaluate, predict, summary, demo, cache, export, serve,
-diagnoses, explain.
+"""The ``purenn`` command: train, evaluate, calibrate, predict, summary, demo, cache, export,
+serve, diagnoses, explain.
 
 Exit codes: 0 success; 1 training diverged (NaN/inf loss); 2 bad input (``purenn: error: ...``
 on stderr, no traceback); 130 interrupted (Ctrl-C; ``train`` saves a checkpoint first); 141
@@ -22,6 +22,7 @@ from purenn.cli import explain as explain_cli
 from purenn.cli import serve as serve_cli
 from purenn.cli.arguments import positive_int
 from purenn.cli.cache import add_parser as add_cache_parser
+from purenn.cli.calibrate import add_parser as add_calibrate_parser
 from purenn.cli.export import add_parser as add_export_parser
 from purenn.inference.prediction import format_predictions
 from purenn.io import load_model, model_file
@@ -206,7 +207,10 @@ def _cmd_evaluate(args: argparse.Namespace, progress: Progress) -> int:
     else:
         progress.info(describe_scored(report))
         progress.result(format_report(report))
-        progress.info(f"report: {json_path}\nconfusion matrix: {png_path}")
+        progress.info(
+            f"calibration: temperature {report['temperature']:.4g}, expected calibration "
+            f"error {100 * report['ece']:.2f}%\nreport: {json_path}\nconfusion matrix: {png_path}"
+        )
     return EXIT_OK
 
 
@@ -343,6 +347,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the JSON report")
     p.add_argument("--threads", type=positive_int, metavar="N", help=THREADS_HELP)
     p.set_defaults(func=_cmd_evaluate)
+    add_calibrate_parser(commands)
 
     p = commands.add_parser(
         "predict",

@@ -50,7 +50,8 @@ class Explanation:
         maps: float32 ``(N, H, W)`` heat maps at the input size (per image in [0, 1] when
             normalised).
         targets: int64 ``(N,)`` class explained for each image.
-        probabilities: float32 ``(N, K)`` softmax of the logits of the clean images.
+        probabilities: float32 ``(N, K)`` softmax of the logits of the clean images divided
+            by the temperature (the calibrated probabilities, with the model file's).
     """
 
     maps: np.ndarray
@@ -289,6 +290,7 @@ def explain(
     noise: float = 0.15,
     seed: int = 0,
     batch_size: int = 32,
+    temperature: float = 1.0,
 ) -> Explanation:
     """Heat maps of what each image's target-class logit depends on.
 
@@ -309,6 +311,9 @@ def explain(
         noise: SmoothGrad noise standard deviation as a fraction of each image's value range.
         seed: seed of the SmoothGrad noise.
         batch_size: images per forward/backward pass (memory grows with it).
+        temperature: the logits are divided by it before the softmax of ``probabilities``
+            (``purenn.inference.probabilities.model_temperature`` of the model file); the maps
+            and the predicted class do not depend on it.
 
     Returns:
         An :class:`Explanation` with float32 maps.
@@ -324,6 +329,10 @@ def explain(
     smooth_samples = check_int(smooth_samples, "smooth_samples", minimum=0, error=ExplainError)
     if not (isinstance(noise, (int, float)) and 0 <= noise < np.inf):
         raise ExplainError(f"noise must be a number >= 0, received: noise={noise!r}")
+    if not (isinstance(temperature, (int, float)) and 0 < temperature < np.inf):
+        raise ExplainError(
+            f"temperature must be a number > 0, received: temperature={temperature!r}"
+        )
     if method == "gradcam":
         layer = conv_layer(model, layer)
     rng = np.random.default_rng(seed)
@@ -344,7 +353,9 @@ def explain(
     return Explanation(
         maps=np.concatenate(maps).astype(np.float32),
         targets=np.concatenate(chosen),
-        probabilities=softmax(np.concatenate(logits).astype(np.float64)).astype(np.float32),
+        probabilities=softmax(np.concatenate(logits).astype(np.float64) / temperature).astype(
+            np.float32
+        ),
     )
 
 

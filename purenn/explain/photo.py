@@ -15,6 +15,7 @@ from purenn.data import normalize_batch
 from purenn.data.decode import square_chw
 from purenn.explain.methods import ExplainError, explain, upsample
 from purenn.explain.overlay import overlay, png_bytes
+from purenn.inference.probabilities import model_temperature
 from purenn.nn.sequential import Sequential
 
 # What a model file must hold besides its weights to explain photos.
@@ -28,7 +29,8 @@ class PhotoExplanation:
     Attributes:
         png: the overlay (the photo at its own size, tinted by the heat map) as PNG bytes.
         class_name, class_index: the class explained.
-        probability: the model's probability of that class for the photo.
+        probability: the model's calibrated probability of that class for the photo (as
+            ``predict`` and ``serve`` report it).
         predicted: the class the model predicts (the explained one unless a target was given).
     """
 
@@ -89,6 +91,7 @@ def explain_photo(
 
     Raises:
         ExplainError: a bad photo, class or method, or metadata lacking a required key.
+        ModelFileError: a bad ``temperature`` in the metadata.
     """
     missing = [key for key in REQUIRED_METADATA if key not in metadata]
     if missing:
@@ -108,7 +111,14 @@ def explain_photo(
             f"{pixels.dtype} {pixels.shape}"
         )
     x = normalize_batch(pixels[None], metadata["mean"], metadata["std"])
-    result = explain(model, x, method, target, smooth_samples=smooth_samples)
+    result = explain(
+        model,
+        x,
+        method,
+        target,
+        smooth_samples=smooth_samples,
+        temperature=model_temperature(metadata),
+    )
     heat = np.clip(upsample(result.maps, photo.shape[:2])[0], 0, 1)
     names, chosen = metadata["class_names"], int(result.targets[0])
     return PhotoExplanation(

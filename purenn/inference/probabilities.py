@@ -2,6 +2,8 @@
 
 It sits beside training, not inside it: a model file plus uint8 images (decoded and resized by
 ``purenn.data`` exactly as training did) give probabilities, without importing the fit loop.
+The probabilities are calibrated: the logits are divided by the model file's ``temperature``
+(:mod:`purenn.inference.calibration`; a file without one, written before it existed, has T = 1).
 """
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from purenn.data import normalize_batch
+from purenn.io.header import ModelFileError
 from purenn.kernels.ops import softmax
 from purenn.nn.sequential import Sequential
 
@@ -16,19 +19,43 @@ from purenn.nn.sequential import Sequential
 INFERENCE_KEYS = ("class_names", "image_size", "mean", "std")
 
 
+def model_temperature(meta: dict) -> float:
+    """The model file's calibration temperature (1.0 when it has none).
+
+    Raises:
+        ModelFileError: a temperature that is not a finite number > 0.
+    """
+    temperature = meta.get("temperature", 1.0)
+    if (
+        isinstance(temperature, bool)
+        or not isinstance(temperature, (int, float))
+        or not 0 < temperature < np.inf
+    ):
+        raise ModelFileError(
+            f"the model file's temperature must be a number > 0; received: {temperature!r}"
+        )
+    return float(temperature)
+
+
+def calibrated_probabilities(logits: np.ndarray, meta: dict) -> np.ndarray:
+    """float64 ``softmax(logits / T)`` of ``(N, K)`` logits, ``T`` the model file's temperature."""
+    return softmax(np.asarray(logits, dtype=np.float64) / model_temperature(meta))
+
+
 def class_probabilities(model: Sequential, images: np.ndarray, meta: dict) -> np.ndarray:
-    """Softmax probabilities of a batch.
+    """Calibrated softmax probabilities of a batch.
 
     Args:
         model: a model in eval mode.
         images: uint8 array ``(N, 3, S, S)`` at the model's ``image_size``.
-        meta: the model file's metadata (its ``mean`` and ``std`` normalise the images).
+        meta: the model file's metadata (its ``mean`` and ``std`` normalise the images, its
+            ``temperature`` divides the logits).
 
     Returns:
         float64 array ``(N, K)``, rows summing to 1 (logits upcast before the softmax).
     """
     x = normalize_batch(images, meta["mean"], meta["std"])
-    return softmax(model.forward(x, training=False).astype(np.float64))
+    return calibrated_probabilities(model.forward(x, training=False), meta)
 
 
 def top_classes(probabilities: np.ndarray, class_names: list[str], top_k: int) -> list[dict]:

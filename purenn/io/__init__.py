@@ -9,7 +9,13 @@ and PyTorch's tensor names), ``model_file`` (save and load a model in either con
 from purenn.io.atomic import atomic_write, remove_stale_temporaries
 from purenn.io.checkpoint import join_state, load_checkpoint, save_checkpoint, split_state
 from purenn.io.header import CHECKPOINT_FORMAT, FORMAT_VERSION, MODEL_FORMAT, ModelFileError
-from purenn.io.model_file import BEST_FILE, load_model, model_file, save_model
+from purenn.io.model_file import (
+    BEST_FILE,
+    load_model,
+    model_file,
+    save_model,
+    update_model_metadata,
+)
 from purenn.io.safetensors import (
     load_torch_state,
     read_safetensors,
@@ -33,6 +39,7 @@ __all__ = [
     "remove_stale_temporaries",
     "save_checkpoint",
     "save_model",
+    "update_model_metadata",
     "save_safetensors",
     "split_state",
     "write_safetensors",

@@ -22,6 +22,8 @@ from purenn.nn.sequential import Sequential
 MODEL_FORMAT = "purenn-model"
 CHECKPOINT_FORMAT = "purenn-checkpoint"
 FORMAT_VERSION = 1
+# Header entries that describe the file, not the model (a checkpoint's "state" stays behind).
+FILE_KEYS = ("format", "format_version", "architecture", "state")
 
 
 class ModelFileError(ValueError):
@@ -52,6 +54,11 @@ def build_model(path: Path, arrays: dict[str, np.ndarray], header: dict) -> Sequ
     except (KeyError, TypeError, ValueError) as err:
         raise ModelFileError(f"damaged model file {path}: {err}") from None
     return model
+
+
+def header_metadata(header: dict) -> dict:
+    """A header's metadata: what :func:`model_header` was given, the file's entries left out."""
+    return {key: value for key, value in header.items() if key not in FILE_KEYS}
 
 
 def model_header(fmt: str, model: Sequential, metadata: dict) -> dict:

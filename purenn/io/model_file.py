@@ -12,8 +12,15 @@ from pathlib import Path
 import numpy as np
 
 from purenn.io.archive import read_archive, write_archive
-from purenn.io.header import MODEL_FORMAT, ModelFileError, build_model, check_header, model_header
-from purenn.io.safetensors import read_model_tensors
+from purenn.io.header import (
+    MODEL_FORMAT,
+    ModelFileError,
+    build_model,
+    check_header,
+    header_metadata,
+    model_header,
+)
+from purenn.io.safetensors import read_model_tensors, save_safetensors
 from purenn.nn.sequential import Sequential
 
 
@@ -89,3 +96,27 @@ def load_model(path: str | Path, require: tuple[str, ...] = ()) -> tuple[Sequent
     if missing:
         raise ModelFileError(f"model file {path} lacks the metadata {missing}")
     return build_model(Path(path), arrays, header).eval(), header
+
+
+def update_model_metadata(path: str | Path, changes: dict) -> Path:
+    """Rewrite a model file atomically with ``changes`` merged into its metadata.
+
+    The container (``.safetensors`` or ``.npz``, by the suffix) and the weights stay as they
+    were; only the JSON header changes. The file is replaced only once the new one is written.
+
+    Args:
+        path: a model file (not a checkpoint: its optimizer state would be dropped).
+        changes: JSON-able metadata entries to set (e.g. ``{"temperature": 1.7}``).
+
+    Raises:
+        ModelFileError: not a purenn model file, or a checkpoint.
+    """
+    model, header = load_model(path)
+    if header["format"] != MODEL_FORMAT:
+        raise ModelFileError(
+            f"{path} is a checkpoint, not a model file; pass the run's {BEST_FILE} instead"
+        )
+    metadata = {**header_metadata(header), **changes}
+    if Path(path).suffix.lower() == ".safetensors":
+        return save_safetensors(path, model, metadata)
+    return save_model(path, model, metadata)

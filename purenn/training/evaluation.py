@@ -5,13 +5,17 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from purenn.data import DataError, DataLoader, scan_image_folder
+from purenn.inference.calibration import expected_calibration_error, scaled_logits
 from purenn.inference.prediction import INFERENCE_KEYS
+from purenn.inference.probabilities import model_temperature
 from purenn.io import atomic_write, load_model
+from purenn.kernels.ops import softmax
 from purenn.nn.sequential import Sequential
 from purenn.training.metrics import classification_report
 from purenn.training.pipeline import SPLITS, open_cache, split_indices
@@ -74,48 +78,50 @@ def describe_scored(report: dict) -> str:
     return line + f" (the model's training folder; {overlap} of them trained on)"
 
 
-def evaluate(
-    model_path: str | Path,
+@dataclass(frozen=True)
+class ScoredImages:
+    """The logits of the labelled images chosen by :func:`score_folder`.
+
+    Attributes:
+        logits: float (N, K) raw model outputs (before any temperature); labels: int64 (N,)
+            indices into the model's classes.
+        split: the split scored (``"auto"`` resolved); root: the data folder, resolved.
+        train_overlap: how many scored images are in the model's training split (None when
+            ``root`` is not the folder the model was trained on).
+    """
+
+    logits: np.ndarray
+    labels: np.ndarray
+    split: str
+    root: Path
+    train_overlap: int | None
+
+
+def score_folder(
+    model: Sequential,
+    meta: dict,
     data_dir: str | Path,
-    split: str = "all",
+    split: str,
     batch_size: int = 64,
     cache_dir: str | None = None,
     workers: int | None = None,
     progress: bool = True,
-) -> dict:
-    """Metrics of a saved model on an image folder.
+    auto: tuple[str, ...] = ("test", "val"),
+) -> ScoredImages:
+    """Logits of a model on an image folder, or on one split of it as split during training.
 
     Args:
-        model_path: a model file (or checkpoint).
+        model, meta: as :func:`purenn.io.load_model` returns them.
         data_dir: ``DATA_DIR/<class>/<image>`` (or pre-split); its classes must be among the
             model's (matched by name).
-        split: ``"all"`` images, or the ``"train"``, ``"val"`` or ``"test"`` part as split during
-            training (the model stores the fractions and seed; the folder must have the model's
-            classes and the same files for this to be the same split), or ``"auto"``: ``"test"``
-            on the folder the model was trained on (``"val"`` if it has no test split, then
-            ``"all"``), ``"all"`` on any other folder. A split of another folder than the
-            model's is a new split of it, and a warning says so; so does a score that includes
-            images the model was trained on.
-        batch_size: images per forward pass.
-        cache_dir: decoded-image cache (default ``~/.cache/purenn``).
-        workers: decoding processes.
-        progress: show the caching progress bar.
-
-    Returns:
-        :func:`classification_report` plus ``model``, ``data_dir``, ``split`` (the split
-        scored), ``trained_on`` (the model's training folder, None if not recorded) and
-        ``train_overlap`` (how many scored images are in the model's training split; None when
-        ``data_dir`` is not the folder the model was trained on).
+        split: as :func:`evaluate`'s ``split``; ``"auto"`` takes the first non-empty split of
+            ``auto`` on the folder the model was trained on, else ``"all"``.
+        batch_size, cache_dir, workers, progress: as :func:`evaluate`'s.
+        auto: the splits ``"auto"`` prefers, in order.
 
     Raises:
-        ModelFileError: not a purenn model. DataError: bad folder, a class unknown to the model,
-        or an empty split. ValueError: bad ``split``.
+        DataError: bad folder, a class unknown to the model, or an empty split.
     """
-    if split not in SPLIT_CHOICES:
-        raise ValueError(f"split must be one of {', '.join(SPLIT_CHOICES)}, received: {split!r}")
-    model, meta = load_model(
-        model_path, require=INFERENCE_KEYS + (() if split in ("all", "auto") else ("split",))
-    )
     scan = scan_image_folder(data_dir)
     same_folder = trained_on(meta, scan.root)
     known = {name: i for i, name in enumerate(meta["class_names"])}
@@ -135,7 +141,7 @@ def evaluate(
         s = meta["split"]
         parts = split_indices(cache, s["val_fraction"], s["test_fraction"], s["seed"])
     if split == "auto":
-        held_out = [name for name in ("test", "val") if same_folder and len(parts[name])]
+        held_out = [name for name in auto if same_folder and len(parts[name])]
         split = held_out[0] if held_out else "all"
     if split == "all":
         indices = np.arange(len(cache.labels))
@@ -166,12 +172,71 @@ def evaluate(
     labels = np.array([known[name] for name in cache.class_names])[cache.labels]
     loader = DataLoader(cache.images, labels, indices, batch_size, meta["mean"], meta["std"])
     logits, y = predict_logits(model, loader)
-    report = classification_report(logits, y, meta["class_names"])
+    return ScoredImages(logits, y, split, scan.root, overlap)
+
+
+def check_split(split: str, choices: tuple[str, ...] = SPLIT_CHOICES) -> str:
+    """``split`` if it is one of ``choices``; ValueError naming it otherwise."""
+    if split not in choices:
+        raise ValueError(f"split must be one of {', '.join(choices)}, received: {split!r}")
+    return split
+
+
+def evaluate(
+    model_path: str | Path,
+    data_dir: str | Path,
+    split: str = "all",
+    batch_size: int = 64,
+    cache_dir: str | None = None,
+    workers: int | None = None,
+    progress: bool = True,
+) -> dict:
+    """Metrics of a saved model on an image folder.
+
+    Args:
+        model_path: a model file (or checkpoint).
+        data_dir: ``DATA_DIR/<class>/<image>`` (or pre-split); its classes must be among the
+            model's (matched by name).
+        split: ``"all"`` images, or the ``"train"``, ``"val"`` or ``"test"`` part as split during
+            training (the model stores the fractions and seed; the folder must have the model's
+            classes and the same files for this to be the same split), or ``"auto"``: ``"test"``
+            on the folder the model was trained on (``"val"`` if it has no test split, then
+            ``"all"``), ``"all"`` on any other folder. A split of another folder than the
+            model's is a new split of it, and a warning says so; so does a score that includes
+            images the model was trained on.
+        batch_size: images per forward pass.
+        cache_dir: decoded-image cache (default ``~/.cache/purenn``).
+        workers: decoding processes.
+        progress: show the caching progress bar.
+
+    Returns:
+        :func:`classification_report` of the calibrated logits (``logits / temperature``: its
+        ``loss`` is the NLL of the probabilities purenn reports) plus ``temperature`` (the model
+        file's, 1.0 if it has none), ``ece`` (their expected calibration error), ``model``,
+        ``data_dir``, ``split`` (the split scored), ``trained_on`` (the model's training
+        folder, None if not recorded) and ``train_overlap`` (how many scored images are in the
+        model's training split; None when ``data_dir`` is not the folder the model was trained
+        on).
+
+    Raises:
+        ModelFileError: not a purenn model. DataError: bad folder, a class unknown to the model,
+        or an empty split. ValueError: bad ``split``.
+    """
+    check_split(split)
+    model, meta = load_model(
+        model_path, require=INFERENCE_KEYS + (() if split in ("all", "auto") else ("split",))
+    )
+    scored = score_folder(model, meta, data_dir, split, batch_size, cache_dir, workers, progress)
+    temperature = model_temperature(meta)
+    calibrated = scaled_logits(scored.logits, temperature)
+    report = classification_report(calibrated, scored.labels, meta["class_names"])
     return {
         "model": str(Path(model_path).absolute()),
-        "data_dir": str(scan.root),
-        "split": split,
+        "data_dir": str(scored.root),
+        "split": scored.split,
         "trained_on": meta.get("data_dir"),
-        "train_overlap": overlap,
+        "train_overlap": scored.train_overlap,
         **report,
+        "temperature": temperature,
+        "ece": expected_calibration_error(softmax(calibrated), scored.labels),
     }

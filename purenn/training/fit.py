@@ -2,8 +2,9 @@
 
 A run: check everything that can be wrong (config, data folder, run folder) before any work;
 cache and split the images; build the preset, optimizer and schedule; run the :class:`Trainer`
-(checkpointing as it goes); then restore the best weights, save ``best.npz`` and evaluate the
-test split (``report.json``, ``confusion.png``).
+(checkpointing as it goes); then restore the best weights, fit the calibration temperature on the
+validation split, save ``best.npz`` and evaluate the test split (``report.json``,
+``confusion.png``, ``reliability.png``).
 """
 
 from __future__ import annotations
@@ -15,12 +16,21 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 from threadpoolctl import threadpool_info
 
 import purenn
 from purenn.data import DataError, FolderScan, ImageCache, scan_image_folder
 from purenn.distributed import abort_on_error, world
+from purenn.inference.calibration import (
+    ECE_BINS,
+    calibration_summary,
+    fit_temperature,
+    reliability,
+    scaled_logits,
+)
 from purenn.io import load_checkpoint, save_checkpoint, save_model
+from purenn.kernels.ops import softmax
 from purenn.kernels.runtime import limit_threads, peak_memory_mb, retain_freed_memory
 from purenn.nn.losses import SoftmaxCrossEntropy
 from purenn.nn.sequential import Sequential
@@ -37,7 +47,7 @@ from purenn.training.config import (
 from purenn.training.evaluation import write_report
 from purenn.training.metrics import classification_report, format_report
 from purenn.training.pipeline import TrainingData, load_training_data
-from purenn.training.plots import plot_curves
+from purenn.training.plots import plot_curves, plot_reliability
 from purenn.training.progress import Progress, plural
 from purenn.training.rundir import RunDir
 from purenn.training.start import Start, initial_model
@@ -434,7 +444,8 @@ def _finish(
     progress: Progress,
     started: float,
 ) -> RunResult:
-    """After the last epoch: restore the best weights, save best.npz, evaluate the test split.
+    """After the last epoch: restore the best weights, fit the temperature on the validation
+    split, save best.npz, evaluate the test split.
 
     ``started``: the ``perf_counter`` when train/resume was called (for the run's wall time).
     """
@@ -442,19 +453,44 @@ def _finish(
     early_stopping.restore(model)
     model.eval()
     writes = world().is_root
+    test_loader = data.loader("test", config.batch_size, shard=world().shard)
+    held_out = {"val": trainer.val_loader, "test": test_loader}
+    predicted = {
+        name: trainer.predict(loader) for name, loader in held_out.items() if loader is not None
+    }
+    temperature = fit_temperature(*predicted["val"]) if "val" in predicted else 1.0
+    metadata = {**metadata, "epoch": early_stopping.best_epoch, "temperature": temperature}
     if writes:
-        save_model(run / RunDir.BEST, model, {**metadata, "epoch": early_stopping.best_epoch})
+        save_model(run / RunDir.BEST, model, metadata)
     stopped_early = s.epoch < config.epochs
     progress.info(
         ("early stopping: " if stopped_early else "done: ")
         + f"{s.epoch} epochs; best epoch {early_stopping.best_epoch} restored, saved to "
         f"{run / RunDir.BEST}"
     )
+    calibration = {
+        "temperature": temperature,
+        "fitted_on": "val" if "val" in predicted else None,
+        "bins": ECE_BINS,
+        **{name: calibration_summary(*pair, temperature) for name, pair in predicted.items()},
+    }
+    progress.info(_calibration_line(calibration))
+    if writes and predicted:
+        plotted = "test" if "test" in predicted else "val"
+        logits, labels = predicted[plotted]
+        plot_reliability(
+            run / RunDir.RELIABILITY,
+            reliability(softmax(logits.astype(np.float64)), labels),
+            reliability(softmax(scaled_logits(logits, temperature)), labels),
+            temperature,
+            plotted,
+        )
     report = None
-    test_loader = data.loader("test", config.batch_size, shard=world().shard)
-    if test_loader is not None:
-        logits, labels = trainer.predict(test_loader)
-        report = classification_report(logits, labels, data.cache.class_names)
+    if "test" in predicted:
+        logits, labels = predicted["test"]
+        report = classification_report(
+            scaled_logits(logits, temperature), labels, data.cache.class_names
+        )
     summary = _run_summary(s, started)
     if report is not None:
         if writes:
@@ -465,12 +501,26 @@ def _finish(
                     "data_dir": str(data.cache.root),
                     "split": "test",
                     **report,
+                    "calibration": calibration,
                     "run": summary,
                 },
             )
         progress.info(format_report(report))
     progress.info(_summary_line(summary))
     return RunResult(run.path, model, s.history, early_stopping.best_epoch, stopped_early, report)
+
+
+def _calibration_line(calibration: dict) -> str:
+    """``temperature T (fitted on the val split): ECE val a% -> b%, test c% -> d%``."""
+    if calibration["fitted_on"] is None:
+        return "temperature 1 (no validation split to fit it on)"
+    changes = ", ".join(
+        f"{name} {100 * calibration[name]['ece_before']:.2f}% -> "
+        f"{100 * calibration[name]['ece_after']:.2f}%"
+        for name in ("val", "test")
+        if name in calibration
+    )
+    return f"temperature {calibration['temperature']:.4g} (fitted on the val split): ECE {changes}"
 
 
 def _run_summary(s: LoopState, started: float) -> dict:

@@ -1,4 +1,5 @@
-"""PNG plots of a run: learning curves and the confusion matrix (matplotlib, Agg backend)."""
+"""PNG plots of a run: learning curves, the confusion matrix and reliability diagrams (matplotlib,
+Agg backend)."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
+from purenn.inference.calibration import Reliability
 from purenn.io import atomic_write
 from purenn.training.labels import short_labels
 
@@ -86,4 +88,40 @@ def plot_confusion(path: str | Path, cm: np.ndarray, class_names: list[str]) -> 
         colour = "white" if recall[i, j] > 0.5 else "black"
         ax.text(j, i, text, ha="center", va="center", color=colour, size=7 if k > 20 else 8)
     ax.set_title(f"confusion matrix, % of each true class ({int(cm.sum())} images)")
+    return _save(fig, path)
+
+
+def plot_reliability(
+    path: str | Path, before: Reliability, after: Reliability, temperature: float, split: str
+) -> Path:
+    """Reliability diagrams before and after temperature scaling, side by side.
+
+    Each bar is a confidence bin's accuracy (drawn at the bin), the red outline its mean
+    confidence; a calibrated model's bars reach the diagonal. Empty bins have no bar.
+
+    Args:
+        path: the PNG to write.
+        before, after: :func:`purenn.inference.calibration.reliability` of the probabilities
+            without and with the temperature.
+        temperature: the fitted T, for the title.
+        split: the images binned (e.g. ``"val"``), for the title.
+    """
+    fig = _figure(10, 4.8)
+    panels = (("before (T = 1)", before), (f"after (T = {temperature:.3g})", after))
+    for ax, (title, bins) in zip(fig.subplots(1, 2, sharey=True), panels, strict=True):
+        left, width = bins.edges[:-1], np.diff(bins.edges)
+        filled = bins.counts > 0
+        ax.bar(left[filled], bins.accuracy[filled], width[filled], align="edge",
+               color="tab:blue", edgecolor="white", label="accuracy")  # fmt: skip
+        ax.bar(left[filled], bins.confidence[filled], width[filled], align="edge",
+               fill=False, edgecolor="tab:red", label="mean confidence")  # fmt: skip
+        ax.plot([0, 1], [0, 1], color="grey", linestyle=":", label="calibrated")
+        ax.set_xlim(0, 1)
+        ax.set_ylim(0, 1)
+        ax.set_xlabel("top probability")
+        ax.set_title(f"{title}: ECE {100 * bins.ece:.2f}%")
+        ax.grid(alpha=0.3)
+        ax.legend(loc="upper left")
+    fig.axes[0].set_ylabel("accuracy")
+    fig.suptitle(f"reliability on the {split} split ({int(before.counts.sum())} images)")
     return _save(fig, path)

@@ -31,10 +31,11 @@ class RunDirError(ValueError):
 class RunDir:
     """Paths of a run folder's files, and their writers (all atomic).
 
-    ``best.npz`` (best model), ``last.ckpt.npz`` (checkpoint), ``metrics.csv``, ``config.json``,
-    ``curves.png``, ``confusion.png`` and ``report.json`` (test split), ``skipped.txt`` (image
-    files the data pipeline could not use), ``init.npz`` (the starting model, when it is not a
-    preset: fine-tuning or the user's own model).
+        ``best.npz`` (best model), ``last.ckpt.npz`` (checkpoint), ``metrics.csv``, ``config.json``,
+        ``curves.png``, ``confusion.png`` and ``report.json`` (test split), ``reliability.png``
+    (calibration before and after temperature scaling), ``skipped.txt`` (image
+        files the data pipeline could not use), ``init.npz`` (the starting model, when it is not a
+        preset: fine-tuning or the user's own model).
     """
 
     BEST = BEST_FILE
@@ -44,7 +45,11 @@ class RunDir:
     CURVES = "curves.png"
     SKIPPED = "skipped.txt"
     INIT = "init.npz"
-    FILES = (BEST, CHECKPOINT, METRICS, CONFIG, CURVES, CONFUSION_FILE, REPORT_FILE, SKIPPED, INIT)
+    RELIABILITY = "reliability.png"
+    FILES = (
+        BEST, CHECKPOINT, METRICS, CONFIG, CURVES, CONFUSION_FILE, REPORT_FILE, SKIPPED, INIT,
+        RELIABILITY,
+    )  # fmt: skip
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path).expanduser().absolute()

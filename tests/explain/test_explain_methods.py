@@ -43,6 +43,15 @@ def test_default_target_is_the_predicted_class_and_probabilities_are_softmax():
     np.testing.assert_allclose(result.probabilities, expected, rtol=1e-5)
     # batches of 2 give what one batch gives
     np.testing.assert_array_equal(result.maps, explain(model, x, "saliency").maps)
+    # A temperature divides the logits before the softmax; the maps and targets stay.
+    scaled = explain(model, x, "saliency", temperature=2.0)
+    cooled = np.exp((logits - logits.max(1, keepdims=True)) / 2)
+    np.testing.assert_allclose(scaled.probabilities, cooled / cooled.sum(1, keepdims=True), 1e-5)
+    np.testing.assert_array_equal(scaled.maps, result.maps)
+    np.testing.assert_array_equal(scaled.targets, result.targets)
+    for bad in (0, -1.0, float("nan"), "2"):
+        with pytest.raises(ExplainError, match="temperature"):
+            explain(model, x, temperature=bad)
 
 
 def test_smoothgrad_is_the_mean_saliency_of_noisy_copies():

@@ -11,13 +11,14 @@ from explain_models import bn_dropout_cnn
 from PIL import Image
 
 from purenn.cli.main import main
-from purenn.data import normalize_batch
+from purenn.data import load_image, normalize_batch
 from purenn.data.decode import square_chw
 from purenn.explain import ExplainError, explain, explain_photo, overlay, render
 from purenn.explain.overlay import colormap_table
 from purenn.io import save_model
 
 CLASSES = ["healthy", "late blight", "mosaic", "rust"]
+TEMPERATURE = 0.5  # the model file's: explained probabilities are softmax(logits / T)
 
 
 def _photo(height=40, width=56, seed=0):
@@ -27,7 +28,13 @@ def _photo(height=40, width=56, seed=0):
 @pytest.fixture
 def model_file(tmp_path):
     model = bn_dropout_cnn(np.float32)
-    meta = {"class_names": CLASSES, "image_size": 16, "mean": [0.5] * 3, "std": [0.25] * 3}
+    meta = {
+        "class_names": CLASSES,
+        "image_size": 16,
+        "mean": [0.5] * 3,
+        "std": [0.25] * 3,
+        "temperature": TEMPERATURE,
+    }
     return save_model(tmp_path / "model.npz", model, meta), model, meta
 
 
@@ -63,10 +70,12 @@ def test_explain_photo_prepares_the_photo_as_training_did(model_file):
         assert png.format == "PNG" and png.size == (56, 40)
     resized = np.asarray(Image.fromarray(photo).resize((16, 16), Image.Resampling.BILINEAR))
     x = normalize_batch(resized.transpose(2, 0, 1)[None], meta["mean"], meta["std"])
-    expected = explain(model, x)
+    expected = explain(model, x, temperature=TEMPERATURE)
     assert result.class_index == expected.targets[0] and result.class_name in CLASSES
     assert result.predicted == result.class_name
     assert result.probability == pytest.approx(float(expected.probabilities.max()), rel=1e-6)
+    uncalibrated = float(explain(model, x).probabilities.max())
+    assert abs(result.probability - uncalibrated) > 1e-3
 
     other = explain_photo(model, meta, photo, method="saliency", target="mosaic")
     assert other.class_name == "mosaic" and other.class_index == 2
@@ -86,7 +95,8 @@ def test_explain_photo_with_prepared_pixels_explains_them(model_file):
     other = np.ascontiguousarray(np.flip(square_chw(Image.fromarray(photo), 16), axis=2))
     flipped = explain_photo(model, meta, photo, pixels=other)
     x = normalize_batch(other[None], meta["mean"], meta["std"])
-    assert flipped.probability == pytest.approx(float(explain(model, x).probabilities.max()))
+    expected = explain(model, x, temperature=TEMPERATURE).probabilities.max()
+    assert flipped.probability == pytest.approx(float(expected))
     assert flipped.png != same.png
     with pytest.raises(ExplainError, match=r"pixels must be uint8 of shape \(3, 16, 16\)"):
         explain_photo(model, meta, photo, pixels=other[:, :8])
@@ -119,6 +129,10 @@ def test_cli_writes_one_captioned_overlay_per_image(model_file, tmp_path, capsys
     (record,) = json.loads(capsys.readouterr().out)
     assert record["class"] == "rust" and record["overlay"].endswith("leaf0.saliency.png")
     assert 0 < record["probability"] < 1 and record["predicted"] in CLASSES
+    _, model, meta = model_file
+    x = normalize_batch(load_image(images / "leaf0.png", 16)[None], meta["mean"], meta["std"])
+    calibrated = explain(model, x, temperature=TEMPERATURE).probabilities[0, CLASSES.index("rust")]
+    assert record["probability"] == pytest.approx(float(calibrated), rel=1e-5)
 
 
 @pytest.mark.parametrize(

@@ -21,6 +21,7 @@ REPO = Path(__file__).resolve().parents[2]
 PLANTVILLAGE = REPO / ".." / "shared" / "data" / "plantvillage"
 CLASSES = ["Leaf_healthy", "Leaf_rust", "Leaf, spot (grey)"]
 IMAGE_SIZE = 16
+TEMPERATURE = 0.5  # the model file's calibration temperature: every answer divides by it
 
 
 def make_model(
@@ -28,7 +29,13 @@ def make_model(
 ) -> Path:
     """A preset with random weights for 3 classes, saved with the metadata predict needs."""
     model = build_preset(preset, len(CLASSES), image_size, seed=seed)
-    meta = {"class_names": CLASSES, "image_size": image_size, "mean": [0.5] * 3, "std": [0.25] * 3}
+    meta = {
+        "class_names": CLASSES,
+        "image_size": image_size,
+        "mean": [0.5] * 3,
+        "std": [0.25] * 3,
+        "temperature": TEMPERATURE,
+    }
     return save_model(path, model, meta)
 
 

@@ -9,11 +9,12 @@ import json
 import numpy as np
 import pytest
 from PIL import Image
-from serve_helpers import CLASSES, IMAGE_SIZE, image_bytes, stored_nothing
+from serve_helpers import CLASSES, IMAGE_SIZE, TEMPERATURE, image_bytes, stored_nothing
 
+from purenn.data import normalize_batch
 from purenn.data.decode import decode_image
-from purenn.inference.probabilities import class_probabilities
 from purenn.io import load_model
+from purenn.kernels.ops import softmax
 
 
 def post_image(client, data: bytes, name: str = "leaf.png", **params):
@@ -21,11 +22,13 @@ def post_image(client, data: bytes, name: str = "leaf.png", **params):
 
 
 def expected_probabilities(model_file, data: bytes, tmp_path) -> np.ndarray:
-    """The probabilities computed the way ``purenn predict`` computes them for a file."""
+    """The calibrated probabilities of an image file: softmax(logits / T), T the model's."""
     path = tmp_path / "alone.png"
     path.write_bytes(data)
     model, meta = load_model(model_file)
-    return class_probabilities(model, decode_image(path, IMAGE_SIZE)[None], meta)[0]
+    assert meta["temperature"] == TEMPERATURE
+    x = normalize_batch(decode_image(path, IMAGE_SIZE)[None], meta["mean"], meta["std"])
+    return softmax(model.forward(x, training=False).astype(np.float64) / TEMPERATURE)[0]
 
 
 def test_predict_answers_top_k_and_stores_the_diagnosis(client, model_file, settings, tmp_path):

@@ -26,6 +26,7 @@ RUN_FILES = {
     "curves.png",
     "confusion.png",
     "report.json",
+    "reliability.png",
     "skipped.txt",
 }
 CLASSES = ["blue", "green", "red"]
@@ -80,7 +81,7 @@ def test_config_json_is_the_resolved_config_and_a_valid_config_file(trained_run,
     assert make_config(trained_run / "config.json").to_dict() == {**saved, "out": None}
 
 
-@pytest.mark.parametrize("name", ["curves.png", "confusion.png"])
+@pytest.mark.parametrize("name", ["curves.png", "confusion.png", "reliability.png"])
 def test_plots_are_real_pngs_with_content(trained_run, name):
     with Image.open(trained_run / name) as image:
         assert image.format == "PNG"
@@ -100,6 +101,16 @@ def test_report_json_holds_the_test_metrics(trained_run):
     assert report["top_k"] == 3 and report["top_k_accuracy"] == 1.0
     mistakes = cm - np.diag(np.diag(cm))
     assert sum(p["count"] for p in report["confused_pairs"]) == mistakes.sum()
+
+
+def test_report_json_holds_the_calibration_block(trained_run):
+    # The colours are easy: every validation image right, so the NLL has no minimum and T = 1
+    # (test_cli_calibrate.py trains on close colours, where T is fitted).
+    calibration = json.loads((trained_run / "report.json").read_text())["calibration"]
+    _, meta = load_model(trained_run / "best.npz")
+    assert calibration["temperature"] == meta["temperature"] == 1.0
+    assert calibration["fitted_on"] == "val" and calibration["bins"] == 15
+    assert calibration["val"]["samples"] == calibration["test"]["samples"] == 9
 
 
 def test_report_json_holds_the_runs_time_throughput_and_peak_memory(trained_run, metrics_reader):
@@ -226,7 +237,7 @@ def test_predict_decodes_files_exactly_as_the_training_cache(trained_run, colour
     model, meta = load_model(trained_run / "best.npz")
     cache = build_cache(scan_image_folder(colour_folder), cache_dir, 8, workers=1, progress=False)
     x = normalize_batch(np.asarray(cache.images), meta["mean"], meta["std"])
-    expected = softmax(model.forward(x, training=False).astype(np.float64))
+    expected = softmax(model.forward(x, training=False).astype(np.float64) / meta["temperature"])
     assert [r["file"] for r in results] == [str(colour_folder / f) for f in cache.files]
     for r, probs in zip(results, expected, strict=True):
         got = {p["class"]: p["probability"] for p in r["predictions"]}

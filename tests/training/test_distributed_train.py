@@ -23,7 +23,7 @@ ON_RANK_1 = (
 )
 RUN_FILES = {
     "best.npz", "last.ckpt.npz", "metrics.csv", "config.json", "curves.png", "confusion.png",
-    "report.json", "skipped.txt",
+    "report.json", "skipped.txt", "reliability.png",
 }  # fmt: skip
 
 
@@ -63,6 +63,10 @@ def assert_same_training(run, reference, metrics_reader) -> None:
             assert row[key] == pytest.approx(ref_row[key], rel=1e-5), key
     report, ref_report = (json.loads((r / "report.json").read_text()) for r in (run, reference))
     assert report["confusion_matrix"] == ref_report["confusion_matrix"]
+    # The temperature is fitted on the validation logits gathered from every rank.
+    calibration, ref_calibration = report["calibration"], ref_report["calibration"]
+    assert calibration["val"]["samples"] == ref_calibration["val"]["samples"]
+    assert calibration["temperature"] == pytest.approx(ref_calibration["temperature"], rel=1e-4)
 
 
 def test_two_ranks_write_the_run_folder_of_one_process(

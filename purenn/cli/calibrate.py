@@ -1,0 +1,66 @@
+"""``purenn calibrate MODEL DATA_DIR``: fit a model file's temperature and write it into it."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from purenn.cli.arguments import positive_int
+from purenn.kernels.runtime import limit_threads
+from purenn.training.calibrate import CALIBRATE_SPLITS, calibrate, format_calibration
+
+
+def _cmd_calibrate(args: argparse.Namespace, progress) -> int:
+    with limit_threads(args.threads):
+        result = calibrate(
+            args.model,
+            args.data_dir,
+            split=args.split,
+            batch_size=args.batch_size,
+            cache_dir=args.cache_dir,
+            workers=args.threads,
+            progress=progress.bars,
+        )
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        progress.result(format_calibration(result))
+    return 0
+
+
+def add_parser(commands) -> None:
+    """Register ``purenn calibrate`` on the sub-command parsers ``commands``."""
+    p = commands.add_parser(
+        "calibrate",
+        help="fit a model's temperature so its probabilities are calibrated",
+        description="Fit the temperature T that minimises the NLL of softmax(logits / T) on "
+        "held-out labelled images, and write it into MODEL (atomically; the weights are "
+        "unchanged). Every probability purenn reports divides the logits by it.",
+        epilog="example:\n  purenn calibrate runs/cnn leaves/         # its validation split\n"
+        "  purenn calibrate old.npz new-leaves/ --split all",
+    )
+    p.add_argument(
+        "model", metavar="MODEL", help="a model file (.npz or .safetensors), or a run folder"
+    )
+    p.add_argument("data_dir", metavar="DATA_DIR", help="DATA_DIR/<class>/<image>")
+    p.add_argument(
+        "--split",
+        choices=CALIBRATE_SPLITS,
+        default="auto",
+        help="auto: the model's validation split on the folder it was trained on, all images "
+        "of any other folder; or val, or all (never images the model was trained on)",
+    )
+    p.add_argument(
+        "--batch-size", type=positive_int, default=64, metavar="N", help="images per forward pass"
+    )
+    p.add_argument(
+        "--cache-dir", metavar="DIR", help="decoded-image cache (default: ~/.cache/purenn)"
+    )
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.add_argument(
+        "--threads",
+        type=positive_int,
+        metavar="N",
+        help="BLAS threads and image-decoding processes (default: all cores)",
+    )
+    p.set_defaults(func=_cmd_calibrate)
