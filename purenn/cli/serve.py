@@ -159,12 +159,17 @@ def _cmd_serve(args: argparse.Namespace, progress) -> int:
 def _cmd_export(args: argparse.Namespace, progress) -> int:
     from purenn.serve.feedback import export_feedback
 
-    summary = export_feedback(args.db, args.out_dir)
+    summary = export_feedback(args.db, args.out_dir, args.by, args.min_agree)
     for line in summary.missing:
         progress.info(f"skipped {line}")
+    agreed = (
+        f", {summary.not_agreed} without {args.min_agree} agreeing reviewers"
+        if args.min_agree is not None
+        else ""
+    )
     progress.result(
         f"{summary.written} images written, {summary.unchanged} already there, "
-        f"{len(summary.missing)} without a stored image: {args.out_dir}"
+        f"{len(summary.missing)} without a stored image{agreed}: {args.out_dir}"
     )
     return 0
 
@@ -292,5 +297,12 @@ def add_parser(commands) -> None:
     e = sub.add_parser("export", help="images with feedback into OUT_DIR/<label>/ (for training)")
     e.add_argument("db", metavar="DB", help="the SQLite file or postgresql:// URL of the server")
     e.add_argument("out_dir", metavar="OUT_DIR", help="the training folder to write")
+    e.add_argument("--by", nargs="+", metavar="NAME", help="only feedback given with these tokens")
+    e.add_argument(
+        "--min-agree",
+        type=positive_int,
+        metavar="K",
+        help="only photos that at least K distinct reviewers gave the same label",
+    )
     e.add_argument("--quiet", "-q", action="store_true", help="print only the result")
     e.set_defaults(func=_cmd_export)

@@ -283,3 +283,37 @@ def test_too_many_multipart_parts_are_refused(client, settings):
     r = client.post("/api/predict", files={"file": ("a.png", image_bytes(1))}, data=fields)
     assert r.status_code == 400
     assert stored_nothing(client, settings)
+
+
+# -- attributed feedback as training data --------------------------------------------------------
+def test_export_by_reviewer_and_min_agree(settings, tmp_path, capsys):
+    from fastapi.testclient import TestClient
+
+    from purenn.cli.main import main
+
+    path = tmp_path / "tokens.json"
+    reviewers = {name: add_token(path, name, "review") for name in ("alice", "bob", "carol")}
+    settings.tokens_file = path
+    votes = [(1, "alice", 0), (1, "bob", 0), (1, "carol", 1), (2, "alice", 1), (2, "bob", 2),
+             (3, "alice", 0)]  # fmt: skip
+    with TestClient(create_app_for(settings)) as c:
+        for seed, name, label in votes:
+            h = bearer(reviewers[name])
+            d = c.post("/api/predict", files={"file": ("a.png", image_bytes(seed))}, headers=h)
+            r = c.post(f"/api/diagnoses/{d.json()['id']}/feedback",
+                       json={"label": CLASSES[label]}, headers=h)  # fmt: skip
+            assert r.json()["feedback_by"] == name
+    sha = {seed: hashlib.sha256(image_bytes(seed)).hexdigest() for seed in (1, 2, 3)}
+
+    def export(*flags: str) -> dict[str, str]:
+        out = tmp_path / f"out{len(list(tmp_path.glob('out*')))}"
+        assert main(["diagnoses", "export", settings.db, str(out), *flags]) == 0
+        return {p.stem: p.parent.name for p in out.rglob("*.png")}
+
+    assert export("--min-agree", "2") == {sha[1]: CLASSES[0]}  # seeds 2 and 3: no agreement
+    assert "2 without 2 agreeing reviewers" in capsys.readouterr().out
+    assert export("--by", "alice") == {sha[1]: CLASSES[0], sha[2]: CLASSES[1], sha[3]: CLASSES[0]}
+    assert export("--by", "carol") == {sha[1]: CLASSES[1]}
+    assert export("--by", "bob", "carol", "--min-agree", "2") == {}  # one each: a tie
+    assert export("--min-agree", "3") == {}
+    assert export() == {sha[1]: CLASSES[1], sha[2]: CLASSES[2], sha[3]: CLASSES[0]}  # latest wins
