@@ -1,5 +1,9 @@
-"""The ``purenn serve`` and ``purenn diagnoses export`` commands (FastAPI and uvicorn are
-imported only when ``serve`` runs)."""
+"""The ``purenn serve``, ``purenn serve tokens`` and ``purenn diagnoses export`` commands
+(FastAPI and uvicorn are imported only when ``serve`` runs).
+
+Bound to loopback, ``serve`` needs no token unless ``--require-tokens``; bound to any other
+address it refuses to start without an active token in the tokens file (the message gives the
+command that makes one) unless ``--insecure-open``, which warns on every start."""
 
 from __future__ import annotations
 

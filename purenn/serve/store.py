@@ -2,7 +2,8 @@
 
 A diagnosis row holds its creation time (UTC, ISO 8601), the image's SHA-256, the stored image's
 path (None when images are not stored), the model id (SHA-256 of the model file), the top-k
-classes as JSON, and the feedback label and time once the user gives one.
+classes as JSON, and the feedback label, time and giver (the token's name; None when tokens are
+off) once the user gives one.
 
 Both back ends keep a ``schema_version`` table with one row. Opening a database applies, in one
 transaction, every migration above its version (a new database starts at 0), so a later release
