@@ -65,18 +65,16 @@ def bearer_token(scope: Scope) -> str | None:
     for name, value in scope["headers"]:
         if name == b"authorization":
             scheme, _, token = value.decode("latin-1").partition(" ")
-            return token.strip() or None if scheme.lower() == "bearer" else None
+            return (token.strip() or None) if scheme.lower() == "bearer" else None
     return None
 
 
 class Access:
     """ASGI middleware: tokens (given a ``registry``) and rate limits (given a ``limiter``)."""
 
-    def __init__(
-        self, app, registry: TokenRegistry | None, limiter: RateLimiter | None, failures=None
-    ) -> None:
+    def __init__(self, app, registry: TokenRegistry | None, limiter: RateLimiter | None) -> None:
         self.app, self.registry, self.limiter = app, registry, limiter
-        self.failures = failures or RateLimiter(FAILED_ATTEMPTS)
+        self.failures = RateLimiter(FAILED_ATTEMPTS)  # wrong tokens, per address
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -85,41 +83,42 @@ class Access:
         address = scope["client"][0] if scope.get("client") else "unknown"
         name = None
         if self.registry is not None and role is not None:
-            refusal = self._authenticate(scope, address, role)
-            if isinstance(refusal, tuple):
+            name, refusal = self._authenticate(scope, address, role)
+            if refusal is not None:
                 return await send_json(send, *refusal)
-            name = refusal
         if self.limiter is not None and limited:
-            wait = max(
-                self.limiter.take(("address", address)),
-                self.limiter.take(("token", name)) if name is not None else 0,
-            )
+            keys = [("address", address)] + ([("token", name)] if name is not None else [])
+            wait = max(self.limiter.wait(key) for key in keys)
             if wait:
                 message = f"too many requests: the limit is {self.limiter.per_minute} a minute"
                 return await send_json(send, 429, {"error": message}, {"Retry-After": str(wait)})
+            for key in keys:  # a refused request takes nothing from either bucket
+                self.limiter.take(key)
         scope["purenn.token"] = name
         await self.app(scope, receive, send)
 
-    def _authenticate(self, scope: Scope, address: str, role: str):
-        """The token's name, or the (status, body, headers) of the refusal."""
+    def _authenticate(
+        self, scope: Scope, address: str, role: str
+    ) -> tuple[str | None, tuple | None]:
+        """(the token's name, None) or (None, the (status, body, headers) of the refusal)."""
         wait = self.failures.wait(address)
         if wait:
             body = {"error": "too many failed token attempts from this address: wait"}
-            return 429, body, {"Retry-After": str(wait)}
+            return None, (429, body, {"Retry-After": str(wait)})
         token = bearer_token(scope)
         if token is None:
             body = {"error": "this server needs an access token: Authorization: Bearer <token>"}
-            return 401, body, {"WWW-Authenticate": REALM}
+            return None, (401, body, {"WWW-Authenticate": REALM})
         try:
             found = self.registry.authenticate(token)
         except TokenError as err:
-            return 503, {"error": str(err)}, {}
+            return None, (503, {"error": str(err)}, {})
         if found is None:
             self.failures.take(address)
             header = f'{REALM}, error="invalid_token"'
-            return 401, {"error": "invalid or revoked token"}, {"WWW-Authenticate": header}
+            return None, (401, {"error": "invalid or revoked token"}, {"WWW-Authenticate": header})
         if not role_allows(found.role, role):
             header = f'{REALM}, error="insufficient_scope", scope="{role}"'
             body = {"error": f"this needs a {role} token; token {found.name!r} is {found.role}"}
-            return 403, body, {"WWW-Authenticate": header}
-        return found.name
+            return None, (403, body, {"WWW-Authenticate": header})
+        return found.name, None

@@ -317,3 +317,23 @@ def test_export_by_reviewer_and_min_agree(settings, tmp_path, capsys):
     assert export("--by", "bob", "carol", "--min-agree", "2") == {}  # one each: a tie
     assert export("--min-agree", "3") == {}
     assert export() == {sha[1]: CLASSES[1], sha[2]: CLASSES[2], sha[3]: CLASSES[0]}  # latest wins
+
+
+def test_rate_limits_follow_a_token_across_addresses(settings, tokens, tmp_path):
+    from fastapi.testclient import TestClient
+
+    settings.tokens_file, settings.rate_limit = tmp_path / "tokens.json", 2
+    app = create_app_for(settings)
+    upload = {"file": ("a.png", image_bytes(1))}
+    with TestClient(app, client=("192.0.2.1", 1000)) as a:
+        b = TestClient(app, client=("192.0.2.2", 1000))
+        one, other = bearer(tokens["diagnose"]), bearer(tokens["review"])
+        assert [a.post("/api/predict", files=upload, headers=one).status_code,
+                b.post("/api/predict", files=upload, headers=one).status_code,
+                b.post("/api/predict", files=upload, headers=one).status_code,
+                b.post("/api/predict", files=upload, headers=other).status_code,
+                b.post("/api/predict", files=upload, headers=other).status_code,
+                ] == [200, 200, 429, 200, 429]  # fmt: skip
+        # token "diagnose" is spent; address 2 spent by two answered requests
+        listed = a.get("/api/diagnoses", headers=bearer(tokens["review"])).json()["items"]
+        assert len(listed) == 3
