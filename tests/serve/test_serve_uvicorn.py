@@ -260,6 +260,15 @@ def test_tokens_through_uvicorn_and_insecure_open_warns(model_file, tmp_path):
     )
     try:
         assert post(server.url, image_bytes(1)).status_code == 200
+        # Beyond loopback the rate limit is on by default: 60 a minute (bad uploads count too).
+        # The bucket refills one a second, so allow for the seconds the burst takes.
+        start = time.monotonic()
+        with httpx.Client(base_url=server.url, timeout=CLIENT_TIMEOUT) as c:
+            codes = [c.post("/api/explain", files={"file": ("x", b"no")}).status_code
+                     for _ in range(80)]  # fmt: skip
+        refilled = int(time.monotonic() - start) + 1
+        assert codes[:59] == [400] * 59 and set(codes[59:]) <= {400, 429}
+        assert 59 <= codes.count(400) <= 59 + refilled and 429 in codes
     finally:
         server.stop()
     assert "WARNING: --insecure-open" in server.stderr_text
