@@ -14,6 +14,17 @@ def positive_int(text: str) -> int:
 positive_int.__name__ = "positive int"  # argparse names the type in its message
 
 
+def non_negative_int(text: str) -> int:
+    """``text`` as an int of at least 0."""
+    value = int(text)
+    if value < 0:
+        raise ValueError(text)
+    return value
+
+
+non_negative_int.__name__ = "non-negative int"
+
+
 def positive_float(text: str) -> float:
     """``text`` as a float greater than 0."""
     value = float(text)

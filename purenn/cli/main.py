@@ -416,8 +416,8 @@ def build_parser() -> argparse.ArgumentParser:
     explain_cli.add_parser(commands)
 
     for sub in commands.choices.values():
-        if sub.prog.endswith(" diagnoses"):
-            continue  # its sub-commands have their own --quiet
+        if sub.prog.endswith((" diagnoses", " tokens")):
+            continue  # their sub-commands have their own --quiet
         sub.add_argument("--quiet", "-q", action="store_true", help="print only the result")
     return parser
 
@@ -434,7 +434,7 @@ def _silence_stdout() -> None:
 def main(argv: list[str] | None = None) -> int:
     """Run the command line ``argv`` (default ``sys.argv[1:]``); returns the exit code."""
     try:
-        args = build_parser().parse_args(argv)
+        args = build_parser().parse_args(serve_cli.route_tokens_command(argv))
     except SystemExit as exit:  # --help, --version, or a usage error already printed
         return exit.code
     progress = Progress(quiet=args.quiet)

@@ -41,17 +41,21 @@ import purenn
 from purenn.data import DataError
 from purenn.data.decode import MAX_UPLOAD_PIXELS
 from purenn.inference.probabilities import top_classes
+from purenn.serve.access import Access
 from purenn.serve.batcher import MicroBatcher
 from purenn.serve.explain_route import router as explain_router
 from purenn.serve.handlers import PREDICT_PATH, UPLOAD_PATHS, http_error, in_pool, queued
 from purenn.serve.images import SHA256_PATTERN, ImageStore
-from purenn.serve.limits import RequestMetrics, UploadLimit
+from purenn.serve.limits import HeaderLimit, RequestMetrics, SecurityHeaders, UploadLimit
 from purenn.serve.metrics import CONTENT_TYPE, Metrics
 from purenn.serve.model import ServedModel
+from purenn.serve.ratelimit import RateLimiter
 from purenn.serve.store import Diagnosis, open_store
+from purenn.serve.tokens import TokenRegistry
 
 PAGE_DIR = Path(__file__).with_name("page")
 POOL_THREADS = 2  # decode workers, and writers of images and history rows
+MAX_FORM_PARTS = 8  # files and fields of one multipart upload (the API reads one file); more: 400
 
 
 @dataclass
@@ -66,6 +70,10 @@ class Settings:
         max_upload_bytes: largest request body accepted on ``/api/predict``.
         store_images: folder for accepted uploads and thumbnails, or None to keep none.
         max_pixels: largest image (width x height) decoded; also Pillow's ``MAX_IMAGE_PIXELS``.
+        tokens_file: the tokens file whose tokens every non-open endpoint needs, or None for no
+            tokens (see :mod:`purenn.serve.access`).
+        rate_limit: requests a minute per client address and per token on predict, explain and
+            feedback; 0: no limit.
     """
 
     model_path: Path
@@ -75,6 +83,8 @@ class Settings:
     max_upload_bytes: int = 10 * 2**20
     store_images: Path | None = None
     max_pixels: int = MAX_UPLOAD_PIXELS
+    tokens_file: Path | None = None
+    rate_limit: int = 0
 
 
 class Feedback(BaseModel):
@@ -129,9 +139,16 @@ def create_app(settings: Settings) -> FastAPI:
         docs_url=None,
         redoc_url=None,
         lifespan=lifespan,
+        form_limits={"max_files": MAX_FORM_PARTS, "max_fields": MAX_FORM_PARTS},
     )
     app.state.metrics = metrics
+    registry = TokenRegistry(settings.tokens_file) if settings.tokens_file is not None else None
+    limiter = RateLimiter(settings.rate_limit) if settings.rate_limit else None
+    # The first added is innermost: a request passes metrics, headers, limits, access, upload.
     app.add_middleware(UploadLimit, max_bytes=settings.max_upload_bytes, paths=UPLOAD_PATHS)
+    app.add_middleware(Access, registry=registry, limiter=limiter)
+    app.add_middleware(HeaderLimit)
+    app.add_middleware(SecurityHeaders)
     app.add_middleware(RequestMetrics, metrics=metrics, known_paths=UPLOAD_PATHS)
 
     @app.exception_handler(StarletteHTTPException)
@@ -240,7 +257,10 @@ def create_app(settings: Settings) -> FastAPI:
                 422, f"unknown label {body.label!r}: the model's classes are {', '.join(names)}"
             )
         found = await run_in_threadpool(
-            request.app.state.store.set_feedback, diagnosis_id, body.label
+            request.app.state.store.set_feedback,
+            diagnosis_id,
+            body.label,
+            request.scope.get("purenn.token"),
         )
         if found is None:
             raise http_error(404, f"no diagnosis with id {diagnosis_id}")

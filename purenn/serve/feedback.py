@@ -5,15 +5,22 @@ Each stored image with feedback is copied to ``OUT_DIR/<label>/<sha256>.<ext>``,
 several times counts once, under its most recent feedback. Files are written atomically and an
 identical file already in place is left alone, so running the export again changes nothing; a
 copy left under another label by an earlier export (the user changed their mind) is removed.
+
+Which feedback counts can be narrowed: ``by`` keeps only feedback given with the named tokens;
+``min_agree=K`` keeps a photo only when at least K distinct reviewers (token names; feedback given
+without tokens has none and does not count) gave it the same label, and more reviewers gave that
+label than any other. Each diagnosis row holds the latest feedback on it, so reviewers agree over
+the diagnoses of one photo (by SHA-256), each reviewer counted once, with their latest label.
 """
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from purenn.io import atomic_write
-from purenn.serve.store import open_store
+from purenn.serve.store import Diagnosis, open_store
 
 
 class ExportError(ValueError):
@@ -25,6 +32,7 @@ class ExportSummary:
     written: int = 0
     unchanged: int = 0
     missing: list[str] = field(default_factory=list)  # feedback rows whose image is not stored
+    not_agreed: int = 0  # photos left out by min_agree
 
 
 def _check_label(label: str) -> str:
@@ -33,7 +41,34 @@ def _check_label(label: str) -> str:
     return label
 
 
-def export_feedback(db: str | Path, out_dir: str | Path) -> ExportSummary:
+def agreed_labels(
+    rows: list[Diagnosis], by: list[str] | None = None, min_agree: int | None = None
+) -> tuple[dict[str, Diagnosis], int]:
+    """({image SHA-256: the row whose label it gets}, photos without agreement) of ``rows`` with
+    feedback, oldest feedback first; see the module docstring for ``by`` and ``min_agree``."""
+    if by is not None:
+        rows = [r for r in rows if r.feedback_by in by]
+    if min_agree is None:
+        return {r.image_sha256: r for r in rows}, 0  # the latest feedback wins
+    votes: dict[str, dict[str, Diagnosis]] = {}
+    for r in rows:  # a reviewer's later label replaces their earlier one
+        if r.feedback_by is not None:
+            votes.setdefault(r.image_sha256, {})[r.feedback_by] = r
+    chosen, not_agreed = {}, 0
+    for sha, by_reviewer in votes.items():
+        (label, count), *others = Counter(
+            r.feedback_label for r in by_reviewer.values()
+        ).most_common()
+        if count >= min_agree and (not others or others[0][1] < count):
+            chosen[sha] = [r for r in by_reviewer.values() if r.feedback_label == label][-1]
+        else:
+            not_agreed += 1
+    return chosen, not_agreed
+
+
+def export_feedback(
+    db: str | Path, out_dir: str | Path, by: list[str] | None = None, min_agree: int | None = None
+) -> ExportSummary:
     """Write every image with feedback into ``out_dir/<label>/``; see the module docstring."""
     out_dir = Path(out_dir)
     if not str(db).startswith(("postgresql://", "postgres://")) and not Path(db).is_file():
@@ -43,8 +78,8 @@ def export_feedback(db: str | Path, out_dir: str | Path) -> ExportSummary:
         rows = store.with_feedback()  # oldest feedback first: later rows win
     finally:
         store.close()
-    latest = {row.image_sha256: row for row in rows}
-    summary = ExportSummary()
+    latest, not_agreed = agreed_labels(rows, by, min_agree)
+    summary = ExportSummary(not_agreed=not_agreed)
     for sha, row in sorted(latest.items()):
         if row.image_path is None or not Path(row.image_path).is_file():
             summary.missing.append(f"diagnosis {row.id} ({sha[:12]}): image not stored")

@@ -2,7 +2,8 @@
 
 A diagnosis row holds its creation time (UTC, ISO 8601), the image's SHA-256, the stored image's
 path (None when images are not stored), the model id (SHA-256 of the model file), the top-k
-classes as JSON, and the feedback label and time once the user gives one.
+classes as JSON, and the feedback label, time and giver (the token's name; None when tokens are
+off) once the user gives one.
 
 Both back ends keep a ``schema_version`` table with one row. Opening a database applies, in one
 transaction, every migration above its version (a new database starts at 0), so a later release
@@ -25,7 +26,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 # One list of statements per version step (index 0 takes a database from version 0 to 1).
 # {id} is the auto-increment primary key, which the two dialects spell differently.
@@ -43,13 +44,17 @@ _MIGRATIONS = [
         )""",
         "CREATE INDEX diagnoses_feedback ON diagnoses (feedback_label)",
     ],
+    ["ALTER TABLE diagnoses ADD COLUMN feedback_by TEXT"],  # the token name; NULL: tokens off
 ]
 _ID_TYPE = {"sqlite": "INTEGER PRIMARY KEY AUTOINCREMENT", "postgresql": "BIGSERIAL PRIMARY KEY"}
 
 # An arbitrary constant naming purenn's migration lock among PostgreSQL advisory locks.
 _MIGRATION_LOCK_KEY = 7_340_112_011
 
-_COLUMNS = "id, created_at, image_sha256, image_path, model_id, top_k, feedback_label, feedback_at"
+_COLUMNS = (
+    "id, created_at, image_sha256, image_path, model_id, top_k, feedback_label, feedback_at, "
+    "feedback_by"
+)
 
 
 class StoreError(ValueError):
@@ -66,6 +71,7 @@ class Diagnosis:
     top_k: list[dict]
     feedback_label: str | None
     feedback_at: str | None
+    feedback_by: str | None = None
 
     def to_json(self) -> dict:
         return {
@@ -77,6 +83,7 @@ class Diagnosis:
             "predictions": self.top_k,
             "feedback": self.feedback_label,
             "feedback_at": self.feedback_at,
+            "feedback_by": self.feedback_by,
         }
 
 
@@ -173,12 +180,16 @@ class Store:
             ).fetchall()
         return [_diagnosis(r) for r in rows]
 
-    def set_feedback(self, diagnosis_id: int, label: str) -> Diagnosis | None:
-        """Record the label the user gave; None if there is no such diagnosis."""
+    def set_feedback(
+        self, diagnosis_id: int, label: str, by: str | None = None
+    ) -> Diagnosis | None:
+        """Record the label the user gave, and the name of the token that gave it (None when
+        tokens are off); None if there is no such diagnosis."""
         with self._lock, self._transaction(write=True):
             self._execute(
-                "UPDATE diagnoses SET feedback_label = ?, feedback_at = ? WHERE id = ?",
-                (label, _now(), diagnosis_id),
+                "UPDATE diagnoses SET feedback_label = ?, feedback_at = ?, feedback_by = ? "
+                "WHERE id = ?",
+                (label, _now(), by, diagnosis_id),
             )
         return self.get(diagnosis_id)
 
@@ -206,7 +217,7 @@ class Store:
 
 
 def _diagnosis(row) -> Diagnosis:
-    return Diagnosis(row[0], row[1], row[2], row[3], row[4], json.loads(row[5]), row[6], row[7])
+    return Diagnosis(*row[:5], json.loads(row[5]), *row[6:])
 
 
 class SQLiteStore(Store):

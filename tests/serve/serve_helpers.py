@@ -48,11 +48,12 @@ def image_bytes(seed: int, fmt: str = "PNG", size: tuple[int, int] = (40, 30)) -
     return buffer.getvalue()
 
 
-def stored_nothing(client, settings) -> bool:
-    """No diagnosis in the history and no file under the app's image folder."""
+def stored_nothing(client, settings, headers: dict | None = None) -> bool:
+    """No diagnosis in the history and no file under the app's image folder (``headers``: a
+    review token's, when tokens are on)."""
     images = settings.store_images
     no_files = not images.exists() or not any(p.is_file() for p in images.rglob("*"))
-    return no_files and client.get("/api/diagnoses").json()["items"] == []
+    return no_files and client.get("/api/diagnoses", headers=headers).json()["items"] == []
 
 
 def leaf_photos(n: int) -> list[Path]:
@@ -103,7 +104,9 @@ class ServerProcess:
         if self.proc.poll() is None:
             self.proc.kill()
         self.proc.wait(10)
-        self.proc.stderr.close()
+        if not self.proc.stderr.closed:
+            self.stderr_text = self.proc.stderr.read().decode(errors="replace")
+            self.proc.stderr.close()
 
     def stop(self) -> None:
         if self.proc.poll() is None:

@@ -6,7 +6,9 @@ reads the top class and the bars, sends feedback and sees it in the history, the
 ``PURENN_SCREENSHOT=path`` and/or ``PURENN_SCREENSHOT_EXPLAIN=path`` (and
 ``PURENN_SCREENSHOT_MODEL=model.npz``) it also saves screenshots of the page and of the overlay;
 docs/img/serve-page.png and docs/img/serve-explain.png were made so, with the trained
-PlantVillage model.
+PlantVillage model. A second test turns tokens on: the page asks for a token once, keeps it in
+localStorage (no cookie), and diagnoses and sends feedback with it. Both tests fail on any
+Content-Security-Policy violation the browser reports.
 """
 
 from __future__ import annotations
@@ -41,6 +43,32 @@ def browser():
             b.close()
 
 
+# wait_for_function predicates are written as functions: Playwright evals an expression string,
+# which the page's CSP (no 'unsafe-eval') blocks.
+
+# Collects the browser's CSP violation events from the first script on every page.
+CSP_LISTENER = """
+window.__csp = [];
+document.addEventListener("securitypolicyviolation",
+  (e) => window.__csp.push(`${e.violatedDirective} ${e.blockedURI}`));
+"""
+
+
+def watch_csp(page) -> list[str]:
+    """A list that fills with CSP violations: events and console messages about the policy."""
+    found: list[str] = []
+    page.add_init_script(CSP_LISTENER)
+    page.on(
+        "console",
+        lambda m: found.append(m.text) if "Content Security Policy" in m.text else None,
+    )
+    return found
+
+
+def csp_violations(page, console: list[str]) -> list[str]:
+    return console + page.evaluate("window.__csp")
+
+
 def test_diagnose_a_leaf_send_feedback_and_see_the_history(browser, model_file, tmp_path):
     model = Path(os.environ.get("PURENN_SCREENSHOT_MODEL", model_file))
     photos = leaf_photos(1)
@@ -52,8 +80,10 @@ def test_diagnose_a_leaf_send_feedback_and_see_the_history(browser, model_file, 
         classes = httpx.get(server.url + "/api/model").json()["class_names"]
         page = browser.new_page(viewport={"width": 390, "height": 844}, device_scale_factor=2)
         page.set_default_timeout(TIMEOUT_MS)
+        console = watch_csp(page)
         page.goto(server.url + "/")
-        page.wait_for_function("document.getElementById('feedback-label').options.length > 0")
+        page.wait_for_function("() => document.getElementById('feedback-label').options.length > 0")
+        assert page.is_hidden("#token-form")  # loopback: no token asked
         page.set_input_files("#file", str(photo))
         page.wait_for_selector("#result:not([hidden])")
         bars = page.locator("#bars li")
@@ -77,6 +107,7 @@ def test_diagnose_a_leaf_send_feedback_and_see_the_history(browser, model_file, 
         first.locator(".h-feedback:has-text('You said')").wait_for()
         assert first.get_attribute("data-id") == str(answer["id"])
         assert first.locator("img").count() == 1  # the thumbnail of the stored image
+        page.wait_for_function(THUMBNAIL_SHOWN)
         stored = httpx.get(f"{server.url}/api/diagnoses/{answer['id']}").json()
         assert stored["feedback"] == wrong
 
@@ -94,7 +125,7 @@ def test_diagnose_a_leaf_send_feedback_and_see_the_history(browser, model_file, 
         photo_src = page.get_attribute("#preview", "src")
         page.check("#explain-toggle")
         page.wait_for_selector("#explain-status:has-text('weighed most')")
-        page.wait_for_function("document.getElementById('preview').complete")
+        page.wait_for_function("() => document.getElementById('preview').complete")
         assert page.get_attribute("#preview", "src") != photo_src
         assert page.locator("#preview").screenshot() != before
         pretty = " · ".join(re.sub("_+", " ", part).strip() for part in top["class"].split("___"))
@@ -104,7 +135,57 @@ def test_diagnose_a_leaf_send_feedback_and_see_the_history(browser, model_file, 
             page.screenshot(path=shots["PURENN_SCREENSHOT_EXPLAIN"], full_page=True)
         page.uncheck("#explain-toggle")
         assert page.get_attribute("#preview", "src") == photo_src
-        page.wait_for_function("document.getElementById('preview').complete")
+        page.wait_for_function("() => document.getElementById('preview').complete")
         assert page.locator("#preview").screenshot() == before
+        assert csp_violations(page, console) == []
+    finally:
+        server.stop()
+
+
+THUMBNAIL_SHOWN = (
+    "() => { const img = document.querySelector('#history li img');"
+    " return img && img.complete && img.naturalWidth > 0; }"
+)
+
+
+def test_with_tokens_the_page_asks_once_and_keeps_the_token(browser, model_file, tmp_path):
+    from purenn.serve.tokens import add_token
+
+    token = add_token(tmp_path / "tokens.json", "alice", "review")
+    photo = tmp_path / "leaf.png"
+    photo.write_bytes(image_bytes(8, size=(120, 90)))
+    server = ServerProcess(model_file, str(tmp_path / "h.db"), "--require-tokens")
+    try:
+        auth = {"Authorization": f"Bearer {token}"}
+        context = browser.new_context(viewport={"width": 390, "height": 844})
+        page = context.new_page()
+        page.set_default_timeout(TIMEOUT_MS)
+        console = watch_csp(page)
+        page.goto(server.url + "/")
+        page.wait_for_selector("#token-form:not([hidden])")
+        assert "needs an access token" in page.inner_text("#token-message")
+        page.fill("#token", "pnn_wrong")
+        page.click("#token-send")
+        page.wait_for_selector("#token-form:not([hidden]) #token-message:has-text('refused')")
+        page.fill("#token", token)
+        page.click("#token-send")
+        page.wait_for_function("() => document.getElementById('feedback-label').options.length > 0")
+        assert page.is_hidden("#token-form")
+        page.set_input_files("#file", str(photo))
+        page.wait_for_selector("#result:not([hidden])")
+        answer = httpx.get(server.url + "/api/diagnoses", headers=auth).json()["items"][0]
+        page.select_option("#feedback-label", index=2)
+        page.click("#feedback-send")
+        page.wait_for_selector("#feedback-status:has-text('Thank you')")
+        stored = httpx.get(f"{server.url}/api/diagnoses/{answer['id']}", headers=auth).json()
+        assert stored["feedback"] is not None and stored["feedback_by"] == "alice"
+        page.wait_for_function(THUMBNAIL_SHOWN)  # fetched with the token
+        assert page.evaluate("localStorage.getItem('purenn-token')") == token
+        assert context.cookies() == []  # never a cookie
+        page.reload()
+        page.wait_for_selector("#history li")  # the kept token: no form this time
+        assert page.is_hidden("#token-form")
+        assert csp_violations(page, console) == []
+        context.close()
     finally:
         server.stop()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import socket
+from pathlib import Path
 
 import pytest
 from serve_helpers import CLASSES, image_bytes
@@ -93,3 +94,59 @@ def test_serve_reports_a_bad_database_or_a_taken_port(model_file, tmp_path, caps
 def test_default_images_folder():
     assert default_images_dir("runs/history.db").name == "images"
     assert default_images_dir("postgresql://u@host/db") is None
+
+
+# -- access tokens ---------------------------------------------------------------------------
+def test_tokens_add_list_revoke(tmp_path, capsys):
+    import json
+
+    db = str(tmp_path / "srv" / "history.db")
+    assert main(["serve", "tokens", "add", "alice", "--role", "review", "--db", db]) == 0
+    out = capsys.readouterr().out.splitlines()
+    token = out[-1]  # printed once, as the last line
+    assert token.startswith("pnn_") and "alice" in out[0]
+    text = (tmp_path / "srv" / "tokens.json").read_text()  # beside the database
+    assert token not in text and json.loads(text)["tokens"][0]["role"] == "review"
+    assert main(["serve", "tokens", "list", "--db", db]) == 0
+    listed = capsys.readouterr().out
+    assert "alice\treview" in listed and "active" in listed and token not in listed
+    assert main(["serve", "tokens", "revoke", "alice", "--db", db]) == 0
+    assert main(["serve", "tokens", "list", "--db", db]) == 0
+    assert "revoked" in capsys.readouterr().out
+    assert main(["serve", "tokens", "add", "bob", "--role", "root", "--db", db]) == 2
+    assert main(["serve", "tokens", "revoke", "carol", "--db", db]) == 2
+    assert "no active token named 'carol'" in capsys.readouterr().err
+
+
+def test_serve_beyond_loopback_without_tokens_is_refused_with_the_command(
+    model_file, tmp_path, capsys
+):
+    db = str(tmp_path / "srv" / "history.db")
+    code = main(["serve", str(model_file), "--host", "0.0.0.0", "--db", db, "--port", "0"])
+    err = capsys.readouterr().err
+    assert code == 2 and "listening on 0.0.0.0 needs access tokens" in err
+    assert f"purenn serve tokens add NAME --role review --db {db}" in err
+    assert not (tmp_path / "srv").exists()  # refused before the database is created
+    code = main(["serve", str(model_file), "--require-tokens", "--db", db, "--port", "0"])
+    assert code == 2 and "--require-tokens needs access tokens" in capsys.readouterr().err
+    args = ["serve", str(model_file), "--host", "0.0.0.0", "--tokens", str(tmp_path / "t.json")]
+    assert main(args) == 2
+    assert f"--role review --tokens {tmp_path / 't.json'}" in capsys.readouterr().err
+    assert main([*args, "--insecure-open", "--require-tokens"]) == 2
+    assert "contradict" in capsys.readouterr().err
+
+
+def test_only_loopback_addresses_count_as_loopback():
+    from purenn.cli.serve import is_loopback
+
+    assert is_loopback("127.0.0.1") and is_loopback("127.8.0.1") and is_loopback("::1")
+    assert is_loopback("localhost")
+    assert not is_loopback("0.0.0.0") and not is_loopback("192.168.1.5")
+    assert not is_loopback("::") and not is_loopback("leafbox.local")
+
+
+def test_the_tokens_file_of_a_postgresql_database(tmp_path):
+    from purenn.serve.tokens import default_tokens_path
+
+    assert default_tokens_path("postgresql://u@h/db") == Path("purenn-serve") / "tokens.json"
+    assert default_tokens_path(str(tmp_path / "h.db")) == tmp_path / "tokens.json"

@@ -36,6 +36,28 @@ def test_add_get_list_feedback(store):
     assert store.ping() and store.schema_version() == SCHEMA_VERSION
 
 
+def test_a_version_1_database_gains_the_reviewer_column(db_url, monkeypatch):
+    from purenn.serve import store as store_module
+
+    with monkeypatch.context() as m:  # the code of version 1, which had no feedback_by
+        m.setattr(store_module, "_MIGRATIONS", store_module._MIGRATIONS[:1])
+        m.setattr(store_module, "SCHEMA_VERSION", 1)
+        old = open_store(db_url)
+        first = old.add("1" * 64, None, "model-a", TOP)
+        with old._lock, old._transaction(write=True):
+            old._execute("UPDATE diagnoses SET feedback_label = 'a', feedback_at = 'x'")
+        assert old.schema_version() == 1
+        old.close()
+    store = open_store(db_url)
+    try:
+        assert store.schema_version() == SCHEMA_VERSION == 2
+        kept = store.get(first.id)
+        assert kept.feedback_label == "a" and kept.feedback_by is None
+        assert store.set_feedback(first.id, "b", by="alice").feedback_by == "alice"
+    finally:
+        store.close()
+
+
 def test_reopening_keeps_the_history_and_two_connections_share_it(db_url):
     a, b = open_store(db_url), open_store(db_url)  # two servers on one database
     try:

@@ -193,3 +193,82 @@ def test_kill_9_during_requests_then_restart_keeps_every_answered_diagnosis(big_
         assert post(restarted.url, image_bytes(5)).status_code == 200
     finally:
         restarted.stop()
+
+
+# -- access over the wire ----------------------------------------------------------------------
+def test_rate_limit_through_uvicorn_trusts_no_forwarded_header_by_default(model_file, tmp_path):
+    server = ServerProcess(model_file, str(tmp_path / "h.db"), "--rate-limit", "4")
+    try:
+        start = time.monotonic()
+        answers = [post(server.url, image_bytes(i)) for i in range(6)]
+        assert [r.status_code for r in answers] == [200] * 4 + [429] * 2
+        assert int(answers[-1].headers["retry-after"]) == 15  # one request per 15 s
+        spoofed = httpx.post(
+            server.url + "/api/predict",
+            files={"file": ("a.png", image_bytes(9))},
+            headers={"X-Forwarded-For": "203.0.113.7"},
+            timeout=CLIENT_TIMEOUT,
+        )
+        assert spoofed.status_code == 429  # the header did not make a new client
+        assert time.monotonic() - start < 30
+        page = httpx.get(server.url + "/", timeout=CLIENT_TIMEOUT)
+        assert "server" not in page.headers  # no version banner
+        assert "frame-ancestors 'none'" in page.headers["content-security-policy"]
+        assert len(httpx.get(server.url + "/api/diagnoses").json()["items"]) == 4
+    finally:
+        server.stop()
+
+
+def test_forwarded_allow_ips_gives_each_proxied_client_its_bucket(model_file, tmp_path):
+    server = ServerProcess(
+        model_file,
+        str(tmp_path / "h.db"),
+        "--rate-limit",
+        "2",
+        "--forwarded-allow-ips",
+        "127.0.0.1",
+    )
+    try:
+        for client in ("203.0.113.7", "203.0.113.8"):
+            codes = [
+                httpx.post(
+                    server.url + "/api/predict",
+                    files={"file": ("a.png", image_bytes(i))},
+                    headers={"X-Forwarded-For": client},
+                    timeout=CLIENT_TIMEOUT,
+                ).status_code
+                for i in range(3)
+            ]
+            assert codes == [200, 200, 429], client
+    finally:
+        server.stop()
+
+
+def test_tokens_through_uvicorn_and_insecure_open_warns(model_file, tmp_path):
+    from purenn.serve.tokens import add_token
+
+    token = add_token(tmp_path / "tokens.json", "alice", "review")
+    server = ServerProcess(model_file, str(tmp_path / "h.db"), "--require-tokens")
+    try:
+        assert post(server.url, image_bytes(1)).status_code == 401
+        r = httpx.get(server.url + "/api/diagnoses", headers={"Authorization": f"Bearer {token}"})
+        assert r.status_code == 200 and r.json()["items"] == []
+    finally:
+        server.stop()
+    server = ServerProcess(
+        model_file, str(tmp_path / "o.db"), "--host", "0.0.0.0", "--insecure-open"
+    )
+    try:
+        assert post(server.url, image_bytes(1)).status_code == 200
+        # Beyond loopback the rate limit is on by default: 60 a minute (bad uploads count too).
+        # The bucket refills one a second, so allow for the seconds the burst takes.
+        start = time.monotonic()
+        with httpx.Client(base_url=server.url, timeout=CLIENT_TIMEOUT) as c:
+            codes = [c.post("/api/explain", files={"file": ("x", b"no")}).status_code
+                     for _ in range(80)]  # fmt: skip
+        refilled = int(time.monotonic() - start) + 1
+        assert codes[:59] == [400] * 59 and set(codes[59:]) <= {400, 429}
+        assert 59 <= codes.count(400) <= 59 + refilled and 429 in codes
+    finally:
+        server.stop()
+    assert "WARNING: --insecure-open" in server.stderr_text

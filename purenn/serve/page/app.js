@@ -3,11 +3,16 @@
 
 const UNSURE_BELOW = 0.5; // a top probability below this shows the "not sure" message
 const PAGE_SIZE = 10;
+// The access token, when the server asks for one (a 401), is kept in localStorage and sent as a
+// Bearer header: never in a cookie, so another site's form cannot act with it.
+const TOKEN_KEY = "purenn-token";
 
 const $ = (id) => document.getElementById(id);
 let current = null; // the diagnosis on screen
 let nextBefore = null; // the id that the next history page starts below
 let photo = null; // { file, url, overlayUrl } of the photo on screen
+let tokenPrompt = null; // the promise of the token form while it is shown
+let thumbnailUrls = []; // blob: URLs of the history's thumbnails, released on each reset
 
 // "Pepper,_bell___Bacterial_spot" -> "Pepper, bell · Bacterial spot" (PlantVillage's plant___disease)
 const pretty = (name) => name.split("___").map((part) => part.replace(/_+/g, " ").trim()).join(" · ");
@@ -18,8 +23,47 @@ function setStatus(text, isError = false) {
   $("status").classList.toggle("error", isError);
 }
 
+function withToken(options = {}) {
+  const headers = new Headers(options.headers || {});
+  const token = localStorage.getItem(TOKEN_KEY);
+  if (token) headers.set("Authorization", `Bearer ${token}`);
+  return { ...options, headers };
+}
+
+// Shows the token form once (however many requests were refused) until a token is entered.
+function askForToken(message) {
+  if (!tokenPrompt) {
+    tokenPrompt = new Promise((resolve) => {
+      $("token-message").textContent = message;
+      $("token-form").hidden = false;
+      $("token").focus();
+      $("token-form").addEventListener("submit", (event) => {
+        event.preventDefault();
+        localStorage.setItem(TOKEN_KEY, $("token").value.trim());
+        $("token").value = "";
+        $("token-form").hidden = true;
+        tokenPrompt = null;
+        resolve();
+      }, { once: true });
+    });
+  }
+  return tokenPrompt;
+}
+
+// fetch with the token; on a 401 asks for a (new) token and sends the request again.
+async function authorizedFetch(path, options) {
+  for (;;) {
+    const response = await fetch(path, withToken(options));
+    if (response.status !== 401) return response;
+    const refused = localStorage.getItem(TOKEN_KEY);
+    localStorage.removeItem(TOKEN_KEY);
+    await askForToken(refused ? "That token was refused: enter another." :
+      "This server needs an access token (ask whoever runs it).");
+  }
+}
+
 async function api(path, options) {
-  const response = await fetch(path, options);
+  const response = await authorizedFetch(path, options);
   const body = await response.json().catch(() => ({}));
   if (!response.ok) throw new Error(body.error || `HTTP ${response.status}`);
   return body;
@@ -84,7 +128,7 @@ async function toggleExplanation() {
     const form = new FormData();
     form.append("file", shown.file);
     try {
-      const response = await fetch("/api/explain", { method: "POST", body: form });
+      const response = await authorizedFetch("/api/explain", { method: "POST", body: form });
       if (!response.ok) {
         const body = await response.json().catch(() => ({}));
         throw new Error(body.error || `HTTP ${response.status}`);
@@ -148,9 +192,8 @@ function historyItem(d) {
   let thumb;
   if (d.thumbnail_url) {
     thumb = document.createElement("img");
-    thumb.src = d.thumbnail_url;
     thumb.alt = "";
-    thumb.loading = "lazy";
+    loadThumbnail(thumb, d.thumbnail_url);
   } else {
     thumb = document.createElement("div");
     thumb.className = "no-thumb";
@@ -166,12 +209,25 @@ function historyItem(d) {
   return li;
 }
 
+// Fetched with the token (an <img src> could not send it) and shown from a blob: URL.
+async function loadThumbnail(img, url) {
+  const response = await fetch(url, withToken()).catch(() => null);
+  if (!response || !response.ok) return;
+  const blobUrl = URL.createObjectURL(await response.blob());
+  thumbnailUrls.push(blobUrl);
+  img.src = blobUrl;
+}
+
 async function loadHistory(reset) {
   const query = new URLSearchParams({ limit: PAGE_SIZE });
   if (!reset && nextBefore != null) query.set("before", nextBefore);
   const page = await api(`/api/diagnoses?${query}`);
   const items = page.items.map(historyItem);
-  if (reset) $("history").replaceChildren(...items);
+  if (reset) {
+    thumbnailUrls.forEach((url) => URL.revokeObjectURL(url));
+    thumbnailUrls = [];
+    $("history").replaceChildren(...items);
+  }
   else $("history").append(...items);
   nextBefore = page.next_before;
   $("more").hidden = nextBefore == null;
