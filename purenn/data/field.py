@@ -52,7 +52,7 @@ class FieldAugmentation:
         jpeg: ``(lo, hi)``; re-encode as JPEG at a quality from lo..hi (Pillow).
 
     Order: the leaf mask (on the lab image), one bilinear warp for flip, crop and rotation (the
-    image reflected at its edges, the mask zero outside), the background composite, colour,
+    image reflected at its edges, the mask 0 outside), the background composite, colour,
     blur, noise, clip to [0, 1], JPEG.
     """
 
@@ -197,11 +197,18 @@ class FieldAugmentation:
         if self.background and replaced.any():
             alpha = np.zeros((n_images, height, width), dtype)
             alpha[replaced] = soft_mask(leaf_mask(batch[replaced]))
-        if self.hflip or self.crop or self.rotate:
+        if self.crop or self.rotate:
             grid = _window_grid(n_images, height, width, window, angle, flip)
-            batch[...] = resample(batch, *grid, fill="reflect")
+            if alpha is None:
+                batch[...] = resample(batch, *grid)
+            else:  # one pass for both; the mask is then cut to the image
+                warped = resample(np.concatenate([batch, alpha[:, None]], axis=1), *grid)
+                batch[...] = warped[:, :3]
+                alpha = warped[:, 3] * _inside(*grid, height, width).astype(dtype)
+        elif self.hflip:
+            batch[flip] = batch[flip, :, :, ::-1]
             if alpha is not None:
-                alpha = resample(alpha[:, None], *grid, fill="zero")[:, 0]
+                alpha[flip] = alpha[flip, :, ::-1]
         if alpha is not None:
             chosen = np.flatnonzero(replaced)
             backdrop = self._backgrounds(
@@ -350,59 +357,63 @@ def _reflect(coord: np.ndarray, size: int) -> np.ndarray:
     if size == 1:
         return np.zeros_like(coord)
     period = 2 * (size - 1)
-    folded = np.mod(coord, period)
-    return np.where(folded > size - 1, period - folded, folded)
+    folded = coord - period * np.floor(coord / period)  # in [0, period); np.mod is slower
+    return (size - 1) - np.abs(folded - (size - 1))
 
 
-def resample(
-    batch: np.ndarray, src_x: np.ndarray, src_y: np.ndarray, fill: str = "reflect"
-) -> np.ndarray:
+def _inside(src_x: np.ndarray, src_y: np.ndarray, height: int, width: int) -> np.ndarray:
+    """1 at coordinates inside the image, fading linearly to 0 one pixel beyond its edges."""
+    fade_x = np.clip(src_x + 1, 0, 1) * np.clip(width - src_x, 0, 1)
+    return fade_x * np.clip(src_y + 1, 0, 1) * np.clip(height - src_y, 0, 1)
+
+
+def resample(batch: np.ndarray, src_x: np.ndarray, src_y: np.ndarray) -> np.ndarray:
     """Bilinear samples of ``batch`` (N, C, H, W) at ``(src_y, src_x)`` (N, H', W' each).
 
-    ``fill``: outside the image, "reflect" mirrors it at its edge pixels, "zero" gives 0 (with
-    a one-pixel linear fade at the edge). Returns a new array of ``batch``'s dtype.
+    Outside the image, the image mirrored at its edge pixels. Returns a new array of
+    ``batch``'s dtype.
     """
     n, c, height, width = batch.shape
     src_x, src_y = src_x.astype(np.float32), src_y.astype(np.float32)
-    if fill == "zero":
-        batch = np.pad(batch, ((0, 0), (0, 0), (1, 1), (1, 1)))
-        src_x, src_y = np.clip(src_x + 1, 0, width + 1), np.clip(src_y + 1, 0, height + 1)
-        height, width = height + 2, width + 2
-    else:
-        src_x, src_y = _reflect(src_x, width), _reflect(src_y, height)
-    x0 = np.minimum(np.floor(src_x).astype(np.intp), width - 2 if width > 1 else 0)
-    y0 = np.minimum(np.floor(src_y).astype(np.intp), height - 2 if height > 1 else 0)
-    fx = (src_x - x0).astype(batch.dtype)[:, None]
-    fy = (src_y - y0).astype(batch.dtype)[:, None]
-    x1, y1 = np.minimum(x0 + 1, width - 1), np.minimum(y0 + 1, height - 1)
+    src_x, src_y = _reflect(src_x, width), _reflect(src_y, height)
+    # Corner (x0, y0) of each sample's pixel square, kept inside so that x0 + 1, y0 + 1 are too.
+    x0 = np.minimum(np.floor(src_x), max(width - 2, 0)).astype(np.intp)
+    y0 = np.minimum(np.floor(src_y), max(height - 2, 0)).astype(np.intp)
+    fx = (src_x - x0).astype(batch.dtype).reshape(n, 1, -1)
+    fy = (src_y - y0).astype(batch.dtype).reshape(n, 1, -1)
     flat = batch.reshape(n, c, height * width)
-    out_shape = (n, c, *src_x.shape[1:])
+    corner = (y0 * width + x0).reshape(n, 1, -1)
+    step_x, step_y = min(1, width - 1), (height > 1) * width
 
-    def at(y: np.ndarray, x: np.ndarray) -> np.ndarray:
-        index = (y * width + x).reshape(n, 1, -1)
-        return np.take_along_axis(flat, index, axis=2).reshape(out_shape)
+    def at(offset: int) -> np.ndarray:
+        return np.take_along_axis(flat, corner + offset, axis=2)
 
-    top = at(y0, x0) * (1 - fx) + at(y0, x1) * fx
-    bottom = at(y1, x0) * (1 - fx) + at(y1, x1) * fx
-    return top * (1 - fy) + bottom * fy
+    top = at(0)
+    top += fx * (at(step_x) - top)
+    bottom = at(step_y)
+    bottom += fx * (at(step_y + step_x) - bottom)
+    top += fy * (bottom - top)
+    return top.reshape(n, c, *src_x.shape[1:])
 
 
 # -- colour -----------------------------------------------------------------------------------
 def rgb_to_hsv(batch: np.ndarray) -> np.ndarray:
     """(N, 3, H, W) RGB in [0, 1] to HSV, hue in [0, 1) (a fraction of the circle); same dtype."""
     r, g, b = batch[:, 0], batch[:, 1], batch[:, 2]
-    value = batch.max(axis=1)
-    delta = value - batch.min(axis=1)
-    safe = np.where(delta > 0, delta, 1)
-    saturation = np.where(value > 0, delta / np.where(value > 0, value, 1), 0)
-    # The hue sector is set by the largest channel: red (0), green (1/3), blue (2/3).
-    hue = np.where(
-        value == r,
-        np.mod((g - b) / safe, 6),
-        np.where(value == g, (b - r) / safe + 2, (r - g) / safe + 4),
-    )
-    hue = np.where(delta > 0, hue / 6, 0)
-    return np.stack([np.mod(hue, 1), saturation, value], axis=1).astype(batch.dtype, copy=False)
+    value = np.maximum(np.maximum(r, g), b)
+    delta = value - np.minimum(np.minimum(r, g), b)
+    tiny = np.finfo(batch.dtype).tiny  # 0 / tiny = 0: grey pixels get s = 0 and h = 0
+    saturation = delta / np.maximum(value, tiny)
+    # The hue sector is set by the largest channel: red (0), green (1/3), blue (2/3); within it
+    # the hue moves by the difference of the other two over the spread. Masks multiply rather
+    # than np.where, which is several times slower.
+    red_max = value == r
+    green_max = (value == g) & ~red_max
+    blue_max = ~(red_max | green_max)
+    hue = red_max * (g - b) + green_max * (b - r + 2 * delta) + blue_max * (r - g + 4 * delta)
+    hue /= 6 * np.maximum(delta, tiny)
+    hue -= np.floor(hue)
+    return np.stack([hue, saturation, value], axis=1).astype(batch.dtype, copy=False)
 
 
 def hsv_to_rgb(hsv: np.ndarray) -> np.ndarray:
@@ -411,12 +422,15 @@ def hsv_to_rgb(hsv: np.ndarray) -> np.ndarray:
     Channel k is v - v s clip(min(t, 4 - t), 0, 1) with t = (n_k + 6h) mod 6, n = 5, 3, 1 for
     red, green, blue: branch-free, the same as the six-sector table.
     """
-    hue, saturation, value = hsv[:, 0], hsv[:, 1], hsv[:, 2]
-    channels = []
-    for n_k in (5, 3, 1):  # red, green, blue
-        t = np.mod(n_k + 6 * hue, 6)
-        channels.append(value - value * saturation * np.clip(np.minimum(t, 4 - t), 0, 1))
-    return np.stack(channels, axis=1).astype(hsv.dtype, copy=False)
+    sixths = 6 * hsv[:, 0]
+    chroma = hsv[:, 2] * hsv[:, 1]
+    out = np.empty_like(hsv)
+    for channel, n_k in enumerate((5, 3, 1)):  # red, green, blue
+        t = sixths + n_k  # in [0, 11): one wrap is (n_k + 6h) mod 6
+        t -= 6 * (t >= 6)
+        np.clip(np.minimum(t, 4 - t, out=t), 0, 1, out=t)
+        np.subtract(hsv[:, 2], chroma * t, out=out[:, channel])
+    return out
 
 
 def jitter_hsv(
@@ -433,13 +447,14 @@ def jitter_hsv(
     """
     if hue is not None:
         hsv = rgb_to_hsv(batch)
-        hsv[:, 0] = np.mod(hsv[:, 0] + hue.astype(batch.dtype)[:, None, None], 1)
+        hsv[:, 0] += hue.astype(batch.dtype)[:, None, None]
+        hsv[:, 0] -= np.floor(hsv[:, 0])
         batch[...] = hsv_to_rgb(hsv)
     if saturation is not None:
         value = batch.max(axis=1, keepdims=True)
         spread = value - batch.min(axis=1, keepdims=True)
         factor = saturation.astype(batch.dtype)[:, None, None, None]
-        factor = np.minimum(factor, value / np.where(spread > 0, spread, 1))
+        factor = np.minimum(factor, value / np.maximum(spread, np.finfo(batch.dtype).tiny))
         batch[...] = value - factor * (value - batch)
     if brightness is not None:
         batch *= brightness.astype(batch.dtype)[:, None, None, None]
