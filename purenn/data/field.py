@@ -554,20 +554,25 @@ def soft_mask(mask: np.ndarray) -> np.ndarray:
 
 
 # -- synthetic backgrounds --------------------------------------------------------------------
-def _interpolation_matrix(size: int, grid: int) -> np.ndarray:
-    """(size, grid): smoothstep interpolation of ``grid`` nodes spread over ``size`` pixels."""
+def _smooth_upsample(nodes: np.ndarray, size: int, axis: int) -> np.ndarray:
+    """Interpolate ``nodes`` along ``axis`` to ``size`` samples, smoothstep between nodes.
+
+    Gathers and element-wise arithmetic only: no BLAS, which would contend with the training
+    step's BLAS threads (this runs in the loader's thread).
+    """
+    grid = nodes.shape[axis]
     position = np.linspace(0, grid - 1, size)
-    left = np.minimum(np.floor(position).astype(int), grid - 2)
+    left = np.minimum(np.floor(position).astype(np.intp), grid - 2)
     t = position - left
-    t = t * t * (3 - 2 * t)
-    matrix = np.zeros((size, grid))
-    matrix[np.arange(size), left] = 1 - t
-    matrix[np.arange(size), left + 1] = t
-    return matrix
+    shape = [1] * nodes.ndim
+    shape[axis] = size
+    t = (t * t * (3 - 2 * t)).astype(np.float32).reshape(shape)
+    lo, hi = np.take(nodes, left, axis=axis), np.take(nodes, left + 1, axis=axis)
+    return lo + t * (hi - lo)
 
 
 def smooth_noise(grids: np.ndarray, height: int, width: int) -> np.ndarray:
-    """Fractal value noise: (M, F, sum g^2) normal draws -> (M, F, H, W) fields, std about 1.
+    """Fractal value noise: (M, F, sum g^2) normal draws -> (M, F, H, W) float32, std about 1.
 
     Octave g (``_NOISE_GRIDS``) interpolates a g x g grid smoothly over the image, with
     amplitude 1/g relative to the coarsest.
@@ -576,15 +581,13 @@ def smooth_noise(grids: np.ndarray, height: int, width: int) -> np.ndarray:
     out = np.zeros((m, f, height, width), np.float32)
     start, total = 0, 0.0
     for g in _NOISE_GRIDS:
-        nodes = grids[:, :, start : start + g * g].reshape(m, f, g, g)
+        nodes = grids[:, :, start : start + g * g].reshape(m, f, g, g).astype(np.float32)
         start += g * g
-        rows, cols = _interpolation_matrix(height, g), _interpolation_matrix(width, g)
         amplitude = _NOISE_GRIDS[0] / g
-        out += amplitude * (
-            rows.astype(np.float32) @ nodes.astype(np.float32) @ cols.T.astype(np.float32)
-        )
+        field_ = _smooth_upsample(_smooth_upsample(nodes, height, 2), width, 3)
+        out += np.float32(amplitude) * field_
         total += amplitude**2
-    return (out / np.sqrt(total)).astype(np.float32)
+    return out / np.float32(np.sqrt(total))
 
 
 def _lerp(lo: float, hi: float, u: np.ndarray) -> np.ndarray:
