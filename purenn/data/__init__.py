@@ -15,6 +15,7 @@ from purenn.data.augment import Augmentation
 from purenn.data.cache import ImageCache, build_cache
 from purenn.data.decode import decode_image_bytes, load_image
 from purenn.data.errors import DataError
+from purenn.data.field import FieldAugmentation
 from purenn.data.folder import IMAGE_EXTENSIONS, FolderScan, collect_images, scan_image_folder
 from purenn.data.loader import DataLoader
 from purenn.data.split import stratified_split, subset_split
@@ -25,6 +26,7 @@ __all__ = [
     "Augmentation",
     "DataError",
     "DataLoader",
+    "FieldAugmentation",
     "FolderScan",
     "ImageCache",
     "build_cache",

@@ -41,6 +41,11 @@ class Augmentation:
     def enabled(self) -> bool:
         return self.hflip or self.rotate or self.brightness > 0 or self.contrast > 0
 
+    @property
+    def needs_square(self) -> bool:
+        """Whether the images must be square (right-angle rotations)."""
+        return self.rotate
+
     def apply(
         self,
         batch: np.ndarray,

@@ -10,6 +10,7 @@ import numpy as np
 
 from purenn.checks import check_int, is_int, require
 from purenn.data.augment import Augmentation
+from purenn.data.field import FieldAugmentation
 from purenn.data.stats import channel_columns, standardize_
 
 Batch = tuple[np.ndarray, np.ndarray]
@@ -43,7 +44,8 @@ class DataLoader:
             or both None to only scale to [0, 1].
         shuffle: shuffle the samples each epoch.
         seed: integer >= 0 for the shuffles and augmentations.
-        augmentation: applied to views 1 .. F-1 (before the z-score); an enabled one is
+        augmentation: applied to views 1 .. F-1 (before the z-score): ``Augmentation`` or
+            ``FieldAugmentation`` (both honour the draws/keep contract); an enabled one is
             required when F > 1 and refused when F = 1 (it would have no effect).
         augment_factor: F, the number of views of each image per epoch.
         drop_last: leave out the last batch if it is smaller than ``batch_size``.
@@ -67,7 +69,7 @@ class DataLoader:
         std: np.ndarray | None = None,
         shuffle: bool = False,
         seed: int = 0,
-        augmentation: Augmentation | None = None,
+        augmentation: Augmentation | FieldAugmentation | None = None,
         augment_factor: int = 1,
         drop_last: bool = False,
         prefetch: bool = True,
@@ -104,7 +106,11 @@ class DataLoader:
                 f"an enabled augmentation, received: augment_factor={augment_factor}, "
                 f"augmentation={augmentation}"
             )
-        if augmentation is not None and augmentation.rotate and images.shape[2] != images.shape[3]:
+        if (
+            augmentation is not None
+            and augmentation.needs_square
+            and images.shape[2] != images.shape[3]
+        ):
             raise ValueError(
                 f"rotation needs square images, received: images of shape {images.shape}"
             )

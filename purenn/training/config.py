@@ -20,6 +20,7 @@ from purenn.presets import PRESETS
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULES = ("cosine", "step", "constant")
+AUGMENTATIONS = ("standard", "field")
 
 
 class ConfigError(ValueError):
@@ -64,6 +65,17 @@ class TrainConfig:
     step_gamma: float = _key("step schedule: decay factor", default=0.1)
     patience: int = _key("early stopping: epochs without val-loss gain; 0 disables", default=5)
     augment_factor: int = _key("views of each training image per epoch (1 = none)", default=2)
+    augment: str = _key(
+        "augmentation recipe of the extra views: standard (flips, right-angle turns, brightness, "
+        "contrast) or field (field-photo conditions: crops, any-angle turns, colour, blur, "
+        "noise, JPEG, leaf over new backgrounds)",
+        AUGMENTATIONS,
+        default="standard",
+    )
+    augment_backgrounds: str | None = _key(
+        "field recipe: also put leaves over the photos in this folder (never the images you "
+        "evaluate on)"
+    )
     weight_norm: bool = _key("weight normalization of conv and dense layers", default=False)
     val_fraction: float = _key("fraction of each class held out for validation", default=0.1)
     test_fraction: float = _key("fraction of each class held out for the test", default=0.1)
@@ -127,6 +139,12 @@ def validate(config: TrainConfig) -> TrainConfig:
         c.split_seed = c.seed
     _require(c.split_seed >= 0, "split_seed", ">= 0", c.split_seed)
     _require(c.threads is None or c.threads >= 1, "threads", ">= 1", c.threads)
+    _require(
+        c.augment_backgrounds is None or c.augment == "field",
+        "augment_backgrounds",
+        "unset unless augment is field",
+        c.augment_backgrounds,
+    )
     _require(c.lr > 0, "lr", "> 0", c.lr)
     for name in ("momentum", "weight_decay", "clip_norm", "min_lr", "warmup_epochs"):
         _require(getattr(c, name) >= 0, name, ">= 0", getattr(c, name))

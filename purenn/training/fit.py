@@ -254,6 +254,7 @@ def _describe(config: TrainConfig, data: TrainingData, start: Start, steps: int)
     recipe += (
         f", batch {config.batch_size}, {config.epochs} epochs x {steps} steps, patience "
         f"{config.patience}, augment x{config.augment_factor}"
+        + (f" ({config.augment})" if config.augment_factor > 1 else "")
     )
     names = cache.class_names
     lines = [
@@ -341,7 +342,13 @@ def _fit(
     writes = comm.is_root  # only rank 0 writes the run folder
     optimizer = make_optimizer(config, model)
     train_loader = data.loader(
-        "train", config.batch_size, config.seed, config.augment_factor, shard=comm.shard
+        "train",
+        config.batch_size,
+        config.seed,
+        config.augment_factor,
+        shard=comm.shard,
+        augment=config.augment,
+        backgrounds=config.augment_backgrounds,
     )
     schedule = make_schedule(config, optimizer, len(train_loader))
     metadata = _model_metadata(config, data, start.name)

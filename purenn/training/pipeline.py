@@ -8,9 +8,11 @@ from pathlib import Path
 
 import numpy as np
 
+from purenn.checks import require
 from purenn.data import (
     Augmentation,
     DataLoader,
+    FieldAugmentation,
     FolderScan,
     ImageCache,
     build_cache,
@@ -70,6 +72,16 @@ def split_indices(
     return dict(zip(SPLITS, parts, strict=True))
 
 
+def make_augmentation(
+    recipe: str, backgrounds: str | None = None
+) -> Augmentation | FieldAugmentation:
+    """The augmentation of the config key ``augment``: "standard" or "field"."""
+    if recipe == "field":
+        return FieldAugmentation(background_dir=backgrounds)
+    require(recipe == "standard", "augment", "standard or field", recipe)
+    return Augmentation()
+
+
 @dataclass
 class TrainingData:
     """A cached dataset split for training, with the normalisation statistics of its train part.
@@ -94,8 +106,14 @@ class TrainingData:
         seed: int = 0,
         augment_factor: int = 1,
         shard: tuple[int, int] = (0, 1),
+        augment: str = "standard",
+        backgrounds: str | None = None,
     ) -> DataLoader | None:
         """Batches of ``split`` (shuffled and augmented for ``"train"``); None if it is empty.
+
+        ``augment``: the recipe of the augmented views, "standard" (``Augmentation``) or "field"
+        (``FieldAugmentation``, with the photos of the folder ``backgrounds`` as extra
+        backgrounds).
 
         ``shard=(rank, size)`` (data-parallel training): rank's slice of every training batch;
         for the other splits, rank's contiguous block of the split's samples (the blocks of all
@@ -116,7 +134,9 @@ class TrainingData:
             std=self.std,
             shuffle=training,
             seed=seed,
-            augmentation=Augmentation() if training and augment_factor > 1 else None,
+            augmentation=(
+                make_augmentation(augment, backgrounds) if training and augment_factor > 1 else None
+            ),
             augment_factor=augment_factor if training else 1,
             shard=shard if training else (0, 1),
         )

@@ -10,6 +10,7 @@ import pytest
 from purenn.data import (
     Augmentation,
     DataLoader,
+    FieldAugmentation,
     build_cache,
     channel_stats,
     load_image,
@@ -229,3 +230,22 @@ def test_end_to_end_from_an_image_folder(image_folder, tmp_path):
     first = normalize_batch(load_image(image_folder / cache.files[train[0]], 16), mean, std)
     rows = np.concatenate([x for x, _ in loader.epoch(0)])
     assert any(np.array_equal(first, row) for row in rows)
+
+
+def test_field_augmentation_shards_make_up_the_whole_batch_and_rectangles_are_fine():
+    images = np.random.default_rng(1).integers(0, 256, size=(40, 3, 12, 16), dtype=np.uint8)
+    ids = np.arange(40)
+
+    def batches(shard):
+        loader = DataLoader(
+            images, ids, np.arange(40), 10, MEAN, STD, shuffle=True, seed=3,
+            augmentation=FieldAugmentation(), augment_factor=2, shard=shard, prefetch=False,
+        )  # fmt: skip
+        return collect(loader.epoch(1))
+
+    whole = batches((0, 1))
+    parts = [batches((rank, 3)) for rank in range(3)]
+    for b, (x, y) in enumerate(whole):
+        np.testing.assert_allclose(np.concatenate([p[b][0] for p in parts]), x, atol=1e-5)
+        np.testing.assert_array_equal(np.concatenate([p[b][1] for p in parts]), y)
+    assert x.shape[2:] == (12, 16)

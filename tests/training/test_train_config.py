@@ -111,3 +111,25 @@ def test_schedules_are_stepped_per_batch_with_epochs_converted(overrides, lrs):
     optimizer = make_optimizer(c, build_preset("demo-cnn", num_classes=3, image_size=8))
     schedule = make_schedule(c, optimizer, steps_per_epoch=4)
     assert [schedule.lr_at(step) for step in (0, 1, 4, 7, 8)] == pytest.approx(lrs)
+
+
+def test_the_augmentation_recipe_is_a_config_key_and_a_flag(tmp_path):
+    from purenn.cli.main import build_parser
+    from purenn.data import Augmentation, FieldAugmentation
+    from purenn.training.pipeline import make_augmentation
+
+    assert make_config().augment == "standard"  # the default stays the lab recipe
+    args = build_parser().parse_args(["train", "data", "--augment", "field"])
+    config = make_config(overrides={"augment": args.augment})
+    saved = tmp_path / "config.json"
+    saved.write_text(json.dumps(config.to_dict()))
+    assert json.loads(saved.read_text())["augment"] == "field"
+    assert make_config(saved).augment == "field"
+    assert isinstance(make_augmentation("standard"), Augmentation)
+    assert make_augmentation("field", str(tmp_path)) == FieldAugmentation(
+        background_dir=str(tmp_path)
+    )
+    with pytest.raises(ConfigError, match="augment must be one of standard, field"):
+        make_config(overrides={"augment": "fancy"})
+    with pytest.raises(ConfigError, match="augment_backgrounds must be unset unless augment"):
+        make_config(overrides={"augment_backgrounds": str(tmp_path)})

@@ -1,0 +1,103 @@
+"""Cost of the augmentations: ``apply`` on one batch, per field piece, all together, standard.
+
+Times each augmentation on a batch of ``--batch`` random ``--image-size`` float32 images (the
+median of ``--repeats`` calls, a new rng state each), with BLAS limited to ``--threads`` as in
+`purenn train`. With ``--step``, also the plantvillage-cnn training step (forward, loss,
+backward, clipping, Adam) on batches from a prefetching DataLoader without augmentation, with
+the standard one and with the field one (factor 2): the step time includes the contention of
+the loader's thread, which must also keep up with the step.
+
+    python benchmarks/bench_augment.py --step
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import numpy as np
+from threadpoolctl import threadpool_limits
+
+from purenn.data import Augmentation, DataLoader, FieldAugmentation
+
+
+def median_ms(augmentation, batch: np.ndarray, repeats: int) -> float:
+    times = []
+    for r in range(repeats):
+        x = batch.copy()
+        start = time.perf_counter()
+        augmentation.apply(x, np.random.default_rng(r))
+        times.append(time.perf_counter() - start)
+    return 1000 * statistics.median(times)
+
+
+def step_ms(batches, threads: int, steps: int) -> float:
+    """Median time of a plantvillage-cnn training step (after one warm-up) over ``steps``.
+
+    ``batches``: an iterator of ``(x, y)``; with a prefetching DataLoader the next batch is
+    augmented in its thread during the step, so the step's time includes that contention.
+    """
+    from purenn.kernels import parallel
+    from purenn.nn.losses import SoftmaxCrossEntropy
+    from purenn.optim.optimizers import Adam, clip_grad_norm
+    from purenn.presets import build_preset
+
+    parallel.set_num_threads(threads)
+    model, times = None, []
+    for r, (x, y) in zip(range(steps + 1), batches, strict=False):
+        if model is None:
+            model = build_preset("plantvillage-cnn", image_size=x.shape[2], seed=0)
+            params = model.parameters()
+            optimizer, loss_fn = Adam(params, lr=1e-4), SoftmaxCrossEntropy(label_smoothing=0.1)
+        start = time.perf_counter()
+        loss_fn.forward(model.forward(x, training=True), y % 38)
+        model.backward(loss_fn.backward(), input_grad=False)
+        clip_grad_norm(params, 1.0)
+        optimizer.step()
+        if r:  # the first step warms up
+            times.append(time.perf_counter() - start)
+    return 1000 * statistics.median(times)
+
+
+def loader_steps(augmentation, batch: int, size: int):
+    """Training batches of 512 random uint8 images, augmented x2 in the prefetch thread."""
+    images = np.random.default_rng(1).integers(0, 256, (512, 3, size, size), dtype=np.uint8)
+    loader = DataLoader(
+        images, np.arange(512), np.arange(512), batch, shuffle=True,
+        augmentation=augmentation, augment_factor=2 if augmentation else 1,
+    )  # fmt: skip
+    return loader.epoch(0)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--image-size", type=int, default=128)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--step", action="store_true", help="also time the training step")
+    parser.add_argument("--steps", type=int, default=6, help="timed steps per loader (--step)")
+    args = parser.parse_args()
+    threadpool_limits(args.threads)
+    size = args.image_size
+    batch = np.random.default_rng(0).random((args.batch, 3, size, size), dtype=np.float32)
+    rows = [("standard (today's default)", Augmentation())]
+    for piece in FieldAugmentation.PIECES:
+        rows.append((f"field: {piece} only", FieldAugmentation.only(piece)))
+    rows += [("field: all pieces", FieldAugmentation())]
+    print(f"apply on {args.batch} x 3 x {size} x {size} float32, median of {args.repeats}")
+    for name, augmentation in rows:
+        print(f"  {name:28s} {median_ms(augmentation, batch, args.repeats):8.1f} ms")
+    if args.step:
+        print(f"plantvillage-cnn train step, batch {args.batch}, median of {args.steps}:")
+        for name, augmentation in [
+            ("no augmentation", None), ("standard x2", Augmentation()),
+            ("field x2", FieldAugmentation()),
+        ]:  # fmt: skip
+            batches = loader_steps(augmentation, args.batch, size)
+            print(f"  {name:28s} {step_ms(batches, args.threads, args.steps):8.1f} ms")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,648 @@
+"""Field-photo augmentation: lab leaves made to look like photos taken on the plant.
+
+Every operation works on a float batch ``(N, 3, H, W)`` in [0, 1] (float32 or float64, kept) and
+is vectorised over the batch; only the JPEG round trip (Pillow) and the per-image sensor-noise
+generators loop over images.
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from purenn.checks import require
+from purenn.data.decode import load_image
+from purenn.data.folder import find_images
+
+# Leaf mask thresholds (PlantVillage: one leaf on a plain grey, white-ish or black background).
+MIN_VALUE = 0.12  # darker pixels are black background or shadow
+MIN_EXCESS_GREEN = 0.08  # 2g - r - b: green tissue
+MIN_SATURATION = 0.25  # coloured tissue (yellowing, brown lesions); backgrounds are greyer
+LEAF_HUES = (0.07, 0.55)  # 25 to 198 degrees: orange-brown through yellow and green to cyan
+OPEN_SIZE, CLOSE_SIZE = 3, 7  # box sides of the morphological clean-up, in pixels
+# Below this sigma (pixels) a Gaussian keeps more than 99% of a pixel's weight: left out.
+MIN_BLUR_SIGMA = 0.3
+BACKGROUND_KINDS = ("soil", "foliage", "sky")
+_NOISE_GRIDS = (3, 5, 9, 17, 33)  # octaves of the smooth-noise fields of the backgrounds
+_ELLIPSES = 14  # leaf-like shapes painted over the foliage background
+
+
+@dataclass(frozen=True)
+class FieldAugmentation:
+    """Random field-photo conditions, each image of a batch with its own draws.
+
+    Pieces (each disabled by False, 0 or None):
+        hflip: mirror left-right with probability 0.5.
+        crop: ``(lo, hi)`` fraction of the image area a window covers, with aspect ratio from
+            ``crop_ratio`` (log-uniform), placed uniformly (torchvision's RandomResizedCrop: 10
+            attempts, then the centre crop), resampled bilinearly to H x W. ``hi > 1`` zooms out:
+            the window is larger than the image and the leaf smaller.
+        rotate: r; rotate by an angle from U(-r, r) degrees (180: any angle), bilinear.
+        background: probability of replacing an image's background: the leaf (``leaf_mask``)
+            is composited over a synthetic texture (``BACKGROUND_KINDS``), or over a photo
+            from ``background_dir`` (one more kind, as likely as each texture).
+        hue: h; shift the hue by U(-h, h) of the colour circle (at most 0.5).
+        saturation, brightness: s; multiply the HSV saturation (value) by U(1 - s, 1 + s).
+        blur: b; Gaussian blur with sigma from U(0, b) pixels (separable, reflected edges).
+        noise: n; add Gaussian sensor noise with sigma from U(0, n).
+        jpeg: ``(lo, hi)``; re-encode as JPEG at a quality from lo..hi (Pillow).
+
+    Order: the leaf mask (on the lab image), one bilinear warp for flip, crop and rotation (the
+    image reflected at its edges, the mask 0 outside), the background composite, colour,
+    blur, noise, clip to [0, 1], JPEG.
+    """
+
+    hflip: bool = True
+    crop: tuple[float, float] | None = (0.3, 1.5)
+    crop_ratio: tuple[float, float] = (3 / 4, 4 / 3)
+    rotate: float = 180.0
+    background: float = 0.8
+    background_dir: str | None = None
+    hue: float = 0.03
+    saturation: float = 0.3
+    brightness: float = 0.3
+    blur: float = 1.5
+    noise: float = 0.03
+    jpeg: tuple[int, int] | None = (30, 95)
+    _photos: dict = field(default_factory=dict, init=False, repr=False, compare=False)
+
+    PIECES = (
+        "hflip",
+        "crop",
+        "rotate",
+        "background",
+        "hue",
+        "saturation",
+        "brightness",
+        "blur",
+        "noise",
+        "jpeg",
+    )
+
+    def __post_init__(self) -> None:
+        if self.crop is not None:
+            lo, hi = self.crop
+            require(0 < lo <= hi <= 4, "crop", "(lo, hi) with 0 < lo <= hi <= 4", self.crop)
+        lo, hi = self.crop_ratio
+        require(0 < lo <= hi, "crop_ratio", "(lo, hi) with 0 < lo <= hi", self.crop_ratio)
+        require(0 <= self.rotate <= 180, "rotate", "in [0, 180] degrees", self.rotate)
+        require(0 <= self.background <= 1, "background", "a probability", self.background)
+        require(0 <= self.hue <= 0.5, "hue", "in [0, 0.5]", self.hue)
+        for name in ("saturation", "brightness"):
+            value = getattr(self, name)
+            require(0 <= value < 1, name, "in [0, 1)", value)
+        require(0 <= self.blur <= 10, "blur", "in [0, 10] pixels", self.blur)
+        require(0 <= self.noise <= 0.5, "noise", "in [0, 0.5]", self.noise)
+        if self.jpeg is not None:
+            lo, hi = self.jpeg
+            require(1 <= lo <= hi <= 100, "jpeg", "(lo, hi) with 1 <= lo <= hi <= 100", self.jpeg)
+        if self.background_dir is not None:
+            require(
+                Path(self.background_dir).is_dir(),
+                "background_dir",
+                "a folder",
+                self.background_dir,
+            )
+
+    @classmethod
+    def none(cls) -> FieldAugmentation:
+        """An augmentation that changes nothing."""
+        return cls(
+            hflip=False,
+            crop=None,
+            rotate=0.0,
+            background=0.0,
+            hue=0.0,
+            saturation=0.0,
+            brightness=0.0,
+            blur=0.0,
+            noise=0.0,
+            jpeg=None,
+        )
+
+    @classmethod
+    def only(cls, *pieces: str, **settings) -> FieldAugmentation:
+        """Just ``pieces`` (names from ``PIECES``) at their default strengths, plus ``settings``."""
+        for piece in pieces:
+            require(piece in cls.PIECES, "piece", f"one of {', '.join(cls.PIECES)}", piece)
+        defaults = {f.name: f.default for f in fields(cls) if f.name in pieces}
+        return replace(cls.none(), **{**defaults, **settings})
+
+    @property
+    def enabled(self) -> bool:
+        return any(bool(getattr(self, piece)) for piece in self.PIECES)
+
+    @property
+    def needs_square(self) -> bool:
+        """Whether the images must be square (never: rotations resample)."""
+        return False
+
+    def apply(
+        self,
+        batch: np.ndarray,
+        rng: np.random.Generator,
+        draws: int | None = None,
+        keep: np.ndarray | None = None,
+    ) -> np.ndarray:
+        """Augment ``batch`` in place and return it.
+
+        All random numbers are drawn first, in a fixed order, for ``draws`` images (each piece
+        only if enabled); image i then uses draw ``keep[i]``. The result is a function of the
+        rng state alone, and a shard augmented with ``keep`` equals those rows of the whole.
+
+        Args:
+            batch: float array of shape ``(N, 3, H, W)`` with values in [0, 1].
+            rng: the source of randomness.
+            draws, keep: as for ``Augmentation.apply`` (default: ``draws = N``, ``keep[i] = i``).
+
+        Returns:
+            ``batch``, augmented, with values in [0, 1].
+        """
+        if batch.ndim != 4 or batch.shape[1] != 3 or not np.issubdtype(batch.dtype, np.floating):
+            raise ValueError(
+                f"batch must be float of shape (N, 3, H, W), received: {batch.dtype} {batch.shape}"
+            )
+        n_images, _, height, width = batch.shape
+        n = n_images if draws is None else draws
+        if keep is not None and len(keep) != n_images:
+            raise ValueError(f"keep must have {n_images} entries, received: {len(keep)}")
+
+        def mine(values: np.ndarray) -> np.ndarray:
+            return values if keep is None else values[keep]
+
+        dtype = batch.dtype
+        flip = mine(rng.random(n) < 0.5) if self.hflip else np.zeros(n_images, bool)
+        window = [mine(v) for v in self._windows(rng, n, height, width)] if self.crop else None
+        angle = mine(rng.uniform(-self.rotate, self.rotate, n)) if self.rotate else None
+        if self.background:
+            replaced = mine(rng.random(n) < self.background)
+            kinds = BACKGROUND_KINDS + (("photo",) if self.background_dir else ())
+            kind = mine(rng.integers(0, len(kinds), n))
+            params = mine(rng.random((n, 8 + 6 * _ELLIPSES)))
+            grids = mine(rng.standard_normal((n, 2, sum(g * g for g in _NOISE_GRIDS))))
+        hue = mine(rng.uniform(-self.hue, self.hue, n)) if self.hue else None
+        saturation = mine(_factors(rng, self.saturation, n)) if self.saturation else None
+        brightness = mine(_factors(rng, self.brightness, n)) if self.brightness else None
+        sigma = mine(rng.uniform(0, self.blur, n)) if self.blur else None
+        if self.noise:
+            noise_sigma = mine(rng.uniform(0, self.noise, n))
+            noise_seed = mine(rng.integers(0, 2**63, n))
+        quality = mine(rng.integers(self.jpeg[0], self.jpeg[1] + 1, n)) if self.jpeg else None
+
+        alpha = None
+        if self.background and replaced.any():
+            alpha = np.zeros((n_images, height, width), dtype)
+            alpha[replaced] = soft_mask(leaf_mask(batch[replaced]))
+        if self.crop or self.rotate:
+            grid = _window_grid(n_images, height, width, window, angle, flip)
+            if alpha is None:
+                batch[...] = resample(batch, *grid)
+            else:  # one pass for both; the mask is then cut to the image
+                warped = resample(np.concatenate([batch, alpha[:, None]], axis=1), *grid)
+                batch[...] = warped[:, :3]
+                alpha = warped[:, 3] * _inside(*grid, height, width).astype(dtype)
+        elif self.hflip:
+            batch[flip] = batch[flip, :, :, ::-1]
+            if alpha is not None:
+                alpha[flip] = alpha[flip, :, ::-1]
+        if alpha is not None:
+            chosen = np.flatnonzero(replaced)
+            backdrop = self._backgrounds(
+                kinds, kind[chosen], params[chosen], grids[chosen], height, width, dtype
+            )
+            a = alpha[chosen, None]
+            batch[chosen] = a * batch[chosen] + (1 - a) * backdrop
+        if hue is not None or saturation is not None or brightness is not None:
+            jitter_hsv(batch, hue, saturation, brightness)
+        if sigma is not None:
+            blurred = np.flatnonzero(sigma >= MIN_BLUR_SIGMA)
+            if blurred.size:
+                radius = int(np.ceil(3 * self.blur))
+                batch[blurred] = gaussian_blur(batch[blurred], sigma[blurred], radius)
+        if self.noise:
+            for i in range(n_images):
+                noise = np.random.default_rng(noise_seed[i]).standard_normal(
+                    batch.shape[1:], dtype=np.float32
+                )
+                batch[i] += (noise_sigma[i] * noise).astype(dtype, copy=False)
+        np.clip(batch, 0, 1, out=batch)
+        if quality is not None:
+            for i in range(n_images):
+                batch[i] = jpeg_round_trip(batch[i], int(quality[i]))
+        return batch
+
+    def _windows(
+        self, rng: np.random.Generator, n: int, height: int, width: int
+    ) -> tuple[np.ndarray, ...]:
+        """Crop windows ``(x0, y0, w, h)`` in pixels, float64 of shape (n,) each."""
+        attempts = 10
+        area = height * width * rng.uniform(*self.crop, size=(n, attempts))
+        log_lo, log_hi = np.log(self.crop_ratio)
+        aspect = np.exp(rng.uniform(log_lo, log_hi, size=(n, attempts)))
+        position = rng.random((n, 2))
+        w, h = np.sqrt(area * aspect), np.sqrt(area / aspect)
+        # torchvision accepts a window inside the image; zooming out allows sqrt(hi) times it.
+        reach = max(1.0, np.sqrt(self.crop[1]))
+        fits = (w <= width * reach) & (h <= height * reach)
+        first = np.argmax(fits, axis=1)
+        found = fits[np.arange(n), first]
+        w, h = w[np.arange(n), first], h[np.arange(n), first]
+        # No attempt fits: the whole image, cut to the nearest allowed aspect ratio (centred).
+        ratio = np.clip(width / height, *self.crop_ratio)
+        centre_w, centre_h = min(width, height * ratio), min(height, width / ratio)
+        w, h = np.where(found, w, centre_w), np.where(found, h, centre_h)
+        position = np.where(found[:, None], position, 0.5)
+        return position[:, 0] * (width - w), position[:, 1] * (height - h), w, h
+
+    def _backgrounds(
+        self,
+        kinds: tuple[str, ...],
+        kind: np.ndarray,
+        params: np.ndarray,
+        grids: np.ndarray,
+        height: int,
+        width: int,
+        dtype: np.dtype,
+    ) -> np.ndarray:
+        """``(M, 3, H, W)`` backgrounds, image m of kind ``kinds[kind[m]]``."""
+        out = np.empty((len(kind), 3, height, width), dtype)
+        params = params.astype(np.float32)
+        for k, name in enumerate(kinds):
+            members = np.flatnonzero(kind == k)
+            if not members.size:
+                continue
+            if name == "photo":
+                out[members] = self._photo_backgrounds(params[members], height, width, dtype)
+                continue
+            fields_ = smooth_noise(grids[members], height, width)
+            texture = {"soil": soil, "foliage": foliage, "sky": sky}[name]
+            out[members] = texture(params[members], fields_).astype(dtype, copy=False)
+        return out
+
+    def _photo_backgrounds(
+        self, params: np.ndarray, height: int, width: int, dtype: np.dtype
+    ) -> np.ndarray:
+        """Photos of ``background_dir`` resized to H x W, chosen and flipped by ``params``."""
+        key = (height, width)
+        if key not in self._photos:
+            files = find_images(self.background_dir)
+            if not files:
+                raise ValueError(f"no image files in background_dir {self.background_dir}")
+            size = max(height, width)
+            photos = np.stack([load_image(f, size) for f in files])[:, :, :height, :width]
+            self._photos[key] = photos
+        photos = self._photos[key]
+        chosen = np.minimum((params[:, 0] * len(photos)).astype(int), len(photos) - 1)
+        out = photos[chosen].astype(dtype) / 255
+        flipped = params[:, 1] < 0.5
+        out[flipped] = out[flipped, :, :, ::-1]
+        return out
+
+
+def _factors(rng: np.random.Generator, spread: float, n: int) -> np.ndarray:
+    return rng.uniform(1 - spread, 1 + spread, size=n)
+
+
+# -- geometry ---------------------------------------------------------------------------------
+def affine_grid(
+    height: int,
+    width: int,
+    centre: tuple[np.ndarray, np.ndarray],
+    scale: tuple[np.ndarray, np.ndarray],
+    degrees: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Source coordinates (pixel indices) of every output pixel, float64 (N, H, W) each.
+
+    Output pixel (i, j) is offset ``(j - (W-1)/2, i - (H-1)/2)`` from the output centre; the
+    offset is scaled by ``scale = (sx, sy)`` (source pixels per output pixel; sx < 0 mirrors),
+    rotated by ``degrees`` (clockwise on screen: 90 is ``np.rot90(k=-1)``) and added to
+    ``centre = (cx, cy)`` (source pixel indices). Each argument has shape (N,).
+    """
+    dx = (np.arange(width) - (width - 1) / 2)[None, None, :]
+    dy = (np.arange(height) - (height - 1) / 2)[None, :, None]
+    theta = np.deg2rad(np.asarray(degrees, dtype=np.float64))[:, None, None]
+    cos, sin = np.cos(theta), np.sin(theta)
+    sx, sy = (np.asarray(s, dtype=np.float64)[:, None, None] for s in scale)
+    cx, cy = (np.asarray(c, dtype=np.float64)[:, None, None] for c in centre)
+    # The output offset turned by -theta in (x, y); rows grow downwards, so clockwise on screen.
+    src_x = cx + cos * sx * dx + sin * sy * dy
+    src_y = cy - sin * sx * dx + cos * sy * dy
+    return src_x, src_y
+
+
+def _window_grid(
+    n: int,
+    height: int,
+    width: int,
+    window: list[np.ndarray] | None,
+    angle: np.ndarray | None,
+    flip: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray]:
+    """The source grid of each image's crop window, rotation and mirror (identity if none)."""
+    if window is None:
+        x0, y0, w, h = np.zeros(n), np.zeros(n), np.full(n, float(width)), np.full(n, float(height))
+    else:
+        x0, y0, w, h = window
+    centre = (x0 + w / 2 - 0.5, y0 + h / 2 - 0.5)
+    scale = (np.where(flip, -1.0, 1.0) * w / width, h / height)
+    return affine_grid(height, width, centre, scale, np.zeros(n) if angle is None else angle)
+
+
+def _reflect(coord: np.ndarray, size: int) -> np.ndarray:
+    """Coordinates folded into [0, size - 1] by mirroring at the edge pixels (period 2(size-1))."""
+    if size == 1:
+        return np.zeros_like(coord)
+    period = 2 * (size - 1)
+    folded = coord - period * np.floor(coord / period)  # in [0, period); np.mod is slower
+    return (size - 1) - np.abs(folded - (size - 1))
+
+
+def _inside(src_x: np.ndarray, src_y: np.ndarray, height: int, width: int) -> np.ndarray:
+    """1 at coordinates inside the image, fading linearly to 0 one pixel beyond its edges."""
+    fade_x = np.clip(src_x + 1, 0, 1) * np.clip(width - src_x, 0, 1)
+    return fade_x * np.clip(src_y + 1, 0, 1) * np.clip(height - src_y, 0, 1)
+
+
+def resample(batch: np.ndarray, src_x: np.ndarray, src_y: np.ndarray) -> np.ndarray:
+    """Bilinear samples of ``batch`` (N, C, H, W) at ``(src_y, src_x)`` (N, H', W' each).
+
+    Outside the image, the image mirrored at its edge pixels. Returns a new array of
+    ``batch``'s dtype.
+    """
+    n, c, height, width = batch.shape
+    src_x, src_y = src_x.astype(np.float32), src_y.astype(np.float32)
+    src_x, src_y = _reflect(src_x, width), _reflect(src_y, height)
+    # Corner (x0, y0) of each sample's pixel square, kept inside so that x0 + 1, y0 + 1 are too.
+    x0 = np.minimum(np.floor(src_x), max(width - 2, 0)).astype(np.intp)
+    y0 = np.minimum(np.floor(src_y), max(height - 2, 0)).astype(np.intp)
+    fx = (src_x - x0).astype(batch.dtype).reshape(n, 1, -1)
+    fy = (src_y - y0).astype(batch.dtype).reshape(n, 1, -1)
+    flat = batch.reshape(n, c, height * width)
+    corner = (y0 * width + x0).reshape(n, 1, -1)
+    step_x, step_y = min(1, width - 1), (height > 1) * width
+
+    def at(offset: int) -> np.ndarray:
+        return np.take_along_axis(flat, corner + offset, axis=2)
+
+    top = at(0)
+    top += fx * (at(step_x) - top)
+    bottom = at(step_y)
+    bottom += fx * (at(step_y + step_x) - bottom)
+    top += fy * (bottom - top)
+    return top.reshape(n, c, *src_x.shape[1:])
+
+
+# -- colour -----------------------------------------------------------------------------------
+def rgb_to_hsv(batch: np.ndarray) -> np.ndarray:
+    """(N, 3, H, W) RGB in [0, 1] to HSV, hue in [0, 1) (a fraction of the circle); same dtype."""
+    r, g, b = batch[:, 0], batch[:, 1], batch[:, 2]
+    value = np.maximum(np.maximum(r, g), b)
+    delta = value - np.minimum(np.minimum(r, g), b)
+    tiny = np.finfo(batch.dtype).tiny  # 0 / tiny = 0: grey pixels get s = 0 and h = 0
+    saturation = delta / np.maximum(value, tiny)
+    # The hue sector is set by the largest channel: red (0), green (1/3), blue (2/3); within it
+    # the hue moves by the difference of the other two over the spread. Masks multiply rather
+    # than np.where, which is several times slower.
+    red_max = value == r
+    green_max = (value == g) & ~red_max
+    blue_max = ~(red_max | green_max)
+    hue = red_max * (g - b) + green_max * (b - r + 2 * delta) + blue_max * (r - g + 4 * delta)
+    hue /= 6 * np.maximum(delta, tiny)
+    hue -= np.floor(hue)
+    return np.stack([hue, saturation, value], axis=1).astype(batch.dtype, copy=False)
+
+
+def hsv_to_rgb(hsv: np.ndarray) -> np.ndarray:
+    """Inverse of ``rgb_to_hsv``.
+
+    Channel k is v - v s clip(min(t, 4 - t), 0, 1) with t = (n_k + 6h) mod 6, n = 5, 3, 1 for
+    red, green, blue: branch-free, the same as the six-sector table.
+    """
+    sixths = 6 * hsv[:, 0]
+    chroma = hsv[:, 2] * hsv[:, 1]
+    out = np.empty_like(hsv)
+    for channel, n_k in enumerate((5, 3, 1)):  # red, green, blue
+        t = sixths + n_k  # in [0, 11): one wrap is (n_k + 6h) mod 6
+        t -= 6 * (t >= 6)
+        np.clip(np.minimum(t, 4 - t, out=t), 0, 1, out=t)
+        np.subtract(hsv[:, 2], chroma * t, out=out[:, channel])
+    return out
+
+
+def jitter_hsv(
+    batch: np.ndarray,
+    hue: np.ndarray | None,
+    saturation: np.ndarray | None,
+    brightness: np.ndarray | None,
+) -> np.ndarray:
+    """Per image: add ``hue`` to the hue, multiply saturation and value; in place, (N,) each.
+
+    Only the hue needs HSV. With v = max and m = min of a pixel's channels, every channel is
+    c = v - v s k(h), so scaling s by f (s clipped at 1: f at most v / (v - m)) gives
+    c' = v - f (v - c), and scaling v by b is scaling every channel by b.
+    """
+    if hue is not None:
+        hsv = rgb_to_hsv(batch)
+        hsv[:, 0] += hue.astype(batch.dtype)[:, None, None]
+        hsv[:, 0] -= np.floor(hsv[:, 0])
+        batch[...] = hsv_to_rgb(hsv)
+    if saturation is not None:
+        value = batch.max(axis=1, keepdims=True)
+        spread = value - batch.min(axis=1, keepdims=True)
+        factor = saturation.astype(batch.dtype)[:, None, None, None]
+        factor = np.minimum(factor, value / np.maximum(spread, np.finfo(batch.dtype).tiny))
+        batch[...] = value - factor * (value - batch)
+    if brightness is not None:
+        batch *= brightness.astype(batch.dtype)[:, None, None, None]
+    return batch
+
+
+# -- blur, noise, JPEG ------------------------------------------------------------------------
+def gaussian_blur(batch: np.ndarray, sigma: np.ndarray, radius: int) -> np.ndarray:
+    """Separable Gaussian blur, sigma[i] pixels for image i, taps -radius..radius, reflected edges.
+
+    Each kernel is normalised to sum 1, so a constant image is unchanged. Returns a new array.
+    """
+    offsets = np.arange(-radius, radius + 1)
+    safe = np.maximum(np.asarray(sigma, dtype=np.float64), 1e-6)[:, None]
+    weights = np.exp(-0.5 * (offsets[None, :] / safe) ** 2)
+    weights = (weights / weights.sum(axis=1, keepdims=True)).astype(batch.dtype)
+    out = batch
+    for axis in (3, 2):
+        size = out.shape[axis]
+        pad = [(0, 0)] * 4
+        pad[axis] = (radius, radius)
+        padded = np.pad(out, pad, mode="reflect" if size > radius else "symmetric")
+        result = np.zeros_like(batch)
+        for k in range(2 * radius + 1):
+            taps = padded[:, :, :, k : k + size] if axis == 3 else padded[:, :, k : k + size]
+            result += weights[:, k, None, None, None] * taps
+        out = result
+    return out
+
+
+def jpeg_round_trip(image: np.ndarray, quality: int) -> np.ndarray:
+    """One (3, H, W) image in [0, 1] encoded as JPEG at ``quality`` and decoded; same dtype."""
+    pixels = np.round(image.transpose(1, 2, 0) * 255).astype(np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="JPEG", quality=quality)
+    buffer.seek(0)
+    with Image.open(buffer) as decoded:
+        out = np.asarray(decoded.convert("RGB"))
+    return (out.transpose(2, 0, 1) / 255).astype(image.dtype)
+
+
+# -- leaf mask --------------------------------------------------------------------------------
+def _box_sum(mask: np.ndarray, size: int) -> np.ndarray:
+    """Sum over the size x size box around each pixel of (N, H, W), edges replicated."""
+    half = size // 2
+    padded = np.pad(mask.astype(np.float32), ((0, 0), (half, half), (half, half)), mode="edge")
+    table = np.pad(padded.cumsum(axis=1).cumsum(axis=2), ((0, 0), (1, 0), (1, 0)))
+    h, w = mask.shape[1:]
+    return (
+        table[:, size : size + h, size : size + w]
+        - table[:, :h, size : size + w]
+        - table[:, size : size + h, :w]
+        + table[:, :h, :w]
+    )
+
+
+def _erode(mask: np.ndarray, size: int) -> np.ndarray:
+    return _box_sum(mask, size) > size * size - 0.5
+
+
+def _dilate(mask: np.ndarray, size: int) -> np.ndarray:
+    return _box_sum(mask, size) > 0.5
+
+
+def _fill_holes(mask: np.ndarray) -> np.ndarray:
+    """Add the pixels that have the mask on their left, right, above and below (holes)."""
+
+    def seen(axis: int, backwards: bool) -> np.ndarray:
+        m = np.flip(mask, axis) if backwards else mask
+        cumulative = np.maximum.accumulate(m, axis=axis)
+        return np.flip(cumulative, axis) if backwards else cumulative
+
+    enclosed = seen(1, False) & seen(1, True) & seen(2, False) & seen(2, True)
+    return mask | enclosed
+
+
+def leaf_mask(batch: np.ndarray) -> np.ndarray:
+    """Where the leaf is, by colour: bool (N, H, W) of a float (N, 3, H, W) batch in [0, 1].
+
+    A pixel is leaf if it is not dark and is either green (excess green 2g - r - b) or coloured
+    (saturated, hue from orange-brown to cyan), which PlantVillage's grey, white-ish and black
+    backgrounds are not. Then an opening removes specks, a closing joins the leaf across
+    lesions and veins, and enclosed holes (lesions, glare) are filled.
+    """
+    hue, saturation, value = np.moveaxis(rgb_to_hsv(batch), 1, 0)
+    excess_green = 2 * batch[:, 1] - batch[:, 0] - batch[:, 2]
+    coloured = (saturation > MIN_SATURATION) & (hue > LEAF_HUES[0]) & (hue < LEAF_HUES[1])
+    mask = (value > MIN_VALUE) & ((excess_green > MIN_EXCESS_GREEN) | coloured)
+    mask = _dilate(_erode(mask, OPEN_SIZE), OPEN_SIZE)
+    mask = _erode(_dilate(mask, CLOSE_SIZE), CLOSE_SIZE)
+    return _fill_holes(mask)
+
+
+def soft_mask(mask: np.ndarray) -> np.ndarray:
+    """The bool (N, H, W) mask as float32 alpha with a 3-pixel soft edge (3 x 3 box mean)."""
+    return _box_sum(mask, 3) / 9
+
+
+# -- synthetic backgrounds --------------------------------------------------------------------
+def _smooth_upsample(nodes: np.ndarray, size: int, axis: int) -> np.ndarray:
+    """Interpolate ``nodes`` along ``axis`` to ``size`` samples, smoothstep between nodes.
+
+    Gathers and element-wise arithmetic only: no BLAS, which would contend with the training
+    step's BLAS threads (this runs in the loader's thread).
+    """
+    grid = nodes.shape[axis]
+    position = np.linspace(0, grid - 1, size)
+    left = np.minimum(np.floor(position).astype(np.intp), grid - 2)
+    t = position - left
+    shape = [1] * nodes.ndim
+    shape[axis] = size
+    t = (t * t * (3 - 2 * t)).astype(np.float32).reshape(shape)
+    lo, hi = np.take(nodes, left, axis=axis), np.take(nodes, left + 1, axis=axis)
+    return lo + t * (hi - lo)
+
+
+def smooth_noise(grids: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Fractal value noise: (M, F, sum g^2) normal draws -> (M, F, H, W) float32, std about 1.
+
+    Octave g (``_NOISE_GRIDS``) interpolates a g x g grid smoothly over the image, with
+    amplitude 1/g relative to the coarsest.
+    """
+    m, f, _ = grids.shape
+    out = np.zeros((m, f, height, width), np.float32)
+    start, total = 0, 0.0
+    for g in _NOISE_GRIDS:
+        nodes = grids[:, :, start : start + g * g].reshape(m, f, g, g).astype(np.float32)
+        start += g * g
+        amplitude = _NOISE_GRIDS[0] / g
+        field_ = _smooth_upsample(_smooth_upsample(nodes, height, 2), width, 3)
+        out += np.float32(amplitude) * field_
+        total += amplitude**2
+    return out / np.float32(np.sqrt(total))
+
+
+def _lerp(lo: float, hi: float, u: np.ndarray) -> np.ndarray:
+    return (lo + (hi - lo) * u)[:, None, None, None]
+
+
+def soil(params: np.ndarray, noise: np.ndarray) -> np.ndarray:
+    """Brown earth: a random brown, mottled by the first noise field, grains by the second."""
+    red = _lerp(0.25, 0.6, params[:, 0])
+    colour = np.concatenate(
+        [red, red * _lerp(0.65, 0.85, params[:, 1]), red * _lerp(0.4, 0.7, params[:, 2])], axis=1
+    )
+    mottle = 1 + 0.25 * noise[:, :1] + 0.1 * np.sign(noise[:, 1:2]) * noise[:, 1:2] ** 2
+    return np.clip(colour * mottle, 0, 1)
+
+
+def foliage(params: np.ndarray, noise: np.ndarray) -> np.ndarray:
+    """Out-of-focus leaves: dark mottled green with leaf-like ellipses of other greens on top."""
+    m, _, height, width = noise.shape
+    shapes = params[:, 8:].reshape(m, _ELLIPSES, 6)
+    y, x = (np.mgrid[0:height, 0:width] / max(height, width)).astype(np.float32)
+    label = np.zeros((m, height, width), np.intp)  # 0: the base, k + 1: ellipse k
+    for k in range(_ELLIPSES):  # painted in order: later leaves cover earlier ones
+        cx, cy, length, ratio, turn, _ = (shapes[:, k, j][:, None, None] for j in range(6))
+        dx, dy = x - (1.2 * cx - 0.1), y - (1.2 * cy - 0.1)
+        cos, sin = np.cos(np.pi * turn), np.sin(np.pi * turn)
+        length = 0.1 + 0.35 * length
+        width_ = length * (0.25 + 0.3 * ratio)
+        inside = ((dx * cos + dy * sin) / length) ** 2 + ((dy * cos - dx * sin) / width_) ** 2 < 1
+        label[inside] = k + 1
+    shade = np.concatenate([np.full((m, 1), 0.2, np.float32), shapes[:, :, 5]], axis=1)
+    greens = np.stack([0.1 + 0.3 * shade**2, 0.25 + 0.45 * shade, 0.05 + 0.15 * shade**2], 1)
+    greens[:, :, 0] = (0.08, 0.2, 0.06)  # the base: dark green
+    out = np.take_along_axis(greens, label.reshape(m, 1, -1), axis=2).reshape(m, 3, height, width)
+    return np.clip(out * (1 + 0.25 * noise[:, :1]), 0, 1)
+
+
+def sky(params: np.ndarray, noise: np.ndarray) -> np.ndarray:
+    """Sky: blue at the top to pale at the horizon (tilted), clouds from the noise, or overcast."""
+    m, _, height, width = noise.shape
+    y, x = (np.mgrid[0:height, 0:width] / max(height, width)).astype(np.float32)
+    tilt = (params[:, 0, None, None] - 0.5) * 0.8
+    t = np.clip(y[None] + tilt * (x[None] - 0.5), 0, 1)[:, None]
+    zenith = np.concatenate(
+        [
+            _lerp(0.15, 0.45, params[:, 1]),
+            _lerp(0.35, 0.6, params[:, 1]),
+            _lerp(0.7, 0.95, params[:, 2]),
+        ],
+        axis=1,
+    )
+    horizon = _lerp(0.75, 0.95, params[:, 3])
+    gradient = zenith * (1 - t) + horizon * np.array([0.95, 0.97, 1.0])[None, :, None, None] * t
+    overcast = params[:, 4] < 0.3
+    gradient[overcast] = (0.6 + 0.3 * t[overcast]) * np.ones((1, 3, 1, 1))
+    cover = params[:, 5, None, None]
+    cloud = np.clip((noise[:, 0] - (1 - 2 * cover)) * 1.5, 0, 1)[:, None]
+    return np.clip(gradient * (1 - cloud) + _lerp(0.8, 1.0, params[:, 6]) * cloud, 0, 1)
