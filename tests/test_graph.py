@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from gradcheck import numerical_gradient, relative_error
+from gradcheck import check_layer_gradients, numerical_gradient, relative_error
 from torch_parity import assert_close
 
 import purenn as pn
@@ -61,16 +61,53 @@ def test_fan_out_sums_the_gradients_of_every_consumer():
     check_model_gradients(model, np.random.default_rng(0).standard_normal((3, 6)))
 
 
+@pytest.mark.parametrize(
+    ("cin", "cout", "groups", "stride", "padding"),
+    [(4, 6, 2, 1, 1), (6, 12, 3, 2, 0), (3, 3, 3, 1, 1), (4, 8, 4, 2, 1)],
+)
+def test_grouped_and_depthwise_conv_gradients_match_finite_differences(
+    cin, cout, groups, stride, padding
+):
+    layer = pn.Conv2D(
+        cin, cout, 3, stride=stride, padding=padding, groups=groups, rng=0, dtype=np.float64
+    )
+    assert layer.params["weight"].shape == (cout, cin // groups, 3, 3)
+    x = np.random.default_rng(1).standard_normal((2, cin, 6, 6))
+    check_layer_gradients(layer, x)
+
+
+def test_grouped_conv_equals_dense_convs_on_channel_slices():
+    layer = pn.Conv2D(4, 6, 3, padding=1, groups=2, rng=0, dtype=np.float64)
+    x = np.random.default_rng(1).standard_normal((2, 4, 5, 5))
+    halves = []
+    for g in range(2):
+        part = pn.Conv2D(2, 3, 3, padding=1, dtype=np.float64)
+        part.params["weight"][...] = layer.params["weight"][3 * g : 3 * g + 3]
+        part.params["bias"][...] = layer.params["bias"][3 * g : 3 * g + 3]
+        halves.append(part.forward(x[:, 2 * g : 2 * g + 2]))
+    np.testing.assert_allclose(layer.forward(x), np.concatenate(halves, axis=1), atol=1e-12)
+    assert layer.flops((4, 5, 5)) == 2 * (2 * 9) * 6 * 25
+
+
+def test_groups_must_divide_the_channels():
+    with pytest.raises(ValueError, match="groups must divide"):
+        pn.Conv2D(4, 6, 3, groups=4)
+    with pytest.raises(ValueError, match="needs groups=1"):
+        pn.Conv2D(4, 4, 3, padding=1, groups=2, algorithm="winograd")
+
+
 def residual_graph(dtype=np.float64):
-    """conv-BN-ReLU stem, a residual block with an identity shortcut, a concatenated branch."""
+    """conv-BN-ReLU stem, a depthwise residual block, a grouped conv branch concatenated."""
     rng = np.random.default_rng(0)
     x = pn.Input((3, 8, 8))
     h = pn.ReLU()(
         pn.BatchNorm2D(4, dtype=dtype)(pn.Conv2D(3, 4, 3, padding=1, rng=rng, dtype=dtype)(x))
     )
-    r = pn.BatchNorm2D(4, dtype=dtype)(pn.Conv2D(4, 4, 3, padding=1, rng=rng, dtype=dtype)(h))
+    r = pn.BatchNorm2D(4, dtype=dtype)(
+        pn.Conv2D(4, 4, 3, padding=1, groups=4, rng=rng, dtype=dtype)(h)
+    )
     h2 = pn.ReLU()(pn.Add()([h, r]))
-    side = pn.Conv2D(4, 2, 1, rng=rng, dtype=dtype)(h)
+    side = pn.Conv2D(4, 2, 3, padding=1, groups=2, rng=rng, dtype=dtype)(h)
     joined = pn.Concatenate(axis=1)([h2, side])
     y = pn.Dense(6, 5, rng=rng, dtype=dtype)(pn.GlobalAvgPool2D()(joined))
     return pn.Model(x, y)
@@ -80,8 +117,8 @@ class TorchTwin:
     def __init__(self, torch):
         nn = torch.nn
         self.stem = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU())
-        self.branch = nn.Sequential(nn.Conv2d(4, 4, 3, padding=1), nn.BatchNorm2d(4))
-        self.side = nn.Conv2d(4, 2, 1)
+        self.branch = nn.Sequential(nn.Conv2d(4, 4, 3, padding=1, groups=4), nn.BatchNorm2d(4))
+        self.side = nn.Conv2d(4, 2, 3, padding=1, groups=2)
         self.head = nn.Linear(6, 5)
         self.torch = torch
         # purenn's topological order: conv, bn, relu, conv, bn, add, relu, conv, concat, gap, dense
