@@ -244,3 +244,24 @@ def test_errors_name_the_problem():
         pn.Model([x, x], a)
     with pytest.raises(ValueError, match="no layers"):
         pn.Model(x, x)
+
+
+def test_tapped_gradient_at_a_fan_out_tensor_sums_its_three_consumers():
+    """Explain's hooks: h (the stem's ReLU, node 2) feeds the branch, the shortcut and the side
+    conv; every path from the input passes through it, so backpropagating its gradient through
+    the stem must give the full input gradient."""
+    model = residual_graph().eval()
+    x = np.random.default_rng(0).standard_normal((2, 3, 8, 8))
+    activation, logits = model.tapped_forward(x, 2)
+    h = x
+    for layer in model.layers[:3]:
+        h = layer.forward(h, training=False)
+    np.testing.assert_allclose(activation, h, atol=1e-12)
+    seed = np.random.default_rng(1).standard_normal(logits.shape)
+    full = model.backward(seed.copy())
+    model.tapped_forward(x, 2)
+    grad = model.backward_from(seed.copy(), 2)
+    for layer in reversed(model.layers[:3]):
+        grad = layer.backward(grad)
+    np.testing.assert_allclose(grad, full, atol=1e-12)
+    np.testing.assert_allclose(model.backward_from(seed.copy(), None), full, atol=1e-12)

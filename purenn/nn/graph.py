@@ -143,20 +143,37 @@ class Model(Network):
     # -- running --------------------------------------------------------------------------
     def forward(self, x: np.ndarray, training: bool | None = None) -> np.ndarray:
         """Run the nodes in topological order; ``training`` defaults to ``train()``/``eval()``."""
+        return self._forward(x, training)[1]
+
+    def tapped_forward(self, x: np.ndarray, layer: int | None) -> tuple[np.ndarray, np.ndarray]:
+        """(output of layer ``layer`` (x when None), the model's output), in evaluation mode."""
+        return self._forward(x, False, keep=0 if layer is None else layer + 1)
+
+    def backward_from(self, grad_out: np.ndarray, layer: int | None) -> np.ndarray:
+        """``dL/d(output of layer)`` (``dL/dx`` when None), after :meth:`tapped_forward`.
+
+        Runs only the nodes after ``layer``; the parameter gradients they leave are not summed
+        with any held before.
+        """
+        return self._backward(grad_out, layer is None, stop=0 if layer is None else layer + 1)
+
+    def _forward(self, x, training, keep: int = 0) -> tuple[np.ndarray, np.ndarray]:
         training = self.training if training is None else training
         last_use = {i: k for k, inputs in enumerate(self.inputs) for i in inputs}
+        last_use.pop(keep, None)
         values: dict[int, np.ndarray] = {0: x}
         for k, (layer, inputs) in enumerate(zip(self.layers, self.inputs, strict=True)):
             args = [values[i] for i in inputs]
             values[k + 1] = layer.forward(args if layer.merges else args[0], training=training)
             for i in inputs:
-                if last_use[i] == k:
+                if last_use.get(i) == k:
                     values.pop(i, None)
-        return values[len(self.layers)]
+        return values[keep], values[len(self.layers)]
 
-    def _backward(self, grad_out: np.ndarray, input_grad: bool) -> np.ndarray | None:
+    def _backward(self, grad_out: np.ndarray, input_grad: bool, stop: int = 0):
+        """Backward through the nodes from the last down to node ``stop``; dL/d(tensor stop)."""
         grads = {len(self.layers): grad_out}
-        for k in range(len(self.layers) - 1, -1, -1):
+        for k in range(len(self.layers) - 1, stop - 1, -1):
             layer, inputs = self.layers[k], self.inputs[k]
             wanted = [i for i in inputs if i != 0 or input_grad]
             result = layer.backward(grads.pop(k + 1), input_grad=bool(wanted))
@@ -166,7 +183,7 @@ class Model(Network):
                 if i in wanted:
                     # A tensor feeding several nodes: dL/dt is the sum over its consumers.
                     grads[i] = grad if i not in grads else grads[i] + grad
-        return grads.get(0)
+        return grads.get(stop)
 
     # -- architecture -----------------------------------------------------------------------
     def _labels(self, index: int) -> str:

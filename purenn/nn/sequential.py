@@ -58,6 +58,29 @@ class Sequential(Network):
             x = self.layers[index].forward(x, training=training)
         return x
 
+    def tapped_forward(self, x: np.ndarray, layer: int | None) -> tuple[np.ndarray, np.ndarray]:
+        """(output of layer ``layer`` (x when None), the model's output), in evaluation mode.
+
+        The layers run in execution order (a ReLU followed by a MaxPool2D runs after it; they
+        commute), so the kept output is that of ``layer`` in that order.
+        """
+        cut = self._cut(layer)
+        for index in self._order[:cut]:
+            x = self.layers[index].forward(x, training=False)
+        activation = x
+        for index in self._order[cut:]:
+            x = self.layers[index].forward(x, training=False)
+        return activation, x
+
+    def backward_from(self, grad_out: np.ndarray, layer: int | None) -> np.ndarray:
+        """``dL/d(output of layer)`` (``dL/dx`` when None), after :meth:`tapped_forward`."""
+        for index in reversed(self._order[self._cut(layer) :]):
+            grad_out = self.layers[index].backward(grad_out)
+        return grad_out
+
+    def _cut(self, layer: int | None) -> int:
+        return 0 if layer is None else self._order.index(layer) + 1
+
     def _backward(self, grad_out: np.ndarray, input_grad: bool) -> np.ndarray | None:
         for position, index in enumerate(reversed(self._order)):
             last = position == len(self._order) - 1
