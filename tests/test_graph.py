@@ -265,3 +265,14 @@ def test_tapped_gradient_at_a_fan_out_tensor_sums_its_three_consumers():
         grad = layer.backward(grad)
     np.testing.assert_allclose(grad, full, atol=1e-12)
     np.testing.assert_allclose(model.backward_from(seed.copy(), None), full, atol=1e-12)
+
+
+def test_with_layers_keeps_the_topology_over_a_new_head():
+    model = residual_graph()
+    head = pn.Dense(6, 2, dtype=np.float64)
+    swapped = model.with_layers([*model.layers[:-1], head])
+    assert swapped.inputs == model.inputs and swapped.layers[3] is model.layers[3]
+    assert swapped.output_shapes((3, 8, 8))[-1] == (2,)
+    x = np.random.default_rng(0).standard_normal((2, 3, 8, 8))
+    pooled, _ = model.eval().tapped_forward(x, len(model.layers) - 2)
+    np.testing.assert_allclose(swapped.eval().forward(x), head.forward(pooled), atol=1e-12)

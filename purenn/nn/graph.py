@@ -209,14 +209,27 @@ class Model(Network):
     @classmethod
     def from_config(cls, config: dict) -> Model:
         """Rebuild a model (with fresh weights) from :meth:`get_config` output."""
-        tensors = [Input(tuple(config["input_shape"]))]
+        layers = []
         for index, spec in enumerate(config["nodes"]):
             if spec["type"] not in LAYER_TYPES:
                 raise ValueError(f"node {index} has an unknown type {spec['type']!r}")
             if not all(isinstance(i, int) and 0 <= i <= index for i in spec["inputs"]):
                 raise ValueError(f"node {index} reads tensors {spec['inputs']} not yet computed")
-            layer = LAYER_TYPES[spec["type"]](**dict(spec.get("config", {})))
-            args = [tensors[i] for i in spec["inputs"]]
+            layers.append(LAYER_TYPES[spec["type"]](**dict(spec.get("config", {}))))
+        return cls._wire(
+            tuple(config["input_shape"]), layers, [s["inputs"] for s in config["nodes"]]
+        )
+
+    def with_layers(self, layers: list[Layer]) -> Model:
+        """A model of this topology over ``layers`` (e.g. this one's with a new head)."""
+        return self._wire(self.input_shape, layers, self.inputs)
+
+    @classmethod
+    def _wire(cls, input_shape, layers: list[Layer], inputs: list[list[int]]) -> Model:
+        """Call each layer on the tensors its ``inputs`` indices name (0 = the input)."""
+        tensors = [Input(input_shape)]
+        for layer, indices in zip(layers, inputs, strict=True):
+            args = [tensors[i] for i in indices]
             tensors.append(layer(args if layer.merges else args[0]))
         return cls(tensors[0], tensors[-1])
 

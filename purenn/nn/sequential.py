@@ -110,6 +110,10 @@ class Sequential(Network):
             return Sequential(self.layers[index], input_shape=shape)
         return self.layers[index]
 
+    def with_layers(self, layers: list[Layer]) -> Sequential:
+        """A Sequential of ``layers`` with this one's input shape (e.g. with a new head)."""
+        return Sequential(layers, input_shape=self.input_shape)
+
     def __repr__(self) -> str:
         lines = [f"  ({index}): {layer!r}" for index, layer in enumerate(self.layers)]
         return "Sequential(\n" + "\n".join(lines) + "\n)" if lines else "Sequential()"
