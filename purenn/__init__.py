@@ -4,10 +4,13 @@ from purenn import optim
 from purenn.kernels import ops
 from purenn.kernels.runtime import use_fast_path
 from purenn.nn import init, layers, losses
+from purenn.nn.graph import Input, Model
 from purenn.nn.layers import (
+    Add,
     AvgPool2D,
     BatchNorm1D,
     BatchNorm2D,
+    Concatenate,
     Conv2D,
     Dense,
     Dropout,
@@ -41,7 +44,11 @@ __all__ = [
     "losses",
     "optim",
     "schedules",
+    "Add",
     "AvgPool2D",
+    "Concatenate",
+    "Input",
+    "Model",
     "BatchNorm1D",
     "BatchNorm2D",
     "Conv2D",

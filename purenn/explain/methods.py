@@ -87,9 +87,8 @@ def score_gradient(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Forward ``x`` in evaluation mode and backpropagate the target logits down to ``layer``.
 
-    The layers run in the model's execution order (``Sequential._order``: a ReLU followed by a
-    MaxPool2D runs after it; they commute). The forward keeps the output of ``layer``; the
-    backward runs through the layers after it only.
+    The forward keeps the output of ``layer`` (``tapped_forward``); the backward runs through
+    the layers after it only (``backward_from``). Either model kind, Sequential or graph Model.
 
     Args:
         model: the model (left unchanged, see :func:`isolated`).
@@ -102,22 +101,13 @@ def score_gradient(
         ``d sum_n logits[n, targets[n]] / d activation`` of the same shape, the ``(N, K)``
         logits and the int64 targets.
     """
-    order = model._order
-    cut = 0 if layer is None else order.index(layer) + 1
     with isolated(model):
-        h = x
-        for index in order[:cut]:
-            h = model.layers[index].forward(h, training=False)
-        activation = h
-        for index in order[cut:]:
-            h = model.layers[index].forward(h, training=False)
-        logits = h
+        activation, logits = model.tapped_forward(x, layer)
         if targets is None:
             targets = np.argmax(logits, axis=1)
         grad = np.zeros_like(logits)
         grad[np.arange(len(grad)), targets] = 1  # d(sum of target logits) / d logits
-        for index in reversed(order[cut:]):
-            grad = model.layers[index].backward(grad)
+        grad = model.backward_from(grad, layer)
     return activation, grad, logits, np.asarray(targets, dtype=np.int64)
 
 

@@ -106,6 +106,7 @@ def _conv(g: _Graph, layer: Conv2D, x: str, prefix: str) -> str:
         kernel_shape=list(layer.kernel_size),
         strides=list(layer.stride),
         pads=[top, left, bottom, right],
+        group=layer.groups,
     )
 
 

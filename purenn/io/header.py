@@ -17,6 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
+from purenn.nn.graph import Model
+from purenn.nn.network import Network
 from purenn.nn.sequential import Sequential
 
 MODEL_FORMAT = "purenn-model"
@@ -47,9 +49,12 @@ def check_header(path: Path, header: object) -> dict:
     return header
 
 
-def build_model(path: Path, arrays: dict[str, np.ndarray], header: dict) -> Sequential:
+def build_model(path: Path, arrays: dict[str, np.ndarray], header: dict) -> Network:
+    """The model the header's architecture describes (a graph has "nodes", a stack "layers")."""
     try:
-        model = Sequential.from_config(header["architecture"])
+        architecture = header["architecture"]
+        kind = Model if "nodes" in architecture else Sequential
+        model = kind.from_config(architecture)
         model.load_state_dict({k: v for k, v in arrays.items() if "/" not in k})
     except (KeyError, TypeError, ValueError) as err:
         raise ModelFileError(f"damaged model file {path}: {err}") from None
@@ -61,7 +66,7 @@ def header_metadata(header: dict) -> dict:
     return {key: value for key, value in header.items() if key not in FILE_KEYS}
 
 
-def model_header(fmt: str, model: Sequential, metadata: dict) -> dict:
+def model_header(fmt: str, model: Network, metadata: dict) -> dict:
     """The JSON header of a model file or checkpoint: format, version, architecture, metadata."""
     reserved = {"format", "format_version", "architecture", "state"} & set(metadata)
     if reserved:

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import json
-
 import numpy as np
 
 from purenn.nn.layers import LAYER_TYPES, Layer, MaxPool2D, ReLU
+from purenn.nn.network import Network, format_table
 
 
 def _execution_order(layers: list[Layer]) -> list[int]:
@@ -23,7 +22,7 @@ def _execution_order(layers: list[Layer]) -> list[int]:
     return order
 
 
-class Sequential:
+class Sequential(Network):
     """A model made of layers applied one after another.
 
     Parameter and buffer names follow PyTorch's ``nn.Sequential``: ``"<index>.<name>"``
@@ -59,40 +58,34 @@ class Sequential:
             x = self.layers[index].forward(x, training=training)
         return x
 
-    __call__ = forward
+    def tapped_forward(self, x: np.ndarray, layer: int | None) -> tuple[np.ndarray, np.ndarray]:
+        """(output of layer ``layer`` (x when None), the model's output), in evaluation mode.
 
-    def backward(
-        self, grad_out: np.ndarray, input_grad: bool = True, accumulate: bool = False
-    ) -> np.ndarray | None:
-        """Backpropagate ``dL/d(output)``; fills every layer's grads, returns ``dL/d(input)``.
-
-        Args:
-            grad_out: ``dL/d(output)`` of the last ``forward``, the output's shape and dtype.
-            input_grad: with False the first layer skips the input gradient and None is
-                returned (training never needs dL/d(image); for a conv or dense first layer
-                that saves a GEMM).
-            accumulate: add this backward's parameter gradients to the ones already held
-                (PyTorch's ``.grad`` semantics, for gradient accumulation over micro-batches:
-                ``zero_grad()``, then ``forward``/``backward(..., accumulate=True)`` per
-                micro-batch, then one optimizer step). The default, False, overwrites them,
-                so a plain training loop needs no ``zero_grad()``; accumulating costs one copy
-                and one add per parameter.
-
-        Note that the loss is a mean over its micro-batch: to get the gradient of the mean over
-        all ``k`` micro-batches of equal size, scale each ``grad_out`` by ``1 / k``.
+        The layers run in execution order (a ReLU followed by a MaxPool2D runs after it; they
+        commute), so the kept output is that of ``layer`` in that order.
         """
-        held = [grad.copy() for _, grad in self.parameters()] if accumulate else None
+        cut = self._cut(layer)
+        for index in self._order[:cut]:
+            x = self.layers[index].forward(x, training=False)
+        activation = x
+        for index in self._order[cut:]:
+            x = self.layers[index].forward(x, training=False)
+        return activation, x
+
+    def backward_from(self, grad_out: np.ndarray, layer: int | None) -> np.ndarray:
+        """``dL/d(output of layer)`` (``dL/dx`` when None), after :meth:`tapped_forward`."""
+        for index in reversed(self._order[self._cut(layer) :]):
+            grad_out = self.layers[index].backward(grad_out)
+        return grad_out
+
+    def _cut(self, layer: int | None) -> int:
+        return 0 if layer is None else self._order.index(layer) + 1
+
+    def _backward(self, grad_out: np.ndarray, input_grad: bool) -> np.ndarray | None:
         for position, index in enumerate(reversed(self._order)):
             last = position == len(self._order) - 1
             grad_out = self.layers[index].backward(grad_out, input_grad=input_grad or not last)
-        if held is not None:
-            for (_, grad), before in zip(self.parameters(), held, strict=True):
-                grad += before
         return grad_out
-
-    def train(self) -> Sequential:
-        self.training = True
-        return self
 
     # -- container ----------------------------------------------------------------------------
     def __len__(self) -> int:
@@ -117,91 +110,13 @@ class Sequential:
             return Sequential(self.layers[index], input_shape=shape)
         return self.layers[index]
 
+    def with_layers(self, layers: list[Layer]) -> Sequential:
+        """A Sequential of ``layers`` with this one's input shape (e.g. with a new head)."""
+        return Sequential(layers, input_shape=self.input_shape)
+
     def __repr__(self) -> str:
         lines = [f"  ({index}): {layer!r}" for index, layer in enumerate(self.layers)]
         return "Sequential(\n" + "\n".join(lines) + "\n)" if lines else "Sequential()"
-
-    def eval(self) -> Sequential:
-        self.training = False
-        return self
-
-    # -- parameters and state -------------------------------------------------------------
-    def named_parameters(self) -> list[tuple[str, np.ndarray, np.ndarray]]:
-        """(name, value, grad) for every trainable array, in layer order."""
-        return [
-            (f"{index}.{name}", value, layer.grads[name])
-            for index, layer in enumerate(self.layers)
-            for name, value in layer.params.items()
-        ]
-
-    def parameters(self) -> list[tuple[np.ndarray, np.ndarray]]:
-        """(value, grad) pairs for the optimizers; the same arrays for the model's lifetime."""
-        return [(value, grad) for _, value, grad in self.named_parameters()]
-
-    def zero_grad(self) -> None:
-        for layer in self.layers:
-            layer.zero_grad()
-
-    @property
-    def num_parameters(self) -> int:
-        return sum(layer.num_parameters for layer in self.layers)
-
-    def state_dict(self) -> dict[str, np.ndarray]:
-        """Copies of every parameter and buffer under PyTorch-style names."""
-        state = {}
-        for index, layer in enumerate(self.layers):
-            for store in (layer.params, layer.buffers):
-                for name, value in store.items():
-                    state[f"{index}.{name}"] = value.copy()
-        return state
-
-    def load_state_dict(self, state: dict[str, np.ndarray]) -> None:
-        """Copy arrays into the existing parameters and buffers (in place, so optimizers keep them).
-
-        Raises:
-            ValueError: listing missing or unexpected keys, or naming a key whose shape differs.
-        """
-        targets = {}
-        for index, layer in enumerate(self.layers):
-            for store in (layer.params, layer.buffers):
-                for name, value in store.items():
-                    targets[f"{index}.{name}"] = value
-        missing = sorted(set(targets) - set(state))
-        unexpected = sorted(set(state) - set(targets))
-        if missing or unexpected:
-            raise ValueError(
-                f"state dict does not match the model: missing keys {missing}, "
-                f"unexpected keys {unexpected}"
-            )
-        for key, target in targets.items():
-            value = np.asarray(state[key])
-            if value.shape != target.shape:
-                raise ValueError(
-                    f"state dict entry {key!r} has shape {value.shape}, "
-                    f"the model expects {target.shape}"
-                )
-        for key, target in targets.items():
-            target[...] = state[key]
-
-    def astype(self, dtype) -> Sequential:
-        """Cast every layer to ``dtype`` (float32 or float64); create optimizers afterwards."""
-        for layer in self.layers:
-            layer.astype(dtype)
-        return self
-
-    def rng_states(self) -> str:
-        """JSON of the random generators' states (Dropout masks), for exact resumption."""
-        return json.dumps(
-            {
-                str(index): layer.rng.bit_generator.state
-                for index, layer in enumerate(self.layers)
-                if hasattr(layer, "rng")
-            }
-        )
-
-    def set_rng_states(self, states: str) -> None:
-        for index, state in json.loads(states).items():
-            self.layers[int(index)].rng.bit_generator.state = state
 
     # -- architecture -----------------------------------------------------------------------
     def get_config(self) -> dict:
@@ -254,13 +169,4 @@ class Sequential:
                 )
             )
         rows.append(("", "total", "", f"{self.num_parameters:,}", f"{total_flops:,}"))
-        widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-        lines = [
-            "  ".join(
-                cell.ljust(width) if i < 3 else cell.rjust(width)
-                for i, (cell, width) in enumerate(zip(row, widths, strict=True))
-            )
-            for row in rows
-        ]
-        rule = "-" * len(lines[0])
-        return "\n".join([lines[0], rule, *lines[1:-1], rule, lines[-1]])
+        return format_table(rows, left=3)

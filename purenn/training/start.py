@@ -86,7 +86,7 @@ def _replace_head(model: Sequential, num_classes: int, seed: int, source: str) -
         dtype=config["dtype"],
     )
     layers = [*model.layers[: dense[-1]], head, *model.layers[dense[-1] + 1 :]]
-    return Sequential(layers, input_shape=model.input_shape)
+    return model.with_layers(layers)
 
 
 def from_model(

@@ -58,6 +58,7 @@ LAYER_CASES = {
     "conv stride 2": lambda: [pn.Conv2D(3, 4, 3, stride=2, padding=1, rng=RNG)],
     "conv stride (2, 1)": lambda: [pn.Conv2D(3, 4, (2, 3), stride=(2, 1), rng=RNG)],
     "conv weight norm": lambda: [pn.Conv2D(3, 4, 3, padding=1, weight_norm=True, rng=RNG)],
+    "conv depthwise": lambda: [pn.Conv2D(3, 6, 3, padding=1, groups=3, rng=RNG)],
     "maxpool 2": lambda: [pn.MaxPool2D(2)],
     "maxpool 3 stride 2": lambda: [pn.MaxPool2D(3, stride=2)],
     "maxpool (2, 3)": lambda: [pn.MaxPool2D((2, 3))],

@@ -5,6 +5,7 @@ from purenn.nn.layers.base import Layer
 from purenn.nn.layers.conv import Conv2D
 from purenn.nn.layers.dense import Dense
 from purenn.nn.layers.dropout import Dropout
+from purenn.nn.layers.merge import Add, Concatenate
 from purenn.nn.layers.normalization import BatchNorm1D, BatchNorm2D
 from purenn.nn.layers.pooling import AvgPool2D, GlobalAvgPool2D, MaxPool2D
 from purenn.nn.layers.reshape import Flatten
@@ -26,6 +27,8 @@ LAYER_TYPES = {
         Sigmoid,
         Tanh,
         Softmax,
+        Add,
+        Concatenate,
     )
 }
 

@@ -54,8 +54,19 @@ class Layer:
     def backward(self, grad_out: np.ndarray, input_grad: bool = True) -> np.ndarray | None:
         raise NotImplementedError
 
-    def __call__(self, x: np.ndarray, training: bool = True) -> np.ndarray:
-        """``layer(x)`` is ``layer.forward(x, training)``, as in PyTorch."""
+    #: True for layers whose input is a list of tensors (Add, Concatenate).
+    merges = False
+
+    def __call__(self, x, training: bool = True):
+        """``layer(x)`` is ``layer.forward(x, training)``, as in PyTorch.
+
+        On a symbolic tensor (``pn.Input`` and what layers made of it; for a merge layer a list
+        of them) it runs nothing: it adds this layer to that tensor's graph and returns the
+        symbolic output, as in Keras' functional API.
+        """
+        inputs = x if isinstance(x, list | tuple) else [x]
+        if any(hasattr(item, "graph") for item in inputs):
+            return inputs[0].graph.add_node(self, list(inputs))
         return self.forward(x, training)
 
     def output_shape(self, input_shape: tuple[int, ...]) -> tuple[int, ...]:

@@ -13,6 +13,13 @@ Backward, with dy reshaped to (N, O, P), recomputing col from the kept input:
     db    = sum over n and p of dy  (O,)
     dcol  = W.T @ dy[n]             (K, P), then col2im adds it back onto dx[n]
 
+``groups=G`` splits the C input and O output channels into G groups (depthwise when G == C),
+each convolved with its own (O/G, C/G, kh, kw) filters, as PyTorch. im2col's rows are ordered
+(c, i, j) with c outermost, so a group's rows are contiguous: ``col`` reshapes for free to
+(G, K/G, P) and the products above become one batched matmul over the groups,
+``y[n].reshape(G, O/G, P) = W.reshape(G, O/G, K/G) @ col.reshape(G, K/G, P)`` (Chainer's scheme);
+likewise dW and dcol per group.
+
 Each thread takes whole samples with single-threaded BLAS
 (``purenn.kernels.parallel.over_samples``), so a sample's column matrix (1-5 MB in the preset CNN)
 is written, multiplied and read back while it is in that core's cache, and no (N, K, P) matrix is
@@ -65,7 +72,7 @@ def resolve_padding(padding, kernel: tuple[int, int], stride: tuple[int, int]):
 
 
 class Conv2D(WeightedLayer):
-    """2-D convolution over NCHW batches, PyTorch's ``nn.Conv2d`` (no dilation or groups).
+    """2-D convolution over NCHW batches, PyTorch's ``nn.Conv2d`` (no dilation).
 
     Args:
         in_channels, out_channels: C and O.
@@ -75,11 +82,12 @@ class Conv2D(WeightedLayer):
         bias, init, weight_norm, rng, dtype: as for :class:`~purenn.nn.layers.dense.Dense`.
         algorithm: "im2col" (the default), "winograd" (3x3, stride 1, padding 1 only), or
             "auto" (Winograd where :func:`purenn.kernels.winograd.use_winograd` says it paid at one
-            thread, else im2col). The results agree to rounding.
+            thread, else im2col). The results agree to rounding. Grouped layers use im2col.
+        groups: G, dividing both C and O; G == C is a depthwise convolution.
 
     Input shape: (N, C, H, W). Output shape: (N, O, Ho, Wo) with
     ``Ho = (H + pad_top + pad_bottom - kh) // sh + 1`` (likewise Wo). Parameters: ``weight``
-    (O, C, kh, kw), ``bias`` (O,).
+    (O, C/G, kh, kw), ``bias`` (O,).
     """
 
     def __init__(
@@ -95,16 +103,23 @@ class Conv2D(WeightedLayer):
         rng: np.random.Generator | int | None = None,
         dtype=np.float32,
         algorithm: str = "im2col",
+        groups: int = 1,
     ) -> None:
         self.in_channels = check_int(in_channels, "in_channels")
         self.out_channels = check_int(out_channels, "out_channels")
+        self.groups = check_int(groups, "groups")
+        if self.in_channels % self.groups or self.out_channels % self.groups:
+            raise ValueError(
+                f"groups must divide in_channels={self.in_channels} and "
+                f"out_channels={self.out_channels}, received: groups={self.groups}"
+            )
         self.kernel_size = pair(kernel_size, "kernel_size")
         self.stride = pair(stride, "stride")
         self.padding = padding
         self.pads = resolve_padding(padding, self.kernel_size, self.stride)
         self.algorithm = algorithm
         self._check_algorithm()
-        shape = (self.out_channels, self.in_channels) + self.kernel_size
+        shape = (self.out_channels, self.in_channels // self.groups) + self.kernel_size
         super().__init__(shape, bias, init, weight_norm, rng, dtype)
 
     def _check_algorithm(self) -> None:
@@ -112,6 +127,8 @@ class Conv2D(WeightedLayer):
             raise ValueError(
                 f"algorithm must be one of {ALGORITHMS}, received: algorithm={self.algorithm!r}"
             )
+        if self.algorithm == "winograd" and self.groups > 1:
+            raise ValueError(f"algorithm='winograd' needs groups=1, received: groups={self.groups}")
         if self.algorithm == "winograd" and not winograd.accepts(
             self.kernel_size, self.stride, self.pads
         ):
@@ -123,6 +140,8 @@ class Conv2D(WeightedLayer):
     def algorithm_for(self, input_shape: tuple[int, ...]) -> str:
         """ "winograd" or "im2col": what forward uses for per-sample input shape (C, H, W)."""
         self._check_algorithm()  # the attribute may have been set after construction
+        if self.groups > 1:
+            return "im2col"
         if self.algorithm != "auto":
             return self.algorithm
         _, h, w = input_shape
@@ -168,16 +187,17 @@ class Conv2D(WeightedLayer):
             return y
         self._x = x
         y = np.empty((n, self.out_channels, out_h * out_w), dtype=self.dtype)
-        w = self._w.reshape(self.out_channels, -1)
+        w = self._grouped_weight()
         bias = self.params["bias"][:, None] if self.use_bias else None
 
         cols = self._column_buffers(n, out_h * out_w)
+        grouped = self._grouped
 
         def forward_samples(samples: slice, slot: int) -> None:
             col = cols[slot : slot + 1]
             for i in range(samples.start, samples.stop):
                 self._im2col(i, col)
-                np.matmul(w, col[0], out=y[i])  # (O, K) @ (K, P)
+                np.matmul(w, grouped(col[0]), out=grouped(y[i]))  # (G, O/G, K/G) @ (G, K/G, P)
                 if bias is not None:
                     y[i] += bias
 
@@ -190,8 +210,9 @@ class Conv2D(WeightedLayer):
         dw = self.weight_grad_buffer()
         if self._algorithm == "winograd":
             return self._winograd_backward(dy.reshape(grad_out.shape), dw, input_grad)
-        w = self._w.reshape(self.out_channels, -1)
-        # One (O, K) product per sample, summed afterwards in sample order: the same sum
+        w = self._grouped_weight()
+        grouped = self._grouped
+        # One (G, O/G, K/G) product per sample, summed afterwards in sample order: the same sum
         # whatever the thread count.
         dw_per_sample = self.scratch("dw_per_sample", (n,) + w.shape, self.dtype)
         dx = np.empty(self._x.shape, dtype=self.dtype) if input_grad else None
@@ -202,9 +223,11 @@ class Conv2D(WeightedLayer):
             col = cols[slot : slot + 1]
             for i in range(samples.start, samples.stop):
                 self._im2col(i, col)
-                np.matmul(dy[i], col[0].T, out=dw_per_sample[i])  # (O, P) @ (P, K)
+                dy_i = grouped(dy[i])
+                np.matmul(dy_i, np.swapaxes(grouped(col[0]), -1, -2), out=dw_per_sample[i])
                 if dx is not None:
-                    np.matmul(w.T, dy[i], out=col[0])  # dcol = W^T dy, reusing col's buffer
+                    # dcol = W^T dy per group, reusing col's buffer
+                    np.matmul(np.swapaxes(w, -1, -2), dy_i, out=grouped(col[0]))
                     col2im(col, (1,) + self._x.shape[1:], *self._geometry, out=dx[i : i + 1])
 
         over_samples(n, backward_samples)
@@ -213,6 +236,19 @@ class Conv2D(WeightedLayer):
         if self.use_bias:
             np.sum(dy, axis=(0, 2), out=self.grads["bias"])
         return dx
+
+    def _grouped_weight(self) -> np.ndarray:
+        """The weight as (G, O/G, K/G) matrices, K/G = C/G * kh * kw; (O, K) when G == 1."""
+        return self._grouped(self._w.reshape(self.out_channels, -1))
+
+    def _grouped(self, matrix: np.ndarray) -> np.ndarray:
+        """A (rows, P) matrix of one sample viewed as (G, rows/G, P), the groups' blocks.
+
+        With G == 1 the matrix itself, so an ungrouped layer runs plain 2-D BLAS products.
+        """
+        if self.groups == 1:
+            return matrix
+        return matrix.reshape(self.groups, -1, matrix.shape[-1])
 
     @property
     def _geometry(self) -> tuple:
@@ -243,7 +279,7 @@ class Conv2D(WeightedLayer):
 
     def flops(self, input_shape: tuple[int, ...]) -> int:
         _, out_h, out_w = self.output_shape(input_shape)
-        k = self.in_channels * self.kernel_size[0] * self.kernel_size[1]
+        k = self.in_channels // self.groups * self.kernel_size[0] * self.kernel_size[1]
         return 2 * k * self.out_channels * out_h * out_w
 
     def get_config(self) -> dict:
@@ -255,4 +291,5 @@ class Conv2D(WeightedLayer):
             "padding": self.padding if isinstance(self.padding, (int, str)) else list(self.padding),
             **self.weighted_config(),
             **({} if self.algorithm == "im2col" else {"algorithm": self.algorithm}),
+            **({} if self.groups == 1 else {"groups": self.groups}),
         }

@@ -1,0 +1,153 @@
+"""Network: what Sequential and the functional Model share, a list of layers named by index.
+
+Both keep their layers in ``self.layers`` in execution order and name each parameter and buffer
+``"<index>.<name>"`` (``"0.weight"``, ``"3.running_mean"``), so state dicts, checkpoints,
+safetensors and optimizers treat either kind the same way. Subclasses add ``forward``,
+``backward``, ``get_config`` / ``from_config``, ``output_shapes`` and ``summary``.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+
+from purenn.nn.layers import Layer
+
+
+class Network:
+    """Parameters, state, modes and dtype of a model whose layers are held in ``self.layers``."""
+
+    layers: list[Layer]
+    training: bool
+
+    def train(self):
+        self.training = True
+        return self
+
+    def eval(self):
+        self.training = False
+        return self
+
+    def __call__(self, x: np.ndarray, training: bool | None = None) -> np.ndarray:
+        return self.forward(x, training)
+
+    def backward(
+        self, grad_out: np.ndarray, input_grad: bool = True, accumulate: bool = False
+    ) -> np.ndarray | None:
+        """Backpropagate ``dL/d(output)``; fills every layer's grads, returns ``dL/d(input)``.
+
+        Args:
+            grad_out: ``dL/d(output)`` of the last ``forward``, the output's shape and dtype.
+            input_grad: with False the first layer skips the input gradient and None is
+                returned (training never needs dL/d(image); for a conv or dense first layer
+                that saves a GEMM).
+            accumulate: add this backward's parameter gradients to the ones already held
+                (PyTorch's ``.grad`` semantics, for gradient accumulation over micro-batches:
+                ``zero_grad()``, then ``forward``/``backward(..., accumulate=True)`` per
+                micro-batch, then one optimizer step). The default, False, overwrites them,
+                so a plain training loop needs no ``zero_grad()``; accumulating costs one copy
+                and one add per parameter.
+
+        Note that the loss is a mean over its micro-batch: to get the gradient of the mean over
+        all ``k`` micro-batches of equal size, scale each ``grad_out`` by ``1 / k``.
+        """
+        held = [grad.copy() for _, grad in self.parameters()] if accumulate else None
+        grad_in = self._backward(grad_out, input_grad)
+        if held is not None:
+            for (_, grad), before in zip(self.parameters(), held, strict=True):
+                grad += before
+        return grad_in
+
+    # -- parameters and state -------------------------------------------------------------
+    def named_parameters(self) -> list[tuple[str, np.ndarray, np.ndarray]]:
+        """(name, value, grad) for every trainable array, in layer order."""
+        return [
+            (f"{index}.{name}", value, layer.grads[name])
+            for index, layer in enumerate(self.layers)
+            for name, value in layer.params.items()
+        ]
+
+    def parameters(self) -> list[tuple[np.ndarray, np.ndarray]]:
+        """(value, grad) pairs for the optimizers; the same arrays for the model's lifetime."""
+        return [(value, grad) for _, value, grad in self.named_parameters()]
+
+    def zero_grad(self) -> None:
+        for layer in self.layers:
+            layer.zero_grad()
+
+    @property
+    def num_parameters(self) -> int:
+        return sum(layer.num_parameters for layer in self.layers)
+
+    def _named_state(self) -> dict[str, np.ndarray]:
+        """The live parameter and buffer arrays under their ``"<index>.<name>"`` names."""
+        return {
+            f"{index}.{name}": value
+            for index, layer in enumerate(self.layers)
+            for store in (layer.params, layer.buffers)
+            for name, value in store.items()
+        }
+
+    def state_dict(self) -> dict[str, np.ndarray]:
+        """Copies of every parameter and buffer under PyTorch-style names."""
+        return {key: value.copy() for key, value in self._named_state().items()}
+
+    def load_state_dict(self, state: dict[str, np.ndarray]) -> None:
+        """Copy arrays into the existing parameters and buffers (in place, so optimizers keep them).
+
+        Raises:
+            ValueError: listing missing or unexpected keys, or naming a key whose shape differs.
+        """
+        targets = self._named_state()
+        missing = sorted(set(targets) - set(state))
+        unexpected = sorted(set(state) - set(targets))
+        if missing or unexpected:
+            raise ValueError(
+                f"state dict does not match the model: missing keys {missing}, "
+                f"unexpected keys {unexpected}"
+            )
+        for key, target in targets.items():
+            value = np.asarray(state[key])
+            if value.shape != target.shape:
+                raise ValueError(
+                    f"state dict entry {key!r} has shape {value.shape}, "
+                    f"the model expects {target.shape}"
+                )
+        for key, target in targets.items():
+            target[...] = state[key]
+
+    def astype(self, dtype):
+        """Cast every layer to ``dtype`` (float32 or float64); create optimizers afterwards."""
+        for layer in self.layers:
+            layer.astype(dtype)
+        return self
+
+    def rng_states(self) -> str:
+        """JSON of the random generators' states (Dropout masks), for exact resumption."""
+        return json.dumps(
+            {
+                str(index): layer.rng.bit_generator.state
+                for index, layer in enumerate(self.layers)
+                if hasattr(layer, "rng")
+            }
+        )
+
+    def set_rng_states(self, states: str) -> None:
+        for index, state in json.loads(states).items():
+            self.layers[int(index)].rng.bit_generator.state = state
+
+
+def format_table(rows: list[tuple[str, ...]], left: int) -> str:
+    """Rows as aligned columns (the first ``left`` left-aligned), a rule under the header and
+    above the last row (the totals)."""
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    lines = [
+        "  ".join(
+            cell.ljust(width) if i < left else cell.rjust(width)
+            for i, (cell, width) in enumerate(zip(row, widths, strict=True))
+        )
+        for row in rows
+    ]
+    rule = "-" * len(lines[0])
+    return "\n".join([lines[0], rule, *lines[1:-1], rule, lines[-1]])
