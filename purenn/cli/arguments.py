@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import argparse
+
+THREADS_HELP = "BLAS threads and image-decoding processes (default: all cores)"
+
 
 def positive_int(text: str) -> int:
     """``text`` as an int of at least 1; argparse reports anything else as an invalid value."""
@@ -34,3 +38,26 @@ def positive_float(text: str) -> float:
 
 
 positive_float.__name__ = "positive number"
+
+
+def add_model_argument(parser: argparse.ArgumentParser) -> None:
+    """The ``MODEL`` positional of every command that reads a model file."""
+    parser.add_argument(
+        "model", metavar="MODEL", help="a model file (.npz or .safetensors), or a run folder"
+    )
+
+
+def add_batch_size(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--batch-size", type=positive_int, default=64, metavar="N", help="images per forward pass"
+    )
+
+
+def add_cache_dir(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--cache-dir", metavar="DIR", help="decoded-image cache (default: ~/.cache/purenn)"
+    )
+
+
+def add_threads(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--threads", type=positive_int, metavar="N", help=THREADS_HELP)

@@ -5,7 +5,12 @@ from __future__ import annotations
 import argparse
 import json
 
-from purenn.cli.arguments import positive_int
+from purenn.cli.arguments import (
+    add_batch_size,
+    add_cache_dir,
+    add_model_argument,
+    add_threads,
+)
 from purenn.kernels.runtime import limit_threads
 from purenn.training.calibrate import CALIBRATE_SPLITS, calibrate, format_calibration
 
@@ -39,9 +44,7 @@ def add_parser(commands) -> None:
         epilog="example:\n  purenn calibrate runs/cnn leaves/         # its validation split\n"
         "  purenn calibrate old.npz new-leaves/ --split all",
     )
-    p.add_argument(
-        "model", metavar="MODEL", help="a model file (.npz or .safetensors), or a run folder"
-    )
+    add_model_argument(p)
     p.add_argument("data_dir", metavar="DATA_DIR", help="DATA_DIR/<class>/<image>")
     p.add_argument(
         "--split",
@@ -50,17 +53,8 @@ def add_parser(commands) -> None:
         help="auto: the model's validation split on the folder it was trained on, all images "
         "of any other folder; or val, or all (never images the model was trained on)",
     )
-    p.add_argument(
-        "--batch-size", type=positive_int, default=64, metavar="N", help="images per forward pass"
-    )
-    p.add_argument(
-        "--cache-dir", metavar="DIR", help="decoded-image cache (default: ~/.cache/purenn)"
-    )
+    add_batch_size(p)
+    add_cache_dir(p)
     p.add_argument("--json", action="store_true", help="print the result as JSON")
-    p.add_argument(
-        "--threads",
-        type=positive_int,
-        metavar="N",
-        help="BLAS threads and image-decoding processes (default: all cores)",
-    )
+    add_threads(p)
     p.set_defaults(func=_cmd_calibrate)

@@ -20,7 +20,13 @@ from pathlib import Path
 import purenn
 from purenn.cli import explain as explain_cli
 from purenn.cli import serve as serve_cli
-from purenn.cli.arguments import positive_int
+from purenn.cli.arguments import (
+    add_batch_size,
+    add_cache_dir,
+    add_model_argument,
+    add_threads,
+    positive_int,
+)
 from purenn.cli.cache import add_parser as add_cache_parser
 from purenn.cli.calibrate import add_parser as add_calibrate_parser
 from purenn.cli.export import add_parser as add_export_parser
@@ -277,9 +283,6 @@ def _examples(*lines: str) -> str:
     return "example:\n" + "\n".join(f"  {line}" for line in lines)
 
 
-THREADS_HELP = "BLAS threads and image-decoding processes (default: all cores)"
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="purenn",
@@ -321,9 +324,7 @@ def build_parser() -> argparse.ArgumentParser:
             "purenn evaluate runs/cnn test-leaves/ --json | head",
         ),
     )
-    p.add_argument(
-        "model", metavar="MODEL", help="a model file (.npz or .safetensors), or a run folder"
-    )
+    add_model_argument(p)
     p.add_argument("data_dir", metavar="DATA_DIR", help="DATA_DIR/<class>/<image>")
     p.add_argument(
         "--split",
@@ -338,14 +339,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="for report.json and confusion.png "
         "(default: <model folder>/eval-<data folder>[-<split>])",
     )
-    p.add_argument(
-        "--batch-size", type=positive_int, default=64, metavar="N", help="images per forward pass"
-    )
-    p.add_argument(
-        "--cache-dir", metavar="DIR", help="decoded-image cache (default: ~/.cache/purenn)"
-    )
+    add_batch_size(p)
+    add_cache_dir(p)
     p.add_argument("--json", action="store_true", help="print the JSON report")
-    p.add_argument("--threads", type=positive_int, metavar="N", help=THREADS_HELP)
+    add_threads(p)
     p.set_defaults(func=_cmd_evaluate)
     add_calibrate_parser(commands)
 
@@ -355,19 +352,15 @@ def build_parser() -> argparse.ArgumentParser:
         description="Top-k classes of image files; unreadable files are listed and skipped.",
         epilog=_examples("purenn predict runs/cnn/best.npz leaf1.jpg photos/ --top-k 3"),
     )
-    p.add_argument(
-        "model", metavar="MODEL", help="a model file (.npz or .safetensors), or a run folder"
-    )
+    add_model_argument(p)
     p.add_argument("images", nargs="+", metavar="IMAGE", help="image files or folders")
     p.add_argument("--top-k", type=positive_int, default=5, metavar="K", help="classes per image")
-    p.add_argument(
-        "--batch-size", type=positive_int, default=64, metavar="N", help="images per forward pass"
-    )
+    add_batch_size(p)
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.add_argument(
         "--strict", action="store_true", help="fail on an unreadable file instead of skipping it"
     )
-    p.add_argument("--threads", type=positive_int, metavar="N", help=THREADS_HELP)
+    add_threads(p)
     p.set_defaults(func=_cmd_predict)
 
     p = commands.add_parser(
@@ -407,7 +400,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--epochs", type=positive_int, metavar="N", help="(default: 15)")
     p.add_argument("--seed", type=int, metavar="N", help="(default: 0)")
-    p.add_argument("--threads", type=positive_int, metavar="N", help=THREADS_HELP)
+    add_threads(p)
     p.set_defaults(func=_cmd_demo)
 
     add_cache_parser(commands)
