@@ -1,15 +1,17 @@
-"""ONNX export of a purenn Sequential, built with the ``onnx`` package's helper API.
+"""ONNX export of a purenn model (a Sequential or a graph Model), built with ``onnx``'s helper API.
 
 Opset 17 (ONNX 1.12, 2022): the oldest opset the issue allows, so the graph runs on the widest
 range of runtimes (onnxruntime >= 1.12, onnxruntime-web, mobile builds); every operator used here
-(Gemm, Conv, MaxPool, AveragePool, GlobalAveragePool, Flatten, BatchNormalization, Relu,
-LeakyRelu, Sigmoid, Tanh, Softmax over one axis, Sub, Mul) has its current semantics there.
+(Gemm, Conv with groups, MaxPool, AveragePool, GlobalAveragePool, Flatten, BatchNormalization,
+Relu, LeakyRelu, Sigmoid, Tanh, Softmax over one axis, Add, Concat, Sub, Mul) has its current
+semantics there.
 
 The graph, for an image model whose metadata holds ``mean`` and ``std``::
 
     image  float32 (batch, C, H, W), RGB in [0, 1]   (batch is a dynamic dimension)
       -> Sub(mean) -> Mul(1 / std)                   the z-score purenn applies before the model
-      -> one or two nodes per layer, in declared order (Dropout is dropped: identity in inference;
+      -> one or two nodes per layer, in declared (topological) order, each reading the tensors its
+         layer reads in the model (Dropout is dropped: identity in inference;
          BatchNorm uses its running statistics; weight norm is folded into plain weights)
     logits float32 (batch, classes)                  ("probabilities" if the last layer is Softmax)
 
@@ -28,10 +30,13 @@ import numpy as np
 
 import purenn
 from purenn.io import atomic_write
+from purenn.nn.graph import Model
 from purenn.nn.layers import (
+    Add,
     AvgPool2D,
     BatchNorm1D,
     BatchNorm2D,
+    Concatenate,
     Conv2D,
     Dense,
     Dropout,
@@ -45,7 +50,7 @@ from purenn.nn.layers import (
     Softmax,
     Tanh,
 )
-from purenn.nn.sequential import Sequential
+from purenn.nn.network import Network
 
 OPSET = 17
 # ONNX IR version 8 goes with opset 17 (ONNX 1.12); newer IR versions would lock out older runtimes.
@@ -85,7 +90,7 @@ class _Graph:
         return name
 
 
-# -- one converter per layer type: (graph, layer, input name, prefix) -> output name ------------
+# -- one converter per layer type: (graph, layer, input name(s), prefix) -> output name ---------
 def _dense(g: _Graph, layer: Dense, x: str, prefix: str) -> str:
     # y = x @ W.T + b is Gemm with transB=1; layer.weight() folds weight norm, g * v / ||v||.
     inputs = [x, g.constant(f"{prefix}.weight", layer.weight())]
@@ -156,6 +161,18 @@ def _leaky_relu(g: _Graph, layer: LeakyReLU, x: str, prefix: str) -> str:
     return g.node("LeakyRelu", [x], f"{prefix}.LeakyRelu", alpha=layer.negative_slope)
 
 
+def _add(g: _Graph, layer: Add, xs: list[str], prefix: str) -> str:
+    # ONNX's Add takes two inputs: a chain of them sums any number, left to right as purenn does.
+    total = xs[0]
+    for index, x in enumerate(xs[1:]):
+        total = g.node("Add", [total, x], f"{prefix}.Add{index or ''}")
+    return total
+
+
+def _concatenate(g: _Graph, layer: Concatenate, xs: list[str], prefix: str) -> str:
+    return g.node("Concat", xs, f"{prefix}.Concat", axis=layer.axis)
+
+
 def _identity(g: _Graph, layer, x: str, prefix: str) -> str:
     return x
 
@@ -176,7 +193,16 @@ CONVERTERS: dict[type, Callable] = {
     Sigmoid: _simple("Sigmoid"),
     Tanh: _simple("Tanh"),
     Softmax: _simple("Softmax", axis=-1),
+    Add: _add,
+    Concatenate: _concatenate,
 }
+
+
+def _wiring(model: Network) -> list[list[int]]:
+    """The tensors each layer reads: 0 is the model's input, ``k + 1`` the output of layer k."""
+    if isinstance(model, Model):
+        return model.inputs
+    return [[index] for index in range(len(model.layers))]
 
 
 def _check_layers(layers: list[Layer]) -> None:
@@ -189,7 +215,7 @@ def _check_layers(layers: list[Layer]) -> None:
             )
 
 
-def _input_shape(model: Sequential, metadata: dict) -> tuple[int, ...]:
+def _input_shape(model: Network, metadata: dict) -> tuple[int, ...]:
     """The per-sample input shape: the model's own, else (in_channels, image_size, image_size)."""
     if model.input_shape is not None:
         return model.input_shape
@@ -229,7 +255,7 @@ def _metadata_props(metadata: dict, shape: tuple[int, ...], normalized: bool) ->
     return props
 
 
-def build_onnx(model: Sequential, metadata: dict | None = None):
+def build_onnx(model: Network, metadata: dict | None = None):
     """The ONNX ``ModelProto`` of ``model`` in inference form (see the module docstring).
 
     Args:
@@ -255,8 +281,12 @@ def build_onnx(model: Sequential, metadata: dict | None = None):
     if norm is not None:
         x = g.node("Sub", [x, g.constant("mean", norm[0])], "normalize.Sub")
         x = g.node("Mul", [x, g.constant("inv_std", norm[1])], "normalize.Mul")
-    for index, layer in enumerate(model.layers):
-        x = CONVERTERS[type(layer)](g, layer, x, str(index))
+    tensors = [x]
+    for index, (layer, inputs) in enumerate(zip(model.layers, _wiring(model), strict=True)):
+        args = [tensors[i] for i in inputs]
+        convert = CONVERTERS[type(layer)]
+        tensors.append(convert(g, layer, args if layer.merges else args[0], str(index)))
+    x = tensors[-1]
     output = "probabilities" if model.layers and type(model.layers[-1]) is Softmax else OUTPUT
     if g.nodes and x == g.nodes[-1].output[0]:
         g.nodes[-1].output[0] = output  # the last node writes the graph output directly
@@ -283,7 +313,7 @@ def build_onnx(model: Sequential, metadata: dict | None = None):
     return proto
 
 
-def export_onnx(model: Sequential, path: str | Path, metadata: dict | None = None) -> Path:
+def export_onnx(model: Network, path: str | Path, metadata: dict | None = None) -> Path:
     """Write ``build_onnx(model, metadata)``, checked by ``onnx.checker``, to ``path`` atomically.
 
     Raises:

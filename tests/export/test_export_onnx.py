@@ -179,6 +179,37 @@ def test_softmax_output_is_named_probabilities():
     assert build_onnx(model).graph.output[0].name == "probabilities"
 
 
+def branching_graph() -> pn.Model:
+    """A fan-out into three consumers, a depthwise residual Add of three, a grouped branch and a
+    Concatenate, BatchNorm and global average pooling."""
+    rng = np.random.default_rng(0)
+    x = pn.Input((3, 9, 10))
+    h = pn.ReLU()(pn.BatchNorm2D(6)(pn.Conv2D(3, 6, 3, padding=1, bias=False, rng=rng)(x)))
+    depthwise = pn.Conv2D(6, 6, 3, padding=1, groups=6, rng=rng)(h)
+    grouped = pn.Conv2D(6, 4, 1, groups=2, rng=rng)(h)
+    residual = pn.Add()([h, depthwise, pn.BatchNorm2D(6)(depthwise)])
+    joined = pn.Concatenate(axis=1)([residual, grouped])
+    y = pn.Dense(10, 5, rng=rng)(pn.GlobalAvgPool2D()(pn.ReLU()(joined)))
+    return moved(pn.Model(x, y))
+
+
+@pytest.mark.parametrize("batch", [1, 7])
+def test_a_graph_model_matches_onnxruntime(batch):
+    model = branching_graph()
+    x = images(batch, (3, 9, 10))
+    expected = purenn_output(model, META, x)
+    assert_close(run_onnx(model, META, x), expected, TOL, "onnxruntime vs purenn")
+    ops = [node.op_type for node in build_onnx(model, META).graph.node]
+    assert ops.count("Add") == 2 and ops.count("Concat") == 1  # Add of three: two ONNX Adds
+
+
+def test_the_resnet_preset_matches_onnxruntime():
+    model = moved(build_preset("plantvillage-resnet", num_classes=4, image_size=32))
+    meta = {**META, "image_size": 32, "class_names": [f"c{i}" for i in range(4)]}
+    x = images(2, (3, 32, 32))
+    assert_close(run_onnx(model, meta, x), purenn_output(model, meta, x), TOL, "resnet")
+
+
 class Doubler(pn.layers.Layer):
     def forward(self, x, training=True):
         return 2 * x
