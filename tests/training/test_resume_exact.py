@@ -169,3 +169,19 @@ def test_resuming_a_finished_run_only_redoes_the_final_stage(
     process = purenn_subprocess("train", "--resume", copy, "-q")
     finish(process)
     assert_same_run(copy, reference, metrics_reader)
+
+
+def test_a_graph_model_killed_mid_run_resumes_to_identical_weights(
+    checkpointing_run_args, tmp_path, purenn_subprocess, metrics_reader
+):
+    # plantvillage-resnet: a graph (residual Adds, projection shortcuts) with BatchNorm buffers.
+    args = checkpointing_run_args(2)
+    args[args.index("--preset") + 1] = "plantvillage-resnet"
+    args[args.index("--image-size") + 1] = "16"  # the preset halves the image 4 times
+    reference = tmp_path / "reference"
+    finish(purenn_subprocess(*args, "--out", reference))
+    out = tmp_path / "run"
+    finish(purenn_subprocess(*args, "--out", out, env={"PURENN_TEST_SIGNAL": "KILL@3"}), -9)
+    assert checkpoint_step(out) == 2
+    finish(purenn_subprocess("train", "--resume", out))
+    assert_same_run(out, reference, metrics_reader)
