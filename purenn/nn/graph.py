@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from purenn.nn.layers import LAYER_TYPES, Layer
+from purenn.nn.layers import Layer, layer_from_spec
 from purenn.nn.network import Network, format_table
 
 
@@ -211,11 +211,10 @@ class Model(Network):
         """Rebuild a model (with fresh weights) from :meth:`get_config` output."""
         layers = []
         for index, spec in enumerate(config["nodes"]):
-            if spec["type"] not in LAYER_TYPES:
-                raise ValueError(f"node {index} has an unknown type {spec['type']!r}")
+            layer = layer_from_spec(spec, f"node {index}")
             if not all(isinstance(i, int) and 0 <= i <= index for i in spec["inputs"]):
                 raise ValueError(f"node {index} reads tensors {spec['inputs']} not yet computed")
-            layers.append(LAYER_TYPES[spec["type"]](**dict(spec.get("config", {}))))
+            layers.append(layer)
         return cls._wire(
             tuple(config["input_shape"]), layers, [s["inputs"] for s in config["nodes"]]
         )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from purenn.nn.layers import LAYER_TYPES, Layer, MaxPool2D, ReLU
+from purenn.nn.layers import Layer, MaxPool2D, ReLU, layer_from_spec
 from purenn.nn.network import Network, format_table
 
 
@@ -132,12 +132,9 @@ class Sequential(Network):
     @classmethod
     def from_config(cls, config: dict) -> Sequential:
         """Rebuild a model (with fresh weights) from :meth:`get_config` output."""
-        layers = []
-        for index, spec in enumerate(config["layers"]):
-            if spec["type"] not in LAYER_TYPES:
-                raise ValueError(f"layer {index} has an unknown type {spec['type']!r}")
-            kwargs = dict(spec.get("config", {}))
-            layers.append(LAYER_TYPES[spec["type"]](**kwargs))
+        layers = [
+            layer_from_spec(spec, f"layer {index}") for index, spec in enumerate(config["layers"])
+        ]
         return cls(layers, input_shape=config.get("input_shape"))
 
     def output_shapes(self, input_shape: tuple[int, ...]) -> list[tuple[int, ...]]:

@@ -32,4 +32,16 @@ LAYER_TYPES = {
     )
 }
 
-__all__ = ["Layer", "LAYER_TYPES", *LAYER_TYPES]
+
+def layer_from_spec(spec: dict, where: str) -> Layer:
+    """A fresh layer from ``{"type": name, "config": constructor arguments}`` (a model config).
+
+    Raises:
+        ValueError: an unknown type, named with ``where`` (e.g. ``"layer 3"``).
+    """
+    if spec["type"] not in LAYER_TYPES:
+        raise ValueError(f"{where} has an unknown type {spec['type']!r}")
+    return LAYER_TYPES[spec["type"]](**dict(spec.get("config", {})))
+
+
+__all__ = ["Layer", "LAYER_TYPES", "layer_from_spec", *LAYER_TYPES]
