@@ -34,15 +34,24 @@ class Outcome:
     err: str
 
 
-def write_colour_folder(root: Path) -> Path:
+def write_colour_folder(
+    root: Path, colours: dict = COLOURS, per_class: int = PER_CLASS, noise: int = 40
+) -> Path:
+    """``root/<class>/<nn>.png``: 16x16 images of each class's colour plus uniform noise."""
     rng = np.random.default_rng(0)
-    for name, colour in COLOURS.items():
+    for name, colour in colours.items():
         (root / name).mkdir(parents=True)
-        for i in range(PER_CLASS):
-            noise = rng.integers(-40, 41, size=(16, 16, 3))
-            pixels = np.clip(np.array(colour) + noise, 0, 255).astype(np.uint8)
+        for i in range(per_class):
+            offsets = rng.integers(-noise, noise + 1, size=(16, 16, 3))
+            pixels = np.clip(np.array(colour) + offsets, 0, 255).astype(np.uint8)
             Image.fromarray(pixels).save(root / name / f"{i:02d}.png")
     return root
+
+
+@pytest.fixture(scope="session")
+def colour_folder_writer():
+    """:func:`write_colour_folder`, for tests that need other colours or noise."""
+    return write_colour_folder
 
 
 @pytest.fixture(scope="session")

@@ -25,16 +25,9 @@ PER_CLASS = 16
 
 
 @pytest.fixture(scope="module")
-def close_folder(tmp_path_factory):
+def close_folder(tmp_path_factory, colour_folder_writer):
     root = tmp_path_factory.mktemp("close") / "data"
-    rng = np.random.default_rng(0)
-    for name, colour in CLOSE_COLOURS.items():
-        (root / name).mkdir(parents=True)
-        for i in range(PER_CLASS):
-            noise = rng.integers(-60, 61, size=(16, 16, 3))
-            pixels = np.clip(np.array(colour) + noise, 0, 255).astype(np.uint8)
-            Image.fromarray(pixels).save(root / name / f"{i:02d}.png")
-    return root
+    return colour_folder_writer(root, CLOSE_COLOURS, PER_CLASS, noise=60)
 
 
 @pytest.fixture(scope="module")
