@@ -21,7 +21,7 @@ RETRY_AFTER_SECONDS = 1
 
 
 def http_error(status: int, message: str, headers: dict | None = None) -> HTTPException:
-    """An error answered as ``{"detail": message}`` with ``status``."""
+    """An error the app answers as ``{"error": message}`` with ``status``."""
     return HTTPException(status_code=status, detail=message, headers=headers)
 
 
