@@ -25,6 +25,7 @@ from purenn.cli.arguments import (
     add_cache_dir,
     add_model_argument,
     add_threads,
+    add_tta,
     positive_int,
 )
 from purenn.cli.cache import add_parser as add_cache_parser
@@ -205,6 +206,7 @@ def _cmd_evaluate(args: argparse.Namespace, progress: Progress) -> int:
             cache_dir=args.cache_dir,
             workers=args.threads,
             progress=progress.bars,
+            tta=args.tta,
         )
     json_path, png_path = write_report(out, report)
     if args.json:
@@ -223,7 +225,9 @@ def _cmd_evaluate(args: argparse.Namespace, progress: Progress) -> int:
 def _cmd_predict(args: argparse.Namespace, progress: Progress) -> int:
     skipped: list[tuple[str, str]] | None = None if args.strict else []
     with limit_threads(args.threads):
-        results = predict(args.model, args.images, args.top_k, args.batch_size, skipped=skipped)
+        results = predict(
+            args.model, args.images, args.top_k, args.batch_size, skipped=skipped, tta=args.tta
+        )
     if skipped:
         listed = "".join(f"\n  {path}: {reason}" for path, reason in skipped)
         print(
@@ -341,6 +345,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_batch_size(p)
     add_cache_dir(p)
+    add_tta(p)
     p.add_argument("--json", action="store_true", help="print the JSON report")
     add_threads(p)
     p.set_defaults(func=_cmd_evaluate)
@@ -356,6 +361,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("images", nargs="+", metavar="IMAGE", help="image files or folders")
     p.add_argument("--top-k", type=positive_int, default=5, metavar="K", help="classes per image")
     add_batch_size(p)
+    add_tta(p)
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.add_argument(
         "--strict", action="store_true", help="fail on an unreadable file instead of skipping it"

@@ -10,6 +10,7 @@ from purenn.checks import check_int
 from purenn.data import DataError, collect_images
 from purenn.data.decode import try_decode
 from purenn.inference.probabilities import INFERENCE_KEYS, class_probabilities, top_classes
+from purenn.inference.tta import check_views
 from purenn.io import load_model, model_file
 
 
@@ -19,6 +20,7 @@ def predict(
     top_k: int = 5,
     batch_size: int = 64,
     skipped: list[tuple[str, str]] | None = None,
+    tta: int = 1,
 ) -> list[dict]:
     """Top-k classes of every image.
 
@@ -32,6 +34,9 @@ def predict(
         batch_size: images per forward pass.
         skipped: if a list, unreadable files are appended to it as ``(path, reason)`` and left
             out, and the others are predicted; if None (strict), the first one is an error.
+        tta: test-time augmentation views (1 to 8, see :mod:`purenn.inference.tta`): the
+            mean of the calibrated probabilities over that many flips and turns of each
+            image, at ``tta`` forward passes per batch.
 
     Returns:
         One ``{"file": str, "predictions": [{"class": name, "probability": p}, ...]}`` per image,
@@ -39,9 +44,11 @@ def predict(
 
     Raises:
         ModelFileError: not a purenn model. DataError: missing image, an unreadable one in
-        strict mode, or no readable image at all.
+        strict mode, or no readable image at all. ValueError: a bad ``top_k``, ``batch_size``
+        or ``tta``.
     """
     top_k, batch_size = check_int(top_k, "top_k"), check_int(batch_size, "batch_size")
+    tta = check_views(tta)
     model, meta = load_model(model_file(model_path), require=INFERENCE_KEYS)
     decoded = []
     for path in collect_images(paths):
@@ -58,7 +65,7 @@ def predict(
     images = np.stack([image for _, image in decoded])
     results = []
     for start in range(0, len(files), batch_size):
-        probs = class_probabilities(model, images[start : start + batch_size], meta)
+        probs = class_probabilities(model, images[start : start + batch_size], meta, tta)
         for f, p in zip(files[start : start + batch_size], probs, strict=True):
             results.append(
                 {"file": str(f), "predictions": top_classes(p, meta["class_names"], top_k)}

@@ -12,6 +12,7 @@ import numpy as np
 from purenn.data import decode_image_bytes
 from purenn.data.decode import MAX_SIDE, MAX_UPLOAD_PIXELS
 from purenn.inference.probabilities import INFERENCE_KEYS, class_probabilities
+from purenn.inference.tta import check_views
 from purenn.io import load_model, model_file
 from purenn.nn.sequential import Sequential
 
@@ -32,7 +33,9 @@ class ServedModel:
     """A loaded model file: what ``/api/model`` describes and what the batcher runs.
 
     ``model_id`` is the SHA-256 of the model file, so two servers with the same file give the
-    same id and a history row names exactly the weights that produced it.
+    same id and a history row names exactly the weights that produced it. ``tta``: the
+    test-time augmentation views every answer averages (1: none; see
+    :mod:`purenn.inference.tta`).
     """
 
     path: Path
@@ -42,13 +45,18 @@ class ServedModel:
     test_accuracy: float | None = None
     max_pixels: int = MAX_UPLOAD_PIXELS
     max_side: int = MAX_SIDE
+    tta: int = 1
 
     @classmethod
-    def load(cls, path: str | Path, max_pixels: int = MAX_UPLOAD_PIXELS) -> ServedModel:
+    def load(
+        cls, path: str | Path, max_pixels: int = MAX_UPLOAD_PIXELS, tta: int = 1
+    ) -> ServedModel:
         """Read ``path`` (never with pickle); ModelFileError if it cannot classify images."""
+        tta = check_views(tta)
         path = model_file(path)
         model, meta = load_model(path, require=INFERENCE_KEYS)
-        return cls(path, model, meta, file_sha256(path), _test_accuracy(path), max_pixels)
+        accuracy = _test_accuracy(path)
+        return cls(path, model, meta, file_sha256(path), accuracy, max_pixels, tta=tta)
 
     @property
     def class_names(self) -> list[str]:
@@ -67,6 +75,7 @@ class ServedModel:
             "image_size": self.image_size,
             "parameters": self.model.num_parameters,
             "test_accuracy": self.test_accuracy,
+            "tta": self.tta,
         }
 
     def prepare(self, data: bytes) -> np.ndarray:
@@ -74,8 +83,9 @@ class ServedModel:
         return decode_image_bytes(data, self.image_size, self.max_pixels, self.max_side)
 
     def probabilities(self, images: np.ndarray) -> np.ndarray:
-        """uint8 ``(N, 3, S, S)`` -> float64 ``(N, K)`` probabilities (one forward pass)."""
-        return class_probabilities(self.model, images, self.meta)
+        """uint8 ``(N, 3, S, S)`` -> float64 ``(N, K)`` probabilities (``tta`` forward passes
+        of the batch, one per view: a request stays one row of one batch)."""
+        return class_probabilities(self.model, images, self.meta, self.tta)
 
 
 def _test_accuracy(model_path: Path) -> float | None:
