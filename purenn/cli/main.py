@@ -146,6 +146,12 @@ def _cmd_train(args: argparse.Namespace, progress: Progress) -> int:
         config = _new_run_config(args.config, given)
         result = train(config, args.overwrite, progress)
     line = f"best model (epoch {result.best_epoch}): {result.run_dir / RunDir.BEST}"
+    if result.replay_report is not None:
+        lab = result.replay_report
+        line = (
+            f"original test split of {lab['data_dir']}: {100 * lab['accuracy']:.2f}% "
+            f"({lab['samples']} images); " + line
+        )
     if result.test_report is not None:
         report = result.test_report
         line = (
@@ -306,6 +312,8 @@ def build_parser() -> argparse.ArgumentParser:
             "purenn train leaves/ --preset plantvillage-cnn --epochs 30 --out runs/cnn",
             "purenn train --resume runs/cnn",
             "purenn train new-photos/ --init-from runs/cnn --epochs 10 --out runs/cnn-tuned",
+            "purenn train corrections/ --init-from runs/cnn --replay leaves/ --replay-fraction 1 "
+            "--epochs 10 --out runs/cnn-field",
         ),
     )
     p.add_argument("data_dir", nargs="?", metavar="DATA_DIR", help="DATA_DIR/<class>/<image>")
