@@ -72,7 +72,8 @@ class RunResult:
         stopped_early: early stopping ended the run before the last epoch.
         test_report: metrics on the test split (``classification_report``), None if empty.
         replay_report: with ``replay``, the metrics on the replayed folder's original test
-            split (``classification_report`` plus ``data_dir``), None otherwise or if empty.
+            split (``data_dir``, ``split`` and the ``REPLAY_TEST_KEYS`` of a
+            ``classification_report``), None otherwise or if that split is empty.
     """
 
     run_dir: Path
