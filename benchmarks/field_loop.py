@@ -16,6 +16,10 @@ at k = 5, five at k = 3), and overlap after that.
     nice -n 5 python benchmarks/field_loop.py /work/runs/pv34-cnn \\
         --field ../shared/data/field --out runs/field-loop --plot docs/img/field-loop.png
 
+Beside each fine-tuning, with no training at all: the nearest class mean (cosine) of the
+corrections' features at the model's last layer's input, scored on the same photos. It says how
+far the lab model's features already separate the field classes.
+
 A fold whose run folder already has its ``report.json`` is read, not trained again, so an
 interrupted benchmark continues where it stopped. Model files are deleted after each fold (only
 the reports, configs and metrics are kept) unless ``--keep-models``.
@@ -34,9 +38,10 @@ from pathlib import Path
 import numpy as np
 from timing import machine_header
 
-from purenn.data import scan_image_folder
+from purenn.data import load_image, normalize_batch, scan_image_folder
 from purenn.inference import predict
 from purenn.io import atomic_write, load_model, model_file
+from purenn.nn.sequential import Sequential
 from purenn.training import Progress, evaluate, make_config, train
 
 # What a fold's run folder loses after its report is read (about 200 MB for the CNN).
@@ -125,6 +130,30 @@ def base_field_scores(model: Path, photos: dict[str, list[Path]]) -> dict[Path, 
     return scores
 
 
+def head_features(model_path: Path, files: list[Path]) -> dict[Path, np.ndarray] | None:
+    """Each photo's input to the model's last layer (its Dense head), unit length; None for a
+    model that is not a stack of layers."""
+    model, meta = load_model(model_path)
+    if not isinstance(model, Sequential):
+        return None
+    model.eval()
+    images = np.stack([load_image(p, meta["image_size"]) for p in files])
+    h = normalize_batch(images, meta["mean"], meta["std"])
+    for layer in model.layers[:-1]:
+        h = layer.forward(h, training=False)
+    h = h.reshape(len(files), -1).astype(np.float64)
+    return dict(zip(files, h / np.linalg.norm(h, axis=1, keepdims=True), strict=True))
+
+
+def nearest_mean_accuracy(features: dict, corrections: dict, rest: dict) -> float:
+    """Top-1 of the nearest class mean (cosine) of the corrections' features: how far the lab
+    model's features alone separate the field classes, with no training."""
+    names = list(corrections)
+    means = np.stack([np.mean([features[p] for p in corrections[n]], axis=0) for n in names])
+    right = [np.argmax(means @ features[p]) == i for i, n in enumerate(names) for p in rest[n]]
+    return float(np.mean(right))
+
+
 def mean_sd(values: list[float]) -> tuple[float, float]:
     return statistics.mean(values), statistics.stdev(values) if len(values) > 1 else 0.0
 
@@ -152,6 +181,10 @@ def plot(path: Path, before: float, rows: list[dict], lab_before: float, lab_nam
         ax.errorbar(ks, means, yerr=sds, fmt="-s", color="tab:blue", capsize=4,
                     label="fine-tuned (mean ± sd over folds)")  # fmt: skip
         ax.axhline(100 * base, color="grey", linestyle="--", label="before fine-tuning")
+        if ax is field_ax:
+            paired = [statistics.mean(100 * r["field_before"] for r in rows if r["k"] == k)
+                      for k in ks]  # fmt: skip
+            ax.plot(ks, paired, "s:", color="grey", label="before, on the same photos")
         ax.set_xlabel("corrections per class")
         ax.set_ylabel("top-1 accuracy (%)")
         ax.set_xticks(ks)
@@ -194,6 +227,7 @@ def main() -> None:
     field = evaluate(args.model, args.field, "all", progress=False)
     lab = evaluate(args.model, args.replay, "test", progress=False)
     scores = base_field_scores(args.model, photos)
+    features = head_features(args.model, [p for files in photos.values() for p in files])
     top3 = np.mean([s[1] for s in scores.values()])
     print(f"before: field top-1 {100 * field['accuracy']:.1f}%, top-3 {100 * top3:.1f}% "
           f"({field['samples']} photos); lab test {100 * lab['accuracy']:.2f}% "
@@ -211,24 +245,29 @@ def main() -> None:
             row = {"k": k, "fold": f, **fine_tune(args, data, args.out / f"k{k}-fold{f}" / "run")}
             tested = [p for files in rest.values() for p in files]
             row["field_before"] = float(np.mean([scores[p][0] for p in tested]))
+            if features is not None:
+                row["nearest_mean"] = nearest_mean_accuracy(features, corrections, rest)
             rows.append(row)
+            probe = f", nearest mean {100 * row['nearest_mean']:.1f}%" if features else ""
             print(f"k={k:2d} fold {f}: field {100 * row['field_before']:5.1f}% -> "
-                  f"{100 * row['field_accuracy']:5.1f}% ({row['field_samples']} photos), lab "
-                  f"{100 * row['lab_accuracy']:.2f}% ({row['replayed']} replayed, "
+                  f"{100 * row['field_accuracy']:5.1f}% ({row['field_samples']} photos{probe}), "
+                  f"lab {100 * row['lab_accuracy']:.2f}% ({row['replayed']} replayed, "
                   f"{row['seconds']:.0f} s)", flush=True)  # fmt: skip
 
     print(
         "\n| corrections per class | folds | field photos tested | field top-1 before | "
-        "after (mean ± sd) | lab test after | lab change (pp) | s per run |"
+        "after (mean ± sd) | nearest class mean | lab test after | lab change (pp) | s per run |"
     )
-    print("|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for k in args.ks:
         mine = [r for r in rows if r["k"] == k]
-        before, after = (mean_sd([100 * r[key] for r in mine])
-                         for key in ("field_before", "field_accuracy"))  # fmt: skip
-        lab_after = mean_sd([100 * r["lab_accuracy"] for r in mine])
+        before, after, probe, lab_after = (
+            mean_sd([100 * r.get(key, np.nan) for r in mine])
+            for key in ("field_before", "field_accuracy", "nearest_mean", "lab_accuracy")
+        )
         print(f"| {k} | {len(mine)} | {mine[0]['field_samples']} | {before[0]:.1f}% | "
-              f"{after[0]:.1f} ± {after[1]:.1f}% | {lab_after[0]:.2f} ± {lab_after[1]:.2f}% | "
+              f"{after[0]:.1f} ± {after[1]:.1f}% | {probe[0]:.1f} ± {probe[1]:.1f}% | "
+              f"{lab_after[0]:.2f} ± {lab_after[1]:.2f}% | "
               f"{lab_after[0] - 100 * lab['accuracy']:+.2f} | "
               f"{statistics.mean(r['seconds'] for r in mine):.0f} |")  # fmt: skip
     results = {
