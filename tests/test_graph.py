@@ -13,7 +13,7 @@ from purenn.io.model_file import load_model, save_model
 
 def check_model_gradients(model: pn.Model, x: np.ndarray, tol: float = 1e-6) -> None:
     """Input and every parameter gradient of ``sum(model(x) * r)`` against central differences."""
-    y = model.forward(x, training=False)
+    y = model.forward(x, training=False, for_backward=True)
     r = np.random.default_rng(1).standard_normal(y.shape)
     analytic = {"input": model.backward(r.copy())}
     analytic |= {name: grad.copy() for name, _, grad in model.named_parameters()}
@@ -215,7 +215,7 @@ def test_a_sequential_file_still_loads(tmp_path):
 def test_accumulate_adds_the_gradients_of_two_backwards():
     model = residual_graph()
     x = np.random.default_rng(0).standard_normal((2, 3, 8, 8))
-    y = model.forward(x, training=False)
+    y = model.forward(x, training=False, for_backward=True)
     model.backward(np.ones_like(y))
     once = [grad.copy() for _, grad in model.parameters()]
     model.backward(np.ones_like(y), accumulate=True)

@@ -30,6 +30,7 @@ import numpy as np
 
 from purenn.checks import check_int
 from purenn.kernels.ops import softmax
+from purenn.kernels.workspace import Workspace
 from purenn.nn.layers import Conv2D, ReLU
 from purenn.nn.sequential import Sequential
 
@@ -71,12 +72,14 @@ def isolated(model: Sequential) -> Iterator[None]:
     layers with ``training=False``).
     """
     saved = [dict(vars(layer)) for layer in model.layers]
+    backward_ready = model._backward_ready
     for layer in model.layers:
         layer.grads = {name: np.zeros(g.shape, g.dtype) for name, g in layer.grads.items()}
-        layer._scratch = {}
+        layer._scratch = Workspace()
     try:
         yield
     finally:
+        model._backward_ready = backward_ready
         for layer, attributes in zip(model.layers, saved, strict=True):
             vars(layer).clear()
             vars(layer).update(attributes)

@@ -96,7 +96,16 @@ def over_samples(n: int, work: Callable[[slice, int], object]) -> None:
             ``range(sample_threads(n))``, to pick a per-thread buffer; must only write its own
             samples' rows and its own slot's buffers.
     """
-    threads = sample_threads(n)
+    over_parts(n, sample_threads(n), work)
+
+
+def over_parts(n: int, threads: int, work: Callable[[slice, int], object]) -> None:
+    """Run ``work(rows, slot)`` over ``threads`` contiguous ranges of ``range(n)``.
+
+    With more than one thread each runs BLAS single-threaded (see :func:`over_samples`); with
+    one, the calling thread runs everything and BLAS keeps its threads.
+    """
+    threads = max(1, min(threads, n))
     if threads == 1:
         work(slice(0, n), 0)
         return

@@ -12,6 +12,7 @@ import json
 
 import numpy as np
 
+from purenn.nn.inference import InferencePlan
 from purenn.nn.layers import Layer
 
 
@@ -20,17 +21,53 @@ class Network:
 
     layers: list[Layer]
     training: bool
+    _plan: InferencePlan | None = None
+    _backward_ready = False
 
     def train(self):
         self.training = True
+        self._plan = None
         return self
 
     def eval(self):
+        """Evaluation mode; the next forward builds the inference plan from the current weights."""
         self.training = False
+        self._plan = None
         return self
 
     def __call__(self, x: np.ndarray, training: bool | None = None) -> np.ndarray:
         return self.forward(x, training)
+
+    def forward(
+        self, x: np.ndarray, training: bool | None = None, for_backward: bool = False
+    ) -> np.ndarray:
+        """The model's output for the batch ``x``.
+
+        Args:
+            x: a batch of the model's input shape.
+            training: defaults to the mode set by ``train()`` / ``eval()``. In training mode
+                the layers run their forward and keep what backward needs. In evaluation mode
+                the fast path runs (``purenn.nn.inference``): BatchNorm folded, ReLU and pooling
+                fused, nothing kept; its plan is cached while the model stays in evaluation mode.
+            for_backward: in evaluation mode, run the layers' own forward instead and keep
+                what ``backward`` needs (gradients of an evaluation-mode model: saliency,
+                gradient checks). Training mode always keeps it.
+        """
+        training = self.training if training is None else training
+        if training or for_backward:
+            if training:
+                self._plan = None  # the parameters are about to change
+            self._backward_ready = True
+            return self._forward_layers(x, training)
+        self._backward_ready = False
+        if self.training:
+            return self._inference_plan().run(x)  # an eval forward in training mode: no cache
+        if self._plan is None:
+            self._plan = self._inference_plan()
+        return self._plan.run(x)
+
+    def _inference_plan(self) -> InferencePlan:
+        return InferencePlan(self.layers, self.node_inputs())
 
     def backward(
         self, grad_out: np.ndarray, input_grad: bool = True, accumulate: bool = False
@@ -52,6 +89,12 @@ class Network:
         Note that the loss is a mean over its micro-batch: to get the gradient of the mean over
         all ``k`` micro-batches of equal size, scale each ``grad_out`` by ``1 / k``.
         """
+        if not self._backward_ready:
+            raise RuntimeError(
+                "backward needs the forward before it to keep its intermediate values: call "
+                "forward(x, training=True), or forward(x, training=False, for_backward=True) "
+                "for an evaluation-mode model (the evaluation-mode fast path keeps none)"
+            )
         held = [grad.copy() for _, grad in self.parameters()] if accumulate else None
         grad_in = self._backward(grad_out, input_grad)
         if held is not None:
@@ -116,11 +159,13 @@ class Network:
                 )
         for key, target in targets.items():
             target[...] = state[key]
+        self._plan = None
 
     def astype(self, dtype):
         """Cast every layer to ``dtype`` (float32 or float64); create optimizers afterwards."""
         for layer in self.layers:
             layer.astype(dtype)
+        self._plan = None
         return self
 
     def rng_states(self) -> str:

@@ -51,9 +51,11 @@ class Sequential(Network):
             self.output_shapes(self.input_shape)
 
     # -- running --------------------------------------------------------------------------
-    def forward(self, x: np.ndarray, training: bool | None = None) -> np.ndarray:
-        """Run every layer; ``training`` defaults to the mode set by ``train()`` / ``eval()``."""
-        training = self.training if training is None else training
+    def node_inputs(self) -> list[list[int]]:
+        """Per layer, the tensor it reads: layer k reads the output of layer k - 1 (0: input)."""
+        return [[k] for k in range(len(self.layers))]
+
+    def _forward_layers(self, x: np.ndarray, training: bool) -> np.ndarray:
         for index in self._order:
             x = self.layers[index].forward(x, training=training)
         return x
@@ -65,6 +67,7 @@ class Sequential(Network):
         commute), so the kept output is that of ``layer`` in that order.
         """
         cut = self._cut(layer)
+        self._backward_ready = True
         for index in self._order[:cut]:
             x = self.layers[index].forward(x, training=False)
         activation = x

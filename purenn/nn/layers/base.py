@@ -18,6 +18,8 @@ import inspect
 
 import numpy as np
 
+from purenn.kernels.workspace import Workspace
+
 
 def check_dtype(dtype) -> np.dtype:
     """The layer dtype, restricted to float32 and float64."""
@@ -45,7 +47,7 @@ class Layer:
         self.params: dict[str, np.ndarray] = {}
         self.grads: dict[str, np.ndarray] = {}
         self.buffers: dict[str, np.ndarray] = {}
-        self._scratch: dict[str, np.ndarray] = {}
+        self._scratch = Workspace()
 
     # -- the protocol -------------------------------------------------------------------------
     def forward(self, x: np.ndarray, training: bool = True) -> np.ndarray:
@@ -53,6 +55,14 @@ class Layer:
 
     def backward(self, grad_out: np.ndarray, input_grad: bool = True) -> np.ndarray | None:
         raise NotImplementedError
+
+    def infer(self, x: np.ndarray) -> np.ndarray:
+        """Inference only: ``forward(x, training=False)``, keeping nothing for a backward.
+
+        The eval-mode fast path (``purenn.nn.inference``) runs it; layers whose forward keeps
+        arrays for their backward override it. Merge layers take a list of tensors.
+        """
+        return self.forward(x, training=False)
 
     #: True for layers whose input is a list of tensors (Add, Concatenate).
     merges = False
@@ -94,11 +104,7 @@ class Layer:
         Only for internal use: an array returned to the caller must be new. Its content on
         return is whatever the last user left there.
         """
-        array = self._scratch.get(name)
-        if array is None or array.shape != tuple(shape) or array.dtype != dtype:
-            array = np.empty(shape, dtype=dtype)
-            self._scratch[name] = array
-        return array
+        return self._scratch.get(name, shape, dtype)
 
     def zero_grad(self) -> None:
         for grad in self.grads.values():

@@ -36,9 +36,15 @@ class Add(Merge):
 
     def forward(self, inputs: list[np.ndarray], training: bool = True) -> np.ndarray:
         self._count = len(inputs)
+        return self.infer(inputs)
+
+    def infer(self, inputs: list[np.ndarray], relu: bool = False) -> np.ndarray:
+        """Inference: the sum, then ReLU in place if asked (a residual block's last two steps)."""
         out = inputs[0] + inputs[1]
         for x in inputs[2:]:
             out += x
+        if relu:
+            np.maximum(out, 0, out=out)
         return out
 
     def backward(self, grad_out: np.ndarray, input_grad: bool = True) -> list[np.ndarray]:

@@ -76,6 +76,28 @@ class _BatchNorm(Layer):
             shape
         )
 
+    def folded(self) -> tuple[np.ndarray, np.ndarray]:
+        """(scale, shift) per channel in float64: evaluation mode computes ``x * scale + shift``.
+
+        ``scale = gamma / sqrt(running_var + eps)``, ``shift = beta - running_mean * scale``; the
+        fast path folds them into a preceding convolution's or dense layer's weight and bias.
+        """
+        scale = self.params["weight"] / np.sqrt(
+            self.buffers["running_var"].astype(np.float64) + self.eps
+        )
+        return scale, self.params["bias"] - self.buffers["running_mean"] * scale
+
+    def infer(self, x: np.ndarray, relu: bool = False) -> np.ndarray:
+        """Inference: ``x * scale + shift`` per channel (see :meth:`folded`), then ReLU if asked."""
+        x = np.asarray(x, dtype=self.dtype)
+        self.check_input(x, self.input_ndim, 1, self.num_features)
+        scale, shift = (v.astype(self.dtype).reshape(self._shape()) for v in self.folded())
+        y = x * scale
+        y += shift
+        if relu:
+            np.maximum(y, 0, out=y)
+        return y
+
     def backward(self, grad_out: np.ndarray, input_grad: bool = True) -> np.ndarray:
         dy = np.asarray(grad_out, dtype=self.dtype)
         axes = (0,) + tuple(range(2, dy.ndim))
