@@ -33,14 +33,14 @@ def _randomise_statistics(model, seed: int = 0) -> None:
             layer.params["bias"][:] = rng.normal(0, 0.3, c)
 
 
-def assert_fast_path_matches(model, x: np.ndarray) -> None:
+def assert_fast_path_matches(model, x: np.ndarray, label: str = "") -> None:
     _randomise_statistics(model)
     reference = model.forward(x, training=False, for_backward=True)
     fast = model.eval()(x)
     scale = max(float(np.abs(reference).max()), 1e-30)
     error = float(np.abs(fast - reference).max()) / scale
     assert fast.shape == reference.shape and fast.dtype == reference.dtype
-    assert error <= TOLERANCE[x.dtype.type], error
+    assert error <= TOLERANCE[x.dtype.type], (label, error)
 
 
 def _stack(layers, shape):
@@ -119,7 +119,7 @@ def test_every_layer_type_and_fused_pattern_matches_the_layers_forward(dtype):
     covered = set()
     for name, model, shape, types in _models(dtype):
         x = np.random.default_rng(1).standard_normal((5, *shape)).astype(dtype)
-        assert_fast_path_matches(model, x)
+        assert_fast_path_matches(model, x, name)
         covered |= types
     assert covered == set(LAYER_TYPES)
 
