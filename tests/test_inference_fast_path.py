@@ -136,10 +136,13 @@ def test_the_presets_are_fused_into_few_steps():
     cnn = build_preset("plantvillage-cnn", num_classes=34, image_size=64, seed=0).eval()
     cnn(np.zeros((1, 3, 64, 64), np.float32))
     # four conv+ReLU+pool steps, Flatten, Dense+ReLU+Dropout, Dense
-    assert [len(step.layers) for step in cnn._plan.steps] == [3, 3, 3, 3, 1, 3, 1]
+    assert [len(step.layers) for step in cnn.inference_plan().steps] == [3, 3, 3, 3, 1, 3, 1]
     resnet = build_preset("plantvillage-resnet", num_classes=34, image_size=64, seed=0).eval()
     resnet(np.zeros((1, 3, 64, 64), np.float32))
-    fused = [[type(resnet.layers[k]).__name__ for k in step.layers] for step in resnet._plan.steps]
+    fused = [
+        [type(resnet.layers[k]).__name__ for k in step.layers]
+        for step in resnet.inference_plan().steps
+    ]
     assert fused[0] == ["Conv2D", "BatchNorm2D", "ReLU"]
     assert fused.count(["Add", "ReLU"]) == 4
     assert ["BatchNorm2D"] not in fused

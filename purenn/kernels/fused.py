@@ -116,6 +116,10 @@ def conv2d(
     rows_needed = 2 * (out_h // 2) if pool else out_h  # an odd last row is pooled away
     k = c * kh * kw
     rows = band_rows(k, out_w, rows_needed, x.itemsize, pool)
+    threads = num_threads()
+    if n * -(-rows_needed // rows) < threads:  # too few bands to keep every core busy
+        rows = max(1, -(-rows_needed // threads))
+        rows += rows % 2 if pool else 0
     bands = -(-rows_needed // rows)
     y_h, y_w = (out_h // 2, out_w // 2) if pool else (out_h, out_w)
     y = np.empty((n, o, y_h, y_w), dtype=x.dtype)
@@ -163,5 +167,5 @@ def conv2d(
                 target = y[i, :, start:stop]
             channel_bias_relu(target, bias, relu)
 
-    over_parts(n * bands, num_threads(), run)
+    over_parts(n * bands, threads, run)
     return y

@@ -60,14 +60,19 @@ class Network:
             self._backward_ready = True
             return self._forward_layers(x, training)
         self._backward_ready = False
-        if self.training:
-            return self._inference_plan().run(x)  # an eval forward in training mode: no cache
-        if self._plan is None:
-            self._plan = self._inference_plan()
-        return self._plan.run(x)
+        return self.inference_plan().run(x)
 
-    def _inference_plan(self) -> InferencePlan:
-        return InferencePlan(self.layers, self.node_inputs())
+    def inference_plan(self) -> InferencePlan:
+        """The fused steps of the evaluation-mode forward, from the current weights.
+
+        Kept until the mode changes or the state is loaded, when the model is in evaluation
+        mode; made anew on every call in training mode (an eval forward during training).
+        """
+        if self.training:
+            return InferencePlan(self.layers, self.node_inputs())
+        if self._plan is None:
+            self._plan = InferencePlan(self.layers, self.node_inputs())
+        return self._plan
 
     def backward(
         self, grad_out: np.ndarray, input_grad: bool = True, accumulate: bool = False
