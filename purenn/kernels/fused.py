@@ -28,13 +28,21 @@ from purenn.kernels.workspace import Workspace
 
 #: Largest column matrix of one band, in bytes: about half an L2 cache.
 BAND_BYTES = 1 << 19
+#: A batch is cut into at least this many bands (when it has the rows): 2 per core of 2 cores.
+MIN_BANDS = 4
 
 
-def band_rows(k: int, out_w: int, out_h: int, itemsize: int, pool: bool) -> int:
-    """Output rows per band: col (k, rows * out_w) stays under BAND_BYTES; even rows if pooled."""
+def band_rows(k: int, out_w: int, out_h: int, n: int, itemsize: int, pool: bool) -> int:
+    """Output rows per band: col (k, rows * out_w) stays under BAND_BYTES; even rows if pooled.
+
+    A batch of fewer than MIN_BANDS bands is cut finer, so one image keeps the cores busy. The
+    bands never depend on the thread count: neither do the results, bit for bit.
+    """
     rows = max(1, BAND_BYTES // (k * out_w * itemsize))
+    per_sample = -(-MIN_BANDS // n)
+    rows = min(rows, -(-out_h // per_sample))
     if pool:
-        rows = max(2, rows - rows % 2)
+        rows = max(2, rows + rows % 2)
     return min(rows, out_h)
 
 
@@ -115,11 +123,7 @@ def conv2d(
     out_w = output_size(w, kw, stride[1], left + right)
     rows_needed = 2 * (out_h // 2) if pool else out_h  # an odd last row is pooled away
     k = c * kh * kw
-    rows = band_rows(k, out_w, rows_needed, x.itemsize, pool)
-    threads = num_threads()
-    if n * -(-rows_needed // rows) < threads:  # too few bands to keep every core busy
-        rows = max(1, -(-rows_needed // threads))
-        rows += rows % 2 if pool else 0
+    rows = band_rows(k, out_w, rows_needed, n, x.itemsize, pool)
     bands = -(-rows_needed // rows)
     y_h, y_w = (out_h // 2, out_w // 2) if pool else (out_h, out_w)
     y = np.empty((n, o, y_h, y_w), dtype=x.dtype)
@@ -167,5 +171,5 @@ def conv2d(
                 target = y[i, :, start:stop]
             channel_bias_relu(target, bias, relu)
 
-    over_parts(n * bands, threads, run)
+    over_parts(n * bands, num_threads(), run)
     return y
