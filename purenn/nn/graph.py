@@ -141,10 +141,6 @@ class Model(Network):
         self.training = True
 
     # -- running --------------------------------------------------------------------------
-    def node_inputs(self) -> list[list[int]]:
-        """Per layer, the tensor indices it reads (0: the input, k + 1: the output of layer k)."""
-        return self.inputs
-
     def _forward_layers(self, x: np.ndarray, training: bool) -> np.ndarray:
         """Run the nodes in topological order."""
         return self._forward(x, training)[1]

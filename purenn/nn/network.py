@@ -21,6 +21,7 @@ class Network:
 
     layers: list[Layer]
     training: bool
+    inputs: list[list[int]]
     _plan: InferencePlan | None = None
     _backward_ready = False
 
@@ -69,9 +70,9 @@ class Network:
         mode; made anew on every call in training mode (an eval forward during training).
         """
         if self.training:
-            return InferencePlan(self.layers, self.node_inputs())
+            return InferencePlan(self.layers, self.inputs)
         if self._plan is None:
-            self._plan = InferencePlan(self.layers, self.node_inputs())
+            self._plan = InferencePlan(self.layers, self.inputs)
         return self._plan
 
     def backward(

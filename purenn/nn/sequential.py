@@ -51,10 +51,6 @@ class Sequential(Network):
             self.output_shapes(self.input_shape)
 
     # -- running --------------------------------------------------------------------------
-    def node_inputs(self) -> list[list[int]]:
-        """Per layer, the tensor it reads: layer k reads the output of layer k - 1 (0: input)."""
-        return [[k] for k in range(len(self.layers))]
-
     def _forward_layers(self, x: np.ndarray, training: bool) -> np.ndarray:
         for index in self._order:
             x = self.layers[index].forward(x, training=training)
@@ -112,6 +108,12 @@ class Sequential(Network):
                     shape = self.output_shapes(self.input_shape)[first - 1]
             return Sequential(self.layers[index], input_shape=shape)
         return self.layers[index]
+
+    @property
+    def inputs(self) -> list[list[int]]:
+        """The tensor each layer reads, in a graph Model's numbering: 0 is the input, ``i + 1``
+        the output of layer ``i`` (so layer ``i`` reads ``[i]``)."""
+        return [[index] for index in range(len(self.layers))]
 
     def with_layers(self, layers: list[Layer]) -> Sequential:
         """A Sequential of ``layers`` with this one's input shape (e.g. with a new head)."""
