@@ -20,7 +20,7 @@ kept for a backward pass.
 from __future__ import annotations
 
 import numpy as np
-from numpy.lib.stride_tricks import sliding_window_view
+from numpy.lib.stride_tricks import as_strided
 
 from purenn.kernels.ops import output_size
 from purenn.kernels.parallel import num_threads, over_batch, over_parts
@@ -90,6 +90,21 @@ def finish(y: np.ndarray, bias: np.ndarray | None, relu: bool, pool: bool) -> np
     return out
 
 
+def padded_sample(
+    sample: np.ndarray, pads: tuple[int, int, int, int], workspace: Workspace, name
+) -> np.ndarray:
+    """(C, H, W) -> (C, H + top + bottom, W + left + right) with zero borders, in the workspace."""
+    top, bottom, left, right = pads
+    c, h, w = sample.shape
+    out = workspace.get(name, (c, h + top + bottom, w + left + right), sample.dtype)
+    out[:, :top] = 0
+    out[:, top + h :] = 0
+    out[:, :, :left] = 0
+    out[:, :, left + w :] = 0
+    out[:, top : top + h, left : left + w] = sample
+    return out
+
+
 def conv2d(
     x: np.ndarray,
     weight: np.ndarray,
@@ -138,38 +153,38 @@ def conv2d(
     def run(chunks: slice, slot: int) -> None:
         col_flat = workspace.get(("col", slot), (k * rows * out_w,), x.dtype)
         acc_flat = workspace.get(("acc", slot), (o * rows * out_w,), x.dtype) if pool else None
-        source = windows = None
-        sample = -1
-        for chunk in range(chunks.start, chunks.stop):
-            i, band = divmod(chunk, bands)
-            if i != sample:
-                sample, source = i, x[i]
-                if padded:
-                    source = workspace.get(
-                        ("pad", slot), (c, h + top + bottom, w + left + right), x.dtype
-                    )
-                    source[...] = 0
-                    source[:, top : top + h, left : left + w] = x[i]
-                # (C, Ho, Wo, kh, kw) -> (C, kh, kw, Ho, Wo): im2col's row order, as a view
-                windows = sliding_window_view(source, (kh, kw), axis=(1, 2))
-                windows = windows[:, :: stride[0], :: stride[1]].transpose(0, 3, 4, 1, 2)
-            start = band * rows
-            stop = min(start + rows, rows_needed)
-            p = (stop - start) * out_w
-            col = col_flat[: k * p].reshape(k, p)
-            np.copyto(col.reshape(c, kh, kw, stop - start, out_w), windows[:, :, :, start:stop])
+        row_max = workspace.get(("row_max", slot), (o, rows // 2, out_w), x.dtype)
+        for i in range(chunks.start // bands, (chunks.stop - 1) // bands + 1):
+            first = max(chunks.start - i * bands, 0)
+            last = min(chunks.stop - i * bands, bands)  # this thread's bands of sample i
+            source = padded_sample(x[i], pads, workspace, ("pad", slot)) if padded else x[i]
+            # windows[c, a, b, p, q] = source[c, sh * p + a, sw * q + b]: im2col's rows, a view
+            sc, sy, sx = source.strides
+            windows = as_strided(
+                source,
+                (c, kh, kw, out_h, out_w),
+                (sc, sy, sx, stride[0] * sy, stride[1] * sx),
+                writeable=False,
+            )
+            for band in range(first, last):
+                start, stop = band * rows, min(band * rows + rows, rows_needed)
+                p = (stop - start) * out_w
+                col = col_flat[: k * p].reshape(k, p)
+                np.copyto(col.reshape(c, kh, kw, stop - start, out_w), windows[:, :, :, start:stop])
+                if pool:
+                    acc = acc_flat[: o * p].reshape(o, stop - start, out_w)
+                    np.matmul(matrix, grouped(col), out=grouped(acc.reshape(o, p)))
+                    target = y[i, :, start // 2 : stop // 2]
+                    maxpool2x2(acc, target, row_max[:, : (stop - start) // 2])
+                else:
+                    # straight into the band's (O, P) block of y (row stride Ho * Wo: BLAS takes it)
+                    block = y[i].reshape(o, -1)[:, start * out_w : stop * out_w]
+                    np.matmul(matrix, grouped(col), out=grouped(block))
+            # bias and ReLU once over the rows of sample i this thread wrote, still in cache
+            low, high = first * rows, min(last * rows, rows_needed)
             if pool:
-                acc = acc_flat[: o * p].reshape(o, p)
-                np.matmul(matrix, grouped(col), out=grouped(acc))
-                target = y[i, :, start // 2 : stop // 2]
-                row_max = workspace.get(("row_max", slot), (o, rows // 2, out_w), x.dtype)
-                maxpool2x2(acc.reshape(o, -1, out_w), target, row_max[:, : (stop - start) // 2])
-            else:
-                # straight into the band's (O, P) block of y (row stride Ho * Wo: BLAS takes it)
-                block = y[i].reshape(o, -1)[:, start * out_w : stop * out_w]
-                np.matmul(matrix, grouped(col), out=grouped(block))
-                target = y[i, :, start:stop]
-            channel_bias_relu(target, bias, relu)
+                low, high = low // 2, high // 2
+            channel_bias_relu(y[i, :, low:high], bias, relu)
 
     over_parts(n * bands, num_threads(), run)
     return y
