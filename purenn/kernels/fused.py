@@ -26,14 +26,15 @@ from purenn.kernels.ops import output_size
 from purenn.kernels.parallel import num_threads, over_batch, over_parts
 from purenn.kernels.workspace import Workspace
 
-#: Largest column matrix of one band, in bytes: about half an L2 cache.
+#: Largest column matrix plus GEMM output of one band, in bytes: about half an L2 cache.
 BAND_BYTES = 1 << 19
 #: A batch is cut into at least this many bands (when it has the rows): 2 per core of 2 cores.
 MIN_BANDS = 4
 
 
 def band_rows(k: int, out_w: int, out_h: int, n: int, itemsize: int, pool: bool) -> int:
-    """Output rows per band: col (k, rows * out_w) stays under BAND_BYTES; even rows if pooled.
+    """Output rows per band: col and the GEMM's output, (k, rows * out_w) together, stay under
+    BAND_BYTES (k: im2col rows plus output channels); even rows if pooled.
 
     A batch of fewer than MIN_BANDS bands is cut finer, so one image keeps the cores busy. The
     bands never depend on the thread count: neither do the results, bit for bit.
@@ -138,7 +139,7 @@ def conv2d(
     out_w = output_size(w, kw, stride[1], left + right)
     rows_needed = 2 * (out_h // 2) if pool else out_h  # an odd last row is pooled away
     k = c * kh * kw
-    rows = band_rows(k, out_w, rows_needed, n, x.itemsize, pool)
+    rows = band_rows(k + o, out_w, rows_needed, n, x.itemsize, pool)
     bands = -(-rows_needed // rows)
     y_h, y_w = (out_h // 2, out_w // 2) if pool else (out_h, out_w)
     y = np.empty((n, o, y_h, y_w), dtype=x.dtype)
