@@ -3,7 +3,8 @@
 Both keep their layers in ``self.layers`` in execution order and name each parameter and buffer
 ``"<index>.<name>"`` (``"0.weight"``, ``"3.running_mean"``), so state dicts, checkpoints,
 safetensors and optimizers treat either kind the same way. Subclasses add ``forward``,
-``backward``, ``get_config`` / ``from_config``, ``output_shapes`` and ``summary``.
+``backward``, ``get_config`` / ``from_config``, ``output_shapes``, ``summary`` and ``inputs``
+(the tensors each layer reads: 0 the input, ``i + 1`` the output of layer ``i``).
 """
 
 from __future__ import annotations

@@ -110,6 +110,12 @@ class Sequential(Network):
             return Sequential(self.layers[index], input_shape=shape)
         return self.layers[index]
 
+    @property
+    def inputs(self) -> list[list[int]]:
+        """The tensor each layer reads, in a graph Model's numbering: 0 is the input, ``i + 1``
+        the output of layer ``i`` (so layer ``i`` reads ``[i]``)."""
+        return [[index] for index in range(len(self.layers))]
+
     def with_layers(self, layers: list[Layer]) -> Sequential:
         """A Sequential of ``layers`` with this one's input shape (e.g. with a new head)."""
         return Sequential(layers, input_shape=self.input_shape)
