@@ -164,22 +164,6 @@ def _num_classes(model: Network) -> int | None:
     return model.output_shapes(model.input_shape)[-1][-1]
 
 
-def dominating(model: Network) -> list[bool]:
-    """Per layer: whether every path from the input to the output passes through its output.
-
-    With tensors numbered as in ``model.inputs`` (0 the input, ``k + 1`` the output of layer
-    ``k``, layers in topological order), the output of layer ``k`` is avoided by some path
-    exactly when a later layer reads a tensor computed before it (an edge that jumps over it).
-    Every layer of a Sequential dominates.
-    """
-    result = [False] * len(model.layers)
-    earliest = len(model.layers) + 1  # the lowest tensor any layer after k reads
-    for k in range(len(model.layers) - 1, -1, -1):
-        result[k] = earliest >= k + 1
-        earliest = min(earliest, *model.inputs[k])
-    return result
-
-
 def conv_layer(model: Network, layer: int | None = None) -> int:
     """The index of the layer Grad-CAM reads: ``layer`` (checked), else the default.
 
@@ -195,7 +179,7 @@ def conv_layer(model: Network, layer: int | None = None) -> int:
         convs = [i for i, item in enumerate(model.layers) if isinstance(item, Conv2D)]
         if not convs:
             raise ExplainError("Grad-CAM needs a model with a Conv2D layer; use saliency instead")
-        passed = dominating(model)
+        passed = model.dominating()
         if passed[convs[-1]]:
             return convs[-1]
         shapes = model.output_shapes(model.input_shape)

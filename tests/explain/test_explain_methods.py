@@ -12,7 +12,6 @@ from purenn.explain import ExplainError, explain, grad_cam, saliency
 from purenn.explain.methods import (
     bilinear_matrix,
     conv_layer,
-    dominating,
     grad_cam_maps,
     score_gradient,
     upsample,
@@ -131,7 +130,7 @@ def test_grad_cam_on_the_resnet_reads_the_last_map_every_path_passes_through():
     from torch_twin import resnet_twin  # benchmarks/torch_twin.py
 
     model = build_preset("plantvillage-resnet", num_classes=5, image_size=32, dtype=np.float64)
-    passed = dominating(model)
+    passed = model.dominating()
     assert [k for k, p in enumerate(passed) if p] == [0, 1, 2, 8, 9, 17, 18, 26, 27, 35, 36, 37, 38]
     assert type(model.layers[33]).__name__ == "Conv2D" and not passed[33]
     assert conv_layer(model) == 36 and type(model.layers[36]).__name__ == "ReLU"
@@ -159,7 +158,7 @@ def test_a_graph_whose_last_conv_every_path_passes_through_keeps_it():
     h = pn.Add()([pn.Conv2D(3, 4, 3, padding=1, rng=0)(x), pn.Conv2D(3, 4, 1, rng=1)(x)])
     h = pn.ReLU()(pn.Conv2D(4, 4, 3, padding=1, rng=2)(pn.ReLU()(h)))
     model = pn.Model(x, pn.Dense(4, 2, rng=3)(pn.GlobalAvgPool2D()(pn.MaxPool2D(2)(h))))
-    assert dominating(model) == [False, False, True, True, True, True, True, True, True]
+    assert model.dominating() == [False, False, True, True, True, True, True, True, True]
     assert conv_layer(model) == 4
 
 
