@@ -3,7 +3,8 @@
 Both keep their layers in ``self.layers`` in execution order and name each parameter and buffer
 ``"<index>.<name>"`` (``"0.weight"``, ``"3.running_mean"``), so state dicts, checkpoints,
 safetensors and optimizers treat either kind the same way. Subclasses add ``forward``,
-``backward``, ``get_config`` / ``from_config``, ``output_shapes`` and ``summary``.
+``backward``, ``get_config`` / ``from_config``, ``output_shapes``, ``summary`` and ``inputs``
+(the tensors each layer reads: 0 the input, ``i + 1`` the output of layer ``i``).
 """
 
 from __future__ import annotations
@@ -107,6 +108,22 @@ class Network:
             for (_, grad), before in zip(self.parameters(), held, strict=True):
                 grad += before
         return grad_in
+
+    def dominating(self) -> list[bool]:
+        """Per layer: whether every path from the input to the output passes through its output.
+
+        With tensors numbered as in ``self.inputs`` (0 the input, ``k + 1`` the output of layer
+        ``k``, layers in topological order), the output of layer ``k`` is avoided by some path
+        exactly when a later layer reads a tensor computed before it (an edge that jumps over
+        it). Every layer of a Sequential dominates; in a ResNet, the Adds and what lies between
+        blocks do, the layers of a block's two branches do not.
+        """
+        result = [False] * len(self.layers)
+        earliest = len(self.layers) + 1  # the lowest tensor any layer after k reads
+        for k in range(len(self.layers) - 1, -1, -1):
+            result[k] = earliest >= k + 1
+            earliest = min(earliest, *self.inputs[k])
+        return result
 
     # -- parameters and state -------------------------------------------------------------
     def named_parameters(self) -> list[tuple[str, np.ndarray, np.ndarray]]:

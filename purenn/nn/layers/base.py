@@ -5,7 +5,9 @@
 - ``dx = layer.backward(dy)`` returns the gradient with respect to the last forward's input and
   *overwrites* the parameter gradients in ``layer.grads`` (in place: the arrays live as long as
   the layer, so optimizers can hold them). ``backward(dy, input_grad=False)`` may skip the input
-  gradient and return None (a model's first layer: nobody needs dL/d(image)).
+  gradient and return None (a model's first layer: nobody needs dL/d(image)). ``dy`` is read
+  only: a layer never writes into it (the array it returns may be ``dy`` itself or a view of it,
+  as Flatten's and Add's are).
 - ``layer.params`` / ``layer.grads``: dicts from PyTorch's parameter names to arrays of PyTorch's
   shapes; ``layer.buffers``: non-trained state (BatchNorm's running statistics).
 - ``get_config()`` returns the constructor arguments (JSON-able), so a layer can be rebuilt
