@@ -38,7 +38,7 @@ def test_threads_do_not_change_a_single_bit(algorithm, monkeypatch):
     from purenn.kernels import winograd as conv_winograd
 
     monkeypatch.setattr(conv_winograd, "CHUNK_BYTES", 1)  # Winograd: one sample per chunk
-    monkeypatch.setattr(normalization, "BLOCK_BYTES", 1)  # BatchNorm: one sample per block
+    monkeypatch.setattr(normalization, "BLOCK_BYTES", 70_000)  # BatchNorm: blocks of 2 samples
     rng = np.random.default_rng(0)
     x = rng.standard_normal((7, 4, 33, 30)).astype(np.float32)  # odd sizes
     dy = rng.standard_normal((7, 5)).astype(np.float32)
