@@ -46,6 +46,7 @@ from purenn.training.config import (
 )
 from purenn.training.evaluation import write_report
 from purenn.training.metrics import classification_report, format_report
+from purenn.training.outliers import OutlierExposure, check_outlier_folder, outlier_exposure
 from purenn.training.pipeline import TrainingData, load_training_data
 from purenn.training.plots import plot_curves, plot_reliability
 from purenn.training.progress import Progress, plural
@@ -115,6 +116,8 @@ def train(
         config.init_from = str(Path(config.init_from).expanduser().resolve())
     scan, start = _prepare(config, model)
     config.data_dir = str(scan.root)
+    if config.outliers is not None:
+        config.outliers = str(check_outlier_folder(config.outliers, scan.root).root)
     if config.out is None:
         config.out = f"runs/{start.name or 'custom'}-{time.strftime('%Y%m%d-%H%M%S')}"
     comm = world()
@@ -351,7 +354,8 @@ def _fit(
         backgrounds=config.augment_backgrounds,
     )
     schedule = make_schedule(config, optimizer, len(train_loader))
-    metadata = _model_metadata(config, data, start.name)
+    outliers = _outlier_exposure(config, data, progress) if config.outliers else None
+    metadata = _model_metadata(config, data, start.name, outliers)
     early_stopping = EarlyStopping(config.patience)
 
     def save() -> None:
@@ -390,9 +394,15 @@ def _fit(
         end_epoch,
         progress,
         comm,
+        outliers,
     )
     for line in _describe(config, data, start, len(train_loader)):
         progress.info(line)
+    if outliers is not None:
+        progress.info(
+            f"outlier exposure: {outliers.images} photos of {outliers.root}, "
+            f"{outliers.loader.batch_size} per step, weight {config.outlier_weight:g}"
+        )
     if checkpoint is not None:
         _restore(checkpoint, trainer, cache)
         if writes:
@@ -421,9 +431,35 @@ def _fit(
     return _finish(config, run, data, trainer, metadata, progress, started)
 
 
-def _model_metadata(config: TrainConfig, data: TrainingData, name: str | None) -> dict:
+def _outlier_exposure(config: TrainConfig, data: TrainingData, progress: Progress):
+    """The run's outlier batches (``--outliers``), cached and normalised as its training images."""
+    if world().size > 1:
+        raise ConfigError("outliers: outlier exposure runs in one process, not under mpiexec")
+    return outlier_exposure(
+        check_outlier_folder(config.outliers, data.cache.root),
+        config.image_size,
+        data.mean,
+        data.std,
+        config.outlier_batch_size,
+        config.outlier_weight,
+        config.seed,
+        config.augment_factor,
+        config.augment,
+        config.cache_dir,
+        _rank_threads(config),
+        progress.bars,
+    )
+
+
+def _model_metadata(
+    config: TrainConfig, data: TrainingData, name: str | None, outliers: OutlierExposure | None
+) -> dict:
     """What a model file of this run holds besides its weights (see docs/CLI.md)."""
     cache = data.cache
+    exposure = None
+    if outliers is not None:
+        exposure = {"folder": str(outliers.root), "images": outliers.images}
+        exposure |= {"weight": config.outlier_weight, "batch_size": outliers.loader.batch_size}
     return {
         "class_names": cache.class_names,
         "image_size": config.image_size,
@@ -438,6 +474,7 @@ def _model_metadata(config: TrainConfig, data: TrainingData, name: str | None) -
             "seed": config.split_seed,
             "presplit": cache.subset is not None,
         },
+        "outlier_exposure": exposure,
         "purenn_version": purenn.__version__,
     }
 
