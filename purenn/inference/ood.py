@@ -73,6 +73,11 @@ def energy_score(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
     return -t * _logsumexp(_logits(logits) / t)
 
 
+def ends_in_dense(model: Network) -> bool:
+    """Whether the model's last layer is a Dense (whose input are the penultimate features)."""
+    return bool(model.layers) and type(model.layers[-1]) is Dense
+
+
 def feature_layer(model: Network) -> int | None:
     """The layer whose output is the input of the model's final Dense (None: the model input).
 
@@ -83,7 +88,7 @@ def feature_layer(model: Network) -> int | None:
     Raises:
         ValueError: the model does not end in a Dense layer.
     """
-    if not model.layers or type(model.layers[-1]) is not Dense:
+    if not ends_in_dense(model):
         last = type(model.layers[-1]).__name__ if model.layers else "nothing"
         raise ValueError(f"model must end in a Dense layer; received: a model ending in {last}")
     if isinstance(model, Model):
