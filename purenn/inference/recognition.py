@@ -196,6 +196,11 @@ class Answers:
     ood_scores: np.ndarray | None
     recognized: np.ndarray
 
+    def verdict(self, i: int) -> dict:
+        """``{"recognized": bool, "ood_score": float | None}`` of image ``i`` (JSON-able)."""
+        score = None if self.ood_scores is None else float(self.ood_scores[i])
+        return {"recognized": bool(self.recognized[i]), "ood_score": score}
+
 
 def answer(model: Network, images: np.ndarray, meta: dict, ood_test: OODTest | None) -> Answers:
     """Calibrated probabilities and the OOD verdict of a batch, from one forward pass.

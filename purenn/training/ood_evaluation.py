@@ -18,7 +18,7 @@ import numpy as np
 from purenn.data import DataLoader, scan_outlier_folder
 from purenn.inference.ood import auroc, fpr_at_tpr
 from purenn.inference.prediction import INFERENCE_KEYS
-from purenn.inference.recognition import read_ood_test
+from purenn.inference.recognition import OODTest, read_ood_test
 from purenn.io import ModelFileError, load_model, model_file
 from purenn.training.evaluation import predict_features, score_folder
 from purenn.training.metrics import recognition_summary
@@ -37,6 +37,17 @@ def _separation(in_scores: np.ndarray, out_scores: np.ndarray, threshold: float)
         "fpr_at_95": fpr_at_tpr(in_scores, out_scores, TPR),
         "rejected": float(np.mean(out_scores > threshold)),
     }
+
+
+def require_ood_test(path: Path, meta: dict) -> OODTest:
+    """The OOD test of a loaded model file; ModelFileError saying how to fit one if it has none."""
+    test = read_ood_test(path, meta)
+    if test is None:
+        raise ModelFileError(
+            f"{path} has no OOD test (written before purenn fitted one): fit it with "
+            f"purenn calibrate {path} DATA_DIR (the folder it was trained on)"
+        )
+    return test
 
 
 def evaluate_ood(
@@ -70,12 +81,7 @@ def evaluate_ood(
     """
     path = model_file(model_path)
     model, meta = load_model(path, require=INFERENCE_KEYS)
-    test = read_ood_test(path, meta)
-    if test is None:
-        raise ModelFileError(
-            f"{path} has no OOD test (written before purenn fitted one): fit it with "
-            f"purenn calibrate {path} DATA_DIR (the folder it was trained on)"
-        )
+    test = require_ood_test(path, meta)
     scan = scan_outlier_folder(ood_dir)
     scored = score_folder(
         model, meta, data_dir, split, batch_size, cache_dir, workers, progress,
