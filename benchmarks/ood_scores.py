@@ -14,7 +14,7 @@ and prints, per score and OOD folder: the AUROC (test leaves against the folder)
 TPR (the share of the folder accepted at the threshold keeping 95% of the test leaves), and the
 share rejected at the validation threshold; then the share of test leaves accepted at that
 threshold and their accuracy; then each score's cost per image relative to the forward pass
-(medians over interleaved rounds of one batch, ``--threads`` threads).
+(medians over interleaved rounds, batches of 1 and 64 test images, ``--threads`` threads).
 
     nice -n 5 python benchmarks/ood_scores.py /work/runs/pv34-cnn/best.npz \\
         --ood /work/runs/ood-split/train /work/runs/ood-split/eval
@@ -23,19 +23,14 @@ threshold and their accuracy; then each score's cost per image relative to the f
 from __future__ import annotations
 
 import argparse
-import platform
-import subprocess
-import sys
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+from timing import alternating_medians, lscpu_model_line, machine_header
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from timing import alternating_medians, machine_header  # noqa: E402
-
-from purenn.data import DataLoader, normalize_batch, scan_image_folder  # noqa: E402
-from purenn.inference.ood import (  # noqa: E402
+from purenn.data import DataLoader, normalize_batch, scan_image_folder, scan_outlier_folder
+from purenn.inference.ood import (
     Mahalanobis,
     NearestNeighbours,
     acceptance_threshold,
@@ -46,10 +41,11 @@ from purenn.inference.ood import (  # noqa: E402
     max_logit_score,
     max_softmax_score,
 )
-from purenn.inference.probabilities import model_temperature  # noqa: E402
-from purenn.io import load_model, model_file  # noqa: E402
-from purenn.kernels.runtime import limit_threads  # noqa: E402
-from purenn.training.pipeline import open_cache, split_indices  # noqa: E402
+from purenn.inference.probabilities import model_temperature
+from purenn.io import load_model, model_file
+from purenn.kernels.runtime import limit_threads
+from purenn.training.evaluation import predict_features
+from purenn.training.pipeline import open_cache, split_indices
 
 KEEP = 0.95
 NEIGHBOURS = (1, 5, 10, 20, 50, 100)
@@ -60,8 +56,7 @@ Score = Callable[[np.ndarray, np.ndarray], np.ndarray]  # (features, logits) -> 
 def extract(model, cache, indices, labels, meta, batch_size: int):
     """``(features, logits, labels)`` of ``cache.images[indices]``, one tapped forward each."""
     loader = DataLoader(cache.images, labels, indices, batch_size, meta["mean"], meta["std"])
-    parts = [(*features_and_logits(model, x), y) for x, y in loader]
-    return tuple(np.concatenate(column) for column in zip(*parts, strict=True))
+    return predict_features(model, loader)
 
 
 def make_scores(train_features, train_labels, temperature: float) -> dict[str, Score]:
@@ -80,14 +75,6 @@ def make_scores(train_features, train_labels, temperature: float) -> dict[str, S
     return scores
 
 
-def cpu_model() -> str:
-    try:
-        lines = subprocess.run(["lscpu"], capture_output=True, text=True).stdout.splitlines()
-        return next(line for line in lines if line.startswith("Model name")).strip()
-    except (OSError, StopIteration):
-        return f"Model name: {platform.processor() or 'unknown'}"
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("model", help="a model file written by purenn train (or its run folder)")
@@ -97,6 +84,9 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--threads", type=int, default=1, help="threads for the timing")
     parser.add_argument("--rounds", type=int, default=15, help="timing rounds")
+    parser.add_argument(
+        "--cost-batches", type=int, nargs="+", default=[1, 64], help="batch sizes timed"
+    )
     parser.add_argument("--cache-dir", help="decoded-image cache (default ~/.cache/purenn)")
     args = parser.parse_args()
 
@@ -105,7 +95,7 @@ def main() -> None:
     temperature = model_temperature(meta)
     size = meta["image_size"]
     print(machine_header())
-    print(f"# {cpu_model()}")
+    print(f"# {lscpu_model_line()}")
     print(f"# model {path} (epoch {meta.get('epoch')}, temperature {temperature:.4g})")
 
     scan = scan_image_folder(meta["data_dir"])
@@ -123,7 +113,7 @@ def main() -> None:
     )
     ood: dict[str, tuple] = {}
     for folder in args.ood:
-        groups = scan_image_folder(folder)
+        groups = scan_outlier_folder(folder)
         ood_cache = open_cache(groups, size, args.cache_dir, workers=None, progress=False)
         features, logits, group = extract(
             model, ood_cache, np.arange(len(ood_cache)), ood_cache.labels, meta, args.batch_size
@@ -155,24 +145,25 @@ def main() -> None:
             ]
         print("| " + " | ".join(row) + " |")
 
-    # Cost: one batch of test images, the forward (features and logits) against each score.
-    x = normalize_batch(
-        cache.images[splits["test"][: args.batch_size]], meta["mean"], meta["std"]
-    ).astype(np.float32)
-    f, z = features_and_logits(model, x)
-    calls = {"forward": lambda: model.forward(x, training=False)}
-    calls |= {name: (lambda score=score: score(f, z)) for name, score in scores.items()}
-    with limit_threads(args.threads):
-        seconds = alternating_medians(calls, repeats=args.rounds, warmup=2)
-    base = seconds["forward"]
-    print(
-        f"\n# cost per image, batch {len(x)}, {args.threads} thread(s), medians of "
-        f"{args.rounds} interleaved rounds (a shared machine: indications)"
-    )
-    print("| | ms per image | share of the forward |")
-    print("|---|---:|---:|")
-    for name, t in seconds.items():
-        print(f"| {name} | {1e3 * t / len(x):.3f} | {100 * t / base:.2f}% |")
+    # Cost: a batch of test images, the forward against each score of its features/logits.
+    for size in args.cost_batches:
+        x = normalize_batch(cache.images[splits["test"][:size]], meta["mean"], meta["std"])
+        f, z = features_and_logits(model, x)
+        calls = {"forward": lambda x=x: model.forward(x, training=False)}
+        calls |= {
+            name: (lambda score=score, f=f, z=z: score(f, z)) for name, score in scores.items()
+        }
+        with limit_threads(args.threads):
+            seconds = alternating_medians(calls, repeats=args.rounds, warmup=2)
+        base = seconds["forward"]
+        print(
+            f"\n# cost per image, batch {len(x)}, {args.threads} thread(s), medians of "
+            f"{args.rounds} interleaved rounds (a shared machine: indications)"
+        )
+        print("| | ms per image | share of the forward |")
+        print("|---|---:|---:|")
+        for name, t in seconds.items():
+            print(f"| {name} | {1e3 * t / len(x):.3f} | {100 * t / base:.2f}% |")
 
 
 if __name__ == "__main__":

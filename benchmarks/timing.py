@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import platform
 import statistics
+import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -61,6 +62,15 @@ def cpu_model_and_flags() -> tuple[str, set[str]]:
     if "cpu family" in fields:  # virtual machines often hide the generation in the name
         model += f" (family {fields['cpu family']}, model {fields.get('model', '?')})"
     return model, set(fields.get("flags", "").split())
+
+
+def lscpu_model_line() -> str:
+    """lscpu's ``Model name:`` line (the CPU model line the benchmarks print)."""
+    try:
+        lines = subprocess.run(["lscpu"], capture_output=True, text=True).stdout.splitlines()
+        return next(line for line in lines if line.startswith("Model name")).strip()
+    except (OSError, StopIteration):
+        return f"Model name: {platform.processor() or 'unknown'}"
 
 
 def simd_level(flags: set[str]) -> str:

@@ -72,6 +72,16 @@ def csp_violations(page, console: list[str]) -> list[str]:
     return console + page.evaluate("window.__csp")
 
 
+def open_page(browser, url: str):
+    """``(page, CSP violations)``: the page at phone size, once it has loaded the model."""
+    page = browser.new_page(viewport={"width": 390, "height": 844}, device_scale_factor=2)
+    page.set_default_timeout(TIMEOUT_MS)
+    console = watch_csp(page)
+    page.goto(url + "/")
+    page.wait_for_function("() => document.getElementById('feedback-label').options.length > 0")
+    return page, console
+
+
 def test_diagnose_a_leaf_send_feedback_and_see_the_history(browser, model_file, tmp_path):
     model = Path(os.environ.get("PURENN_SCREENSHOT_MODEL", model_file))
     photos = leaf_photos(1)
@@ -81,11 +91,7 @@ def test_diagnose_a_leaf_send_feedback_and_see_the_history(browser, model_file, 
     server = ServerProcess(model, str(tmp_path / "h.db"))
     try:
         classes = httpx.get(server.url + "/api/model").json()["class_names"]
-        page = browser.new_page(viewport={"width": 390, "height": 844}, device_scale_factor=2)
-        page.set_default_timeout(TIMEOUT_MS)
-        console = watch_csp(page)
-        page.goto(server.url + "/")
-        page.wait_for_function("() => document.getElementById('feedback-label').options.length > 0")
+        page, console = open_page(browser, server.url)
         assert page.is_hidden("#token-form")  # loopback: no token asked
         page.set_input_files("#file", str(photo))
         page.wait_for_selector("#result:not([hidden])")
@@ -164,11 +170,7 @@ def test_a_photo_it_does_not_know_shows_the_crops_it_knows_not_the_bars(browser,
     server = ServerProcess(model, str(tmp_path / "h.db"))
     try:
         classes = httpx.get(server.url + "/api/model").json()["class_names"]
-        page = browser.new_page(viewport={"width": 390, "height": 844}, device_scale_factor=2)
-        page.set_default_timeout(TIMEOUT_MS)
-        console = watch_csp(page)
-        page.goto(server.url + "/")
-        page.wait_for_function("() => document.getElementById('feedback-label').options.length > 0")
+        page, console = open_page(browser, server.url)
         page.set_input_files("#file", str(photo))
         page.wait_for_selector("#result:not([hidden])")
         answer = httpx.get(server.url + "/api/diagnoses").json()["items"][0]
