@@ -41,7 +41,7 @@ from purenn.io import ModelFileError, load_model_arrays
 from purenn.nn.network import Network
 
 OOD_KEY = "ood"
-PREFIX = "ood/"
+OOD_PREFIX = "ood/"
 # The scores a model file can carry; the first two need the penultimate features.
 SCORES = ("knn", "mahalanobis", "energy", "max_softmax")
 FEATURE_SCORES = ("knn", "mahalanobis")
@@ -95,11 +95,11 @@ class OODTest:
         arrays: dict[str, np.ndarray] = {}
         if isinstance(self.statistics, NearestNeighbours):
             entry["k"] = self.statistics.k
-            arrays = {f"{PREFIX}bank": self.statistics.bank}
+            arrays = {f"{OOD_PREFIX}bank": self.statistics.bank}
         elif isinstance(self.statistics, Mahalanobis):
             arrays = {
-                f"{PREFIX}means": self.statistics.means,
-                f"{PREFIX}whitening": self.statistics.whitening,
+                f"{OOD_PREFIX}means": self.statistics.means,
+                f"{OOD_PREFIX}whitening": self.statistics.whitening,
             }
         return entry, arrays
 
@@ -167,12 +167,12 @@ def read_ood_test(path: str | Path, meta: dict) -> OODTest | None:
     try:
         statistics = None
         if entry["score"] == "knn":
-            bank = arrays[f"{PREFIX}bank"]
+            bank = arrays[f"{OOD_PREFIX}bank"]
             statistics = NearestNeighbours(bank.astype(np.float64), int(entry["k"]))
             if bank.ndim != 2 or not 1 <= statistics.k <= len(bank):
                 raise ValueError(f"k {statistics.k} for a bank of shape {bank.shape}")
         elif entry["score"] == "mahalanobis":
-            means, whitening = arrays[f"{PREFIX}means"], arrays[f"{PREFIX}whitening"]
+            means, whitening = arrays[f"{OOD_PREFIX}means"], arrays[f"{OOD_PREFIX}whitening"]
             if means.ndim != 2 or whitening.shape != (means.shape[1], means.shape[1]):
                 raise ValueError(f"means {means.shape} and whitening {whitening.shape}")
             statistics = Mahalanobis(means.astype(np.float64), whitening.astype(np.float64))

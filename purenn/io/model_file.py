@@ -122,24 +122,31 @@ def load_model_arrays(path: str | Path) -> dict[str, np.ndarray]:
 
 
 def update_model_metadata(
-    path: str | Path, changes: dict, arrays: dict[str, np.ndarray] | None = None
+    path: str | Path,
+    changes: dict,
+    arrays: dict[str, np.ndarray] | None = None,
+    prefix: str | None = None,
 ) -> Path:
     """Rewrite a model file atomically with ``changes`` merged into its metadata.
 
     The container (``.safetensors`` or ``.npz``, by the suffix) and the weights stay as they
-    were; so do its other arrays, except that ``arrays`` replace every array that shares a
-    prefix (the name up to its first ``/``) with one of them. The file is replaced only once the
-    new one is written.
+    were; so do its other arrays, except that with ``prefix`` (e.g. ``"ood/"``) every array
+    under it is replaced by ``arrays``. The file is replaced only once the new one is written.
 
     Args:
         path: a model file (not a checkpoint: its optimizer state would be dropped).
         changes: JSON-able metadata entries to set (e.g. ``{"temperature": 1.7}``).
-        arrays: arrays to store (names with a ``/``); an ``.npz`` model file only.
+        arrays: the arrays to store under ``prefix`` (every name starting with it); an
+            ``.npz`` model file only.
+        prefix: the arrays to replace, a name prefix ending in ``/``.
 
     Raises:
         ModelFileError: not a purenn model file, a checkpoint, or ``arrays`` for a
-            ``.safetensors`` file.
+            ``.safetensors`` file. ValueError: ``arrays`` without ``prefix``, or named otherwise.
     """
+    new = check_extra_arrays(arrays or {}, "model file")
+    if new and (prefix is None or not all(name.startswith(prefix) for name in new)):
+        raise ValueError(f"arrays must all be named {prefix!r}...; received: {sorted(new)}")
     model, header = load_model(path)
     if header["format"] != MODEL_FORMAT:
         raise ModelFileError(
@@ -153,7 +160,7 @@ def update_model_metadata(
                 f"{sorted(arrays)} need the .npz model file"
             )
         return save_safetensors(path, model, metadata)
-    new = check_extra_arrays(arrays or {}, "model file")
-    replaced = {name.split("/")[0] for name in new}
-    kept = {k: v for k, v in load_model_arrays(path).items() if k.split("/")[0] not in replaced}
+    kept = load_model_arrays(path)
+    if prefix is not None:
+        kept = {k: v for k, v in kept.items() if not k.startswith(prefix)}
     return save_model(path, model, metadata, arrays={**kept, **new})

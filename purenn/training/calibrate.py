@@ -16,7 +16,7 @@ from purenn.data import DataError, DataLoader, ImageCache, scan_image_folder
 from purenn.inference.calibration import ECE_BINS, calibration_summary, fit_temperature
 from purenn.inference.prediction import INFERENCE_KEYS
 from purenn.inference.probabilities import model_temperature
-from purenn.inference.recognition import DEFAULT_SCORE, OOD_KEY, OODTest, fit_ood_test
+from purenn.inference.recognition import DEFAULT_SCORE, OOD_KEY, OOD_PREFIX, OODTest, fit_ood_test
 from purenn.io import load_model, model_file, update_model_metadata
 from purenn.nn.network import Network
 from purenn.training.evaluation import check_split, predict_features, score_folder
@@ -135,7 +135,7 @@ def calibrate(
         )  # fmt: skip
         ood, arrays = test.to_file()
         changes[OOD_KEY] = ood
-    update_model_metadata(path, changes, arrays)
+    update_model_metadata(path, changes, arrays, prefix=None if ood is None else OOD_PREFIX)
     return {
         "model": str(path.absolute()),
         "data_dir": str(scored.root),

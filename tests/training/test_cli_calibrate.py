@@ -224,3 +224,15 @@ def test_calibrate_refuses_a_checkpoint(cli, legacy_model, close_folder, cache_d
     result = cli("calibrate", checkpoint, close_folder, "--cache-dir", cache_dir)
     assert result.code == 2 and "is a checkpoint, not a model file" in result.err
     assert checkpoint.read_bytes() == saved
+
+
+def test_calibrate_fits_the_ood_score_asked_for(cli, model_copy, close_folder, cache_dir):
+    args = ["calibrate", model_copy, close_folder, "--cache-dir", cache_dir, "--json"]
+    result = json.loads(cli(*args, "--ood-score", "mahalanobis").out)
+    assert result["ood"]["score"] == "mahalanobis"
+    assert sorted(load_model_arrays(model_copy)) == ["ood/means", "ood/whitening"]
+    result = json.loads(cli(*args, "--ood-score", "energy").out)
+    _, meta = load_model(model_copy)
+    assert result["ood"] == meta["ood"] and meta["ood"]["score"] == "energy"
+    assert meta["ood"]["temperature"] == meta["temperature"]
+    assert load_model_arrays(model_copy) == {}  # the Mahalanobis arrays are replaced, not kept
