@@ -79,7 +79,8 @@ def test_dropout_keeps_its_rows_of_the_whole_batch_masks():
 def test_evaluation_blocks_of_every_rank_make_up_the_split():
     images, labels = _images()
     splits = {"train": np.arange(6), "val": np.arange(6, 11), "test": np.array([], dtype=int)}
-    data = TrainingData(SimpleNamespace(images=images, labels=labels), splits, None, None)
+    cache = SimpleNamespace(images=images, labels=labels, class_names=["a", "b", "c"], key="k")
+    data = TrainingData(cache, splits, None, None)
     blocks = [data.loader("val", 2, shard=(r, 3)).indices for r in range(3)]
     np.testing.assert_array_equal(np.concatenate(blocks), splits["val"])
     assert data.loader("test", 2, shard=(1, 3)) is None

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from purenn.inference.tta import MAX_VIEWS, VIEWS, check_views
+
 THREADS_HELP = "BLAS threads and image-decoding processes (default: all cores)"
 
 
@@ -38,6 +40,29 @@ def positive_float(text: str) -> float:
 
 
 positive_float.__name__ = "positive number"
+
+
+def tta_views(text: str) -> int:
+    """``text`` as a number of test-time augmentation views, 1 to 8."""
+    try:
+        return check_views(int(text))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"must be a number of views from 1 to {MAX_VIEWS}, received: {text!r}"
+        ) from None
+
+
+def add_tta(parser: argparse.ArgumentParser) -> None:
+    """``--tta N``: average the calibrated probabilities over N flipped and turned views."""
+    parser.add_argument(
+        "--tta",
+        type=tta_views,
+        default=1,
+        metavar="N",
+        help=f"test-time augmentation: the mean of the calibrated probabilities over the "
+        f"first N of the views {', '.join(VIEWS)} (1: the image alone); costs N forward "
+        "passes per image",
+    )
 
 
 def add_model_argument(parser: argparse.ArgumentParser) -> None:

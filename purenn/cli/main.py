@@ -25,6 +25,7 @@ from purenn.cli.arguments import (
     add_cache_dir,
     add_model_argument,
     add_threads,
+    add_tta,
     positive_int,
 )
 from purenn.cli.cache import add_parser as add_cache_parser
@@ -146,6 +147,12 @@ def _cmd_train(args: argparse.Namespace, progress: Progress) -> int:
         config = _new_run_config(args.config, given)
         result = train(config, args.overwrite, progress)
     line = f"best model (epoch {result.best_epoch}): {result.run_dir / RunDir.BEST}"
+    if result.replay_report is not None:
+        lab = result.replay_report
+        line = (
+            f"original test split of {lab['data_dir']}: {100 * lab['accuracy']:.2f}% "
+            f"({lab['samples']} images); " + line
+        )
     if result.test_report is not None:
         report = result.test_report
         line = (
@@ -208,6 +215,7 @@ def _cmd_evaluate(args: argparse.Namespace, progress: Progress) -> int:
             cache_dir=args.cache_dir,
             workers=args.threads,
             progress=progress.bars,
+            tta=args.tta,
         )
         if args.ood is not None:
             report["ood"] = _evaluate_ood(args, model, out, progress)
@@ -245,7 +253,9 @@ def _evaluate_ood(args: argparse.Namespace, model: Path, out: Path, progress: Pr
 def _cmd_predict(args: argparse.Namespace, progress: Progress) -> int:
     skipped: list[tuple[str, str]] | None = None if args.strict else []
     with limit_threads(args.threads):
-        results = predict(args.model, args.images, args.top_k, args.batch_size, skipped=skipped)
+        results = predict(
+            args.model, args.images, args.top_k, args.batch_size, skipped=skipped, tta=args.tta
+        )
     if skipped:
         listed = "".join(f"\n  {path}: {reason}" for path, reason in skipped)
         print(
@@ -324,6 +334,8 @@ def build_parser() -> argparse.ArgumentParser:
             "purenn train leaves/ --preset plantvillage-cnn --epochs 30 --out runs/cnn",
             "purenn train --resume runs/cnn",
             "purenn train new-photos/ --init-from runs/cnn --epochs 10 --out runs/cnn-tuned",
+            "purenn train corrections/ --init-from runs/cnn --replay leaves/ --replay-fraction 1 "
+            "--epochs 10 --out runs/cnn-field",
         ),
     )
     p.add_argument("data_dir", nargs="?", metavar="DATA_DIR", help="DATA_DIR/<class>/<image>")
@@ -371,6 +383,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_batch_size(p)
     add_cache_dir(p)
+    add_tta(p)
     p.add_argument("--json", action="store_true", help="print the JSON report")
     add_threads(p)
     p.set_defaults(func=_cmd_evaluate)
@@ -386,6 +399,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("images", nargs="+", metavar="IMAGE", help="image files or folders")
     p.add_argument("--top-k", type=positive_int, default=5, metavar="K", help="classes per image")
     add_batch_size(p)
+    add_tta(p)
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.add_argument(
         "--strict", action="store_true", help="fail on an unreadable file instead of skipping it"

@@ -13,7 +13,7 @@ import socket
 import sys
 from pathlib import Path
 
-from purenn.cli.arguments import non_negative_int, positive_float, positive_int
+from purenn.cli.arguments import add_tta, non_negative_int, positive_float, positive_int
 from purenn.serve.tokens import ROLES, add_token, default_tokens_path, read_tokens, revoke_token
 
 DEFAULT_DB = "purenn-serve/history.db"
@@ -121,7 +121,7 @@ def _cmd_serve(args: argparse.Namespace, progress) -> int:
         images = default_images_dir(args.db)
     # Reported before the server starts: a bad model file, a database or image folder that
     # cannot be opened (created here, as the first start would), a port already taken.
-    ServedModel.load(args.model)
+    ServedModel.load(args.model, tta=args.tta)
     open_store(args.db).close()
     if images is not None:
         ImageStore(images)
@@ -138,13 +138,15 @@ def _cmd_serve(args: argparse.Namespace, progress) -> int:
         store_images=images,
         tokens_file=tokens_file,
         rate_limit=rate_limit,
+        tta=args.tta,
     )
     if warning:
         print(f"purenn: {warning}", file=sys.stderr)
     progress.info(
         f"serving {args.model} on http://{args.host}:{args.port}/ (history: {args.db}; "
         f"images: {images or 'not stored'}; tokens: {tokens_file or 'off'}; rate limit: "
-        f"{f'{rate_limit}/min' if rate_limit else 'off'})"
+        f"{f'{rate_limit}/min' if rate_limit else 'off'}; test-time augmentation: "
+        f"{f'{args.tta} views' if args.tta > 1 else 'off'})"
     )
     with limit_threads(args.threads):
         uvicorn.run(
@@ -248,6 +250,7 @@ def add_parser(commands) -> None:
                        "database; none with PostgreSQL)")  # fmt: skip
     store.add_argument("--no-store-images", action="store_true", help="keep no uploads")
     p.add_argument("--threads", type=positive_int, metavar="N", help="BLAS threads")
+    add_tta(p)
     p.add_argument(
         "--tokens",
         metavar="FILE",

@@ -199,9 +199,10 @@ def scan_image_folder(root: str | Path) -> FolderScan:
             top.append(name)
         else:
             ignored_folders.append((name, reason))
-    _check_not_one_level_too_high(root, top)
     presplit = bool(top) and all(d.lower() in SPLIT_NAMES for d in top)
     presplit = presplit and any(SPLIT_NAMES[d.lower()] == "train" for d in top)
+    if not presplit:  # split folders hold class folders by design
+        _check_not_one_level_too_high(root, top)
     # (split name or None, relative class folder, class name)
     if presplit:
         folders = [

@@ -4,7 +4,9 @@ Modules: ``probabilities`` (normalise as training did, forward in eval mode, sof
 logits divided by the model's temperature, top classes), ``calibration`` (fitting that
 temperature; expected calibration error, reliability bins), ``ood`` (out-of-distribution
 scores: maximum softmax, maximum logit, energy, Mahalanobis; AUROC, FPR at 95% TPR; not yet
-used by any command), ``prediction`` (``purenn predict``: files in, ranked classes out).
+used by any command), ``tta`` (test-time augmentation: the views, flips and right-angle turns,
+and the mean of their calibrated probabilities), ``prediction`` (``purenn predict``: files in,
+ranked classes out).
 Predict, explain, serve and export share this floor and never import the fit loop.
 """
 

@@ -11,6 +11,7 @@ from purenn.data import DataError, collect_images
 from purenn.data.decode import try_decode
 from purenn.inference.probabilities import INFERENCE_KEYS, top_classes
 from purenn.inference.recognition import answer, read_ood_test
+from purenn.inference.tta import check_views
 from purenn.io import load_model, model_file
 
 
@@ -20,6 +21,7 @@ def predict(
     top_k: int = 5,
     batch_size: int = 64,
     skipped: list[tuple[str, str]] | None = None,
+    tta: int = 1,
 ) -> list[dict]:
     """Top-k classes of every image.
 
@@ -33,6 +35,9 @@ def predict(
         batch_size: images per forward pass.
         skipped: if a list, unreadable files are appended to it as ``(path, reason)`` and left
             out, and the others are predicted; if None (strict), the first one is an error.
+        tta: test-time augmentation views (1 to 8, see :mod:`purenn.inference.tta`): the
+            mean of the calibrated probabilities over that many flips and turns of each
+            image, at ``tta`` forward passes per batch.
 
     Returns:
         One ``{"file": str, "predictions": [{"class": name, "probability": p}, ...],
@@ -43,9 +48,11 @@ def predict(
 
     Raises:
         ModelFileError: not a purenn model. DataError: missing image, an unreadable one in
-        strict mode, or no readable image at all.
+        strict mode, or no readable image at all. ValueError: a bad ``top_k``, ``batch_size``
+        or ``tta``.
     """
     top_k, batch_size = check_int(top_k, "top_k"), check_int(batch_size, "batch_size")
+    tta = check_views(tta)
     path = model_file(model_path)
     model, meta = load_model(path, require=INFERENCE_KEYS)
     ood_test = read_ood_test(path, meta)
@@ -64,7 +71,7 @@ def predict(
     images = np.stack([image for _, image in decoded])
     results = []
     for start in range(0, len(files), batch_size):
-        answers = answer(model, images[start : start + batch_size], meta, ood_test)
+        answers = answer(model, images[start : start + batch_size], meta, ood_test, tta)
         for i, f in enumerate(files[start : start + batch_size]):
             results.append(
                 {

@@ -11,6 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from purenn.data import normalize_batch
+from purenn.inference.tta import tta_logits
 from purenn.io.header import ModelFileError
 from purenn.kernels.ops import softmax
 from purenn.nn.sequential import Sequential
@@ -42,20 +43,28 @@ def calibrated_probabilities(logits: np.ndarray, meta: dict) -> np.ndarray:
     return softmax(np.asarray(logits, dtype=np.float64) / model_temperature(meta))
 
 
-def class_probabilities(model: Sequential, images: np.ndarray, meta: dict) -> np.ndarray:
-    """Calibrated softmax probabilities of a batch.
+def class_probabilities(
+    model: Sequential, images: np.ndarray, meta: dict, views: int = 1
+) -> np.ndarray:
+    """Calibrated softmax probabilities of a batch, optionally averaged over flipped views.
 
     Args:
         model: a model in eval mode.
         images: uint8 array ``(N, 3, S, S)`` at the model's ``image_size``.
         meta: the model file's metadata (its ``mean`` and ``std`` normalise the images, its
             ``temperature`` divides the logits).
+        views: test-time augmentation: the mean of the calibrated probabilities of the first
+            ``views`` views of :data:`purenn.inference.tta.VIEWS` (1: the image alone; each
+            view is one more forward pass).
 
     Returns:
         float64 array ``(N, K)``, rows summing to 1 (logits upcast before the softmax).
     """
     x = normalize_batch(images, meta["mean"], meta["std"])
-    return calibrated_probabilities(model.forward(x, training=False), meta)
+    logits = tta_logits(
+        lambda batch: model.forward(batch, training=False), x, model_temperature(meta), views
+    )
+    return calibrated_probabilities(logits, meta)
 
 
 def top_classes(probabilities: np.ndarray, class_names: list[str], top_k: int) -> list[dict]:

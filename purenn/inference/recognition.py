@@ -36,7 +36,8 @@ from purenn.inference.ood import (
     features_and_logits,
     max_softmax_score,
 )
-from purenn.inference.probabilities import calibrated_probabilities
+from purenn.inference.probabilities import calibrated_probabilities, model_temperature
+from purenn.inference.tta import tta_logits
 from purenn.io import ModelFileError, load_model_arrays
 from purenn.nn.network import Network
 
@@ -202,21 +203,33 @@ class Answers:
         return {"recognized": bool(self.recognized[i]), "ood_score": score}
 
 
-def answer(model: Network, images: np.ndarray, meta: dict, ood_test: OODTest | None) -> Answers:
-    """Calibrated probabilities and the OOD verdict of a batch, from one forward pass.
+def answer(
+    model: Network, images: np.ndarray, meta: dict, ood_test: OODTest | None, views: int = 1
+) -> Answers:
+    """Calibrated probabilities and the OOD verdict of a batch.
 
     Args:
         model: a model in eval mode.
         images: uint8 ``(N, 3, S, S)`` at the model's ``image_size``.
         meta: the model file's metadata (``mean``, ``std``, ``temperature``).
         ood_test: from :func:`read_ood_test`, or None.
+        views: test-time augmentation (:func:`purenn.inference.tta.tta_logits`): the
+            probabilities average that many views; the OOD score is always the plain image's,
+            as it was fitted. ``views`` forward passes in all.
     """
     x = normalize_batch(images, meta["mean"], meta["std"])
     if ood_test is not None and ood_test.needs_features:
         features, logits = features_and_logits(model, x, batch_size=len(x))
     else:
         features, logits = None, model.forward(x, training=False)
-    probabilities = calibrated_probabilities(logits, meta)
+    averaged = tta_logits(
+        lambda batch: model.forward(batch, training=False),
+        x,
+        model_temperature(meta),
+        views,
+        first=logits,
+    )
+    probabilities = calibrated_probabilities(averaged, meta)
     if ood_test is None:
         return Answers(probabilities, None, np.ones(len(x), dtype=bool))
     scores = ood_test.scores(features, logits)

@@ -74,6 +74,8 @@ class Settings:
             tokens (see :mod:`purenn.serve.access`).
         rate_limit: requests a minute per client address and per token on predict, explain and
             feedback; 0: no limit.
+        tta: test-time augmentation views of every prediction (1: none); each request stays
+            one queue entry and one row of its batch, and the batch runs ``tta`` passes.
     """
 
     model_path: Path
@@ -85,6 +87,7 @@ class Settings:
     max_pixels: int = MAX_UPLOAD_PIXELS
     tokens_file: Path | None = None
     rate_limit: int = 0
+    tta: int = 1
 
 
 class Feedback(BaseModel):
@@ -112,7 +115,7 @@ def create_app(settings: Settings) -> FastAPI:
         # check in decode_image_bytes comes first anyway).
         Image.MAX_IMAGE_PIXELS = settings.max_pixels
         warnings.filterwarnings("error", category=Image.DecompressionBombWarning)
-        served = ServedModel.load(settings.model_path, settings.max_pixels)
+        served = ServedModel.load(settings.model_path, settings.max_pixels, settings.tta)
         images = ImageStore(settings.store_images) if settings.store_images else None
         store = open_store(settings.db)
         batcher = MicroBatcher(

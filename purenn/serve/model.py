@@ -13,6 +13,7 @@ from purenn.data import decode_image_bytes
 from purenn.data.decode import MAX_SIDE, MAX_UPLOAD_PIXELS
 from purenn.inference.probabilities import INFERENCE_KEYS
 from purenn.inference.recognition import OODTest, answer, read_ood_test
+from purenn.inference.tta import check_views
 from purenn.io import load_model, model_file
 from purenn.nn.sequential import Sequential
 
@@ -33,7 +34,9 @@ class ServedModel:
     """A loaded model file: what ``/api/model`` describes and what the batcher runs.
 
     ``model_id`` is the SHA-256 of the model file, so two servers with the same file give the
-    same id and a history row names exactly the weights that produced it.
+    same id and a history row names exactly the weights that produced it. ``tta``: the
+    test-time augmentation views every answer averages (1: none; see
+    :mod:`purenn.inference.tta`).
     """
 
     path: Path
@@ -44,14 +47,20 @@ class ServedModel:
     max_pixels: int = MAX_UPLOAD_PIXELS
     max_side: int = MAX_SIDE
     ood_test: OODTest | None = None
+    tta: int = 1
 
     @classmethod
-    def load(cls, path: str | Path, max_pixels: int = MAX_UPLOAD_PIXELS) -> ServedModel:
+    def load(
+        cls, path: str | Path, max_pixels: int = MAX_UPLOAD_PIXELS, tta: int = 1
+    ) -> ServedModel:
         """Read ``path`` (never with pickle); ModelFileError if it cannot classify images."""
+        tta = check_views(tta)
         path = model_file(path)
         model, meta = load_model(path, require=INFERENCE_KEYS)
         accuracy, ood_test = _test_accuracy(path), read_ood_test(path, meta)
-        return cls(path, model, meta, file_sha256(path), accuracy, max_pixels, ood_test=ood_test)
+        return cls(
+            path, model, meta, file_sha256(path), accuracy, max_pixels, ood_test=ood_test, tta=tta
+        )
 
     @property
     def class_names(self) -> list[str]:
@@ -71,6 +80,7 @@ class ServedModel:
             "parameters": self.model.num_parameters,
             "test_accuracy": self.test_accuracy,
             "ood_test": None if self.ood_test is None else self.ood_test.score,
+            "tta": self.tta,
         }
 
     def prepare(self, data: bytes) -> np.ndarray:
@@ -79,9 +89,9 @@ class ServedModel:
 
     def answer(self, images: np.ndarray) -> list[tuple[np.ndarray, dict]]:
         """uint8 ``(N, 3, S, S)`` -> per image its float64 ``(K,)`` probabilities and
-        ``{"recognized", "ood_score"}`` (one forward pass; see
-        :func:`purenn.inference.recognition.answer`)."""
-        answers = answer(self.model, images, self.meta, self.ood_test)
+        ``{"recognized", "ood_score"}`` (``tta`` forward passes of the batch, one per view, so
+        a request stays one row of one batch; see :func:`purenn.inference.recognition.answer`)."""
+        answers = answer(self.model, images, self.meta, self.ood_test, self.tta)
         return [(answers.probabilities[i], answers.verdict(i)) for i in range(len(images))]
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from purenn.data import DataError, DataLoader, ImageCache, scan_image_folder
+from purenn.data import DataError, DataLoader, scan_image_folder
 from purenn.inference.calibration import ECE_BINS, calibration_summary, fit_temperature
 from purenn.inference.prediction import INFERENCE_KEYS
 from purenn.inference.probabilities import model_temperature
@@ -28,7 +28,8 @@ CALIBRATE_SPLITS = ("auto", "val", "all")
 
 def fit_ood(
     model: Network,
-    cache: ImageCache,
+    images: np.ndarray,
+    labels: np.ndarray,
     splits: dict[str, np.ndarray],
     mean: np.ndarray,
     std: np.ndarray,
@@ -40,8 +41,9 @@ def fit_ood(
 
     Args:
         model: the trained model (run in eval mode).
-        cache: the images it was trained on (labels as the model's classes); ``splits`` their
-            ``"train"`` and ``"val"`` indices, as split in training.
+        images, labels: uint8 (N, 3, S, S) images it was trained on and int64 (N,) labels as
+            the model's classes; ``splits`` their ``"train"`` and ``"val"`` indices, as split in
+            training.
         mean, std: the model's normalisation.
         temperature: its calibration temperature.
         batch_size: images per forward pass.
@@ -52,10 +54,10 @@ def fit_ood(
     """
     for name in ("train", "val"):
         if not len(splits[name]):
-            raise DataError(f"the {name} split of {cache.root} is empty: no OOD test to fit")
+            raise DataError(f"the {name} split is empty: no OOD test to fit")
 
     def features(split: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        loader = DataLoader(cache.images, cache.labels, splits[split], batch_size, mean, std)
+        loader = DataLoader(images, labels, splits[split], batch_size, mean, std)
         return predict_features(model, loader)
 
     train_features, _, train_labels = features("train")
@@ -130,8 +132,8 @@ def calibrate(
         s = meta["split"]
         splits = split_indices(cache, s["val_fraction"], s["test_fraction"], s["seed"])
         test = fit_ood(
-            model, cache, splits, np.array(meta["mean"]), np.array(meta["std"]), temperature,
-            batch_size, ood_score,
+            model, cache.images, cache.labels, splits, np.array(meta["mean"]),
+            np.array(meta["std"]), temperature, batch_size, ood_score,
         )  # fmt: skip
         ood, arrays = test.to_file()
         changes[OOD_KEY] = ood

@@ -46,6 +46,15 @@ class TrainConfig:
     init_from: str | None = _key(
         "start from this model file or run folder (fine-tuning) instead of the preset"
     )
+    replay: str | None = _key(
+        "fine-tuning: mix in a sample of this folder (the model's original training data; its "
+        "training split) so its classes are not forgotten; the run keeps the model's classes"
+    )
+    replay_fraction: float = _key(
+        "replay: replayed images per new training image (a fixed sample of that many times the "
+        "new training split)",
+        default=1.0,
+    )
     image_size: int = _key("images are resized to IMAGE_SIZE x IMAGE_SIZE", default=128)
     epochs: int = _key("maximum number of epochs", default=30)
     batch_size: int = _key("images per training batch", default=32)
@@ -161,6 +170,13 @@ def validate(config: TrainConfig) -> TrainConfig:
     if c.outlier_batch_size is None:
         c.outlier_batch_size = max(1, c.batch_size // 2)
     _require(c.outlier_batch_size >= 1, "outlier_batch_size", ">= 1", c.outlier_batch_size)
+    _require(
+        c.replay is None or c.init_from is not None,
+        "replay",
+        "used with init_from (the model whose training data it replays)",
+        c.replay,
+    )
+    _require(c.replay_fraction > 0, "replay_fraction", "> 0", c.replay_fraction)
     _require(c.lr > 0, "lr", "> 0", c.lr)
     for name in ("momentum", "weight_decay", "clip_norm", "min_lr", "warmup_epochs"):
         _require(getattr(c, name) >= 0, name, ">= 0", getattr(c, name))

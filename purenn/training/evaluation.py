@@ -15,6 +15,7 @@ from purenn.inference.calibration import expected_calibration_error, scaled_logi
 from purenn.inference.ood import features_and_logits
 from purenn.inference.prediction import INFERENCE_KEYS
 from purenn.inference.probabilities import model_temperature
+from purenn.inference.tta import check_views, tta_logits
 from purenn.io import atomic_write, load_model
 from purenn.kernels.ops import softmax
 from purenn.nn.network import Network
@@ -32,17 +33,28 @@ SPLIT_CHOICES = ("auto", "all", *SPLITS)
 
 
 def predict_logits(
-    model: Sequential, batches: Iterable[tuple[np.ndarray, np.ndarray]]
+    model: Sequential,
+    batches: Iterable[tuple[np.ndarray, np.ndarray]],
+    temperature: float = 1.0,
+    views: int = 1,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Run ``model`` in eval mode over ``(x, y)`` batches.
+
+    ``views > 1``: test-time augmentation; each batch's logits are
+    :func:`purenn.inference.tta.tta_logits` at ``temperature`` (their softmax at that
+    temperature is the mean of the views' calibrated probabilities).
 
     Returns:
         ``(logits, labels)``: float (N, K) and int64 (N,), concatenated in batch order.
     """
     model.eval()
     outputs, labels = [], []
+
+    def forward(x: np.ndarray) -> np.ndarray:
+        return model.forward(x, training=False)
+
     for x, y in batches:
-        outputs.append(model.forward(x, training=False))
+        outputs.append(tta_logits(forward, x, temperature, views))
         labels.append(y)
     return np.concatenate(outputs), np.concatenate(labels)
 
@@ -87,6 +99,8 @@ def describe_scored(report: dict) -> str:
     """One line: which images were scored, and how they relate to the model's training."""
     split = "all images" if report["split"] == "all" else f"the {report['split']} split"
     line = f"scored {report['samples']} images ({split}) of {report['data_dir']}"
+    if report.get("tta", 1) > 1:
+        line += f", each the mean of {report['tta']} views"
     overlap = report.get("train_overlap")
     if overlap is None and report.get("trained_on") is None:
         return line + " (the model file does not record the folder it was trained on)"
@@ -100,8 +114,9 @@ class ScoredImages:
     """The logits of the labelled images chosen by :func:`score_folder`.
 
     Attributes:
-        logits: float (N, K) raw model outputs (before any temperature); labels: int64 (N,)
-            indices into the model's classes.
+        logits: float (N, K) raw model outputs (before any temperature), or with test-time
+            augmentation the :func:`purenn.inference.tta.tta_logits` at the model's
+            temperature; labels: int64 (N,) indices into the model's classes.
         split: the split scored (``"auto"`` resolved); root: the data folder, resolved.
         train_overlap: how many scored images are in the model's training split (None when
             ``root`` is not the folder the model was trained on).
@@ -127,6 +142,7 @@ def score_folder(
     progress: bool = True,
     auto: tuple[str, ...] = ("test", "val"),
     features: bool = False,
+    views: int = 1,
 ) -> ScoredImages:
     """Logits of a model on an image folder, or on one split of it as split during training.
 
@@ -138,7 +154,9 @@ def score_folder(
             ``auto`` on the folder the model was trained on, else ``"all"``.
         batch_size, cache_dir, workers, progress: as :func:`evaluate`'s.
         auto: the splits ``"auto"`` prefers, in order.
-        features: also keep the penultimate features (:func:`predict_features`).
+        features: also keep the penultimate features (:func:`predict_features`) of the
+            plain images (the OOD test scores those).
+        views: test-time augmentation views (1: none), see :func:`predict_logits`.
 
     Raises:
         DataError: bad folder, a class unknown to the model, or an empty split.
@@ -194,8 +212,10 @@ def score_folder(
     loader = DataLoader(cache.images, labels, indices, batch_size, meta["mean"], meta["std"])
     if features:
         f, logits, y = predict_features(model, loader)
+        if views > 1:
+            logits, _ = predict_logits(model, loader, model_temperature(meta), views)
         return ScoredImages(logits, y, split, scan.root, overlap, f)
-    logits, y = predict_logits(model, loader)
+    logits, y = predict_logits(model, loader, model_temperature(meta), views)
     return ScoredImages(logits, y, split, scan.root, overlap)
 
 
@@ -214,6 +234,7 @@ def evaluate(
     cache_dir: str | None = None,
     workers: int | None = None,
     progress: bool = True,
+    tta: int = 1,
 ) -> dict:
     """Metrics of a saved model on an image folder.
 
@@ -232,6 +253,9 @@ def evaluate(
         cache_dir: decoded-image cache (default ``~/.cache/purenn``).
         workers: decoding processes.
         progress: show the caching progress bar.
+        tta: test-time augmentation: score the mean of the calibrated probabilities over the
+            first ``tta`` views of :data:`purenn.inference.tta.VIEWS` (1 to 8; ``tta``
+            forward passes per image).
 
     Returns:
         :func:`classification_report` of the calibrated logits (``logits / temperature``: its
@@ -240,17 +264,20 @@ def evaluate(
         ``data_dir``, ``split`` (the split scored), ``trained_on`` (the model's training
         folder, None if not recorded) and ``train_overlap`` (how many scored images are in the
         model's training split; None when ``data_dir`` is not the folder the model was trained
-        on).
+        on), ``tta`` (the views averaged).
 
     Raises:
         ModelFileError: not a purenn model. DataError: bad folder, a class unknown to the model,
-        or an empty split. ValueError: bad ``split``.
+        or an empty split. ValueError: bad ``split`` or ``tta``.
     """
     check_split(split)
+    tta = check_views(tta)
     model, meta = load_model(
         model_path, require=INFERENCE_KEYS + (() if split in ("all", "auto") else ("split",))
     )
-    scored = score_folder(model, meta, data_dir, split, batch_size, cache_dir, workers, progress)
+    scored = score_folder(
+        model, meta, data_dir, split, batch_size, cache_dir, workers, progress, views=tta
+    )
     temperature = model_temperature(meta)
     calibrated = scaled_logits(scored.logits, temperature)
     report = classification_report(calibrated, scored.labels, meta["class_names"])
@@ -263,4 +290,5 @@ def evaluate(
         **report,
         "temperature": temperature,
         "ece": expected_calibration_error(softmax(calibrated), scored.labels),
+        "tta": tta,
     }

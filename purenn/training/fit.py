@@ -21,7 +21,7 @@ import numpy as np
 from threadpoolctl import threadpool_info
 
 import purenn
-from purenn.data import DataError, DataLoader, FolderScan, ImageCache, scan_image_folder
+from purenn.data import DataError, DataLoader, FolderScan, scan_image_folder
 from purenn.distributed import abort_on_error, world
 from purenn.inference.calibration import (
     ECE_BINS,
@@ -54,6 +54,7 @@ from purenn.training.outliers import OutlierExposure, check_outlier_folder, outl
 from purenn.training.pipeline import TrainingData, load_training_data
 from purenn.training.plots import plot_curves, plot_reliability
 from purenn.training.progress import Progress, plural
+from purenn.training.replay import Replay, check_replay_classes, load_replay, mix
 from purenn.training.rundir import RunDir
 from purenn.training.start import Start, initial_model
 from purenn.training.trainer import LoopState, NonFiniteLossError, Trainer, TrainingInterrupted
@@ -75,6 +76,9 @@ class RunResult:
         best_epoch: the (1-based) epoch whose weights were kept.
         stopped_early: early stopping ended the run before the last epoch.
         test_report: metrics on the test split (``classification_report``), None if empty.
+        replay_report: with ``replay``, the metrics on the replayed folder's original test
+            split (``data_dir``, ``split`` and the ``REPLAY_TEST_KEYS`` of a
+            ``classification_report``), None otherwise or if that split is empty.
     """
 
     run_dir: Path
@@ -83,6 +87,7 @@ class RunResult:
     best_epoch: int | None
     stopped_early: bool
     test_report: dict | None
+    replay_report: dict | None = None
 
 
 @abort_on_error
@@ -116,8 +121,9 @@ def train(
     config = validate(dataclasses.replace(config))
     if config.data_dir is None:
         raise ConfigError("data_dir is required (the image folder to train on)")
-    if config.init_from is not None:
-        config.init_from = str(Path(config.init_from).expanduser().resolve())
+    for key in ("init_from", "replay"):
+        if getattr(config, key) is not None:
+            setattr(config, key, str(Path(getattr(config, key)).expanduser().resolve()))
     scan, start = _prepare(config, model)
     config.data_dir = str(scan.root)
     if config.outliers is not None:
@@ -132,7 +138,9 @@ def train(
         config.cache_dir = str(Path(config.cache_dir).expanduser().resolve())
     if comm.is_root:
         if not start.from_preset:
-            meta = {"class_names": scan.class_names, "preset": start.name, "note": start.note}
+            meta = {"class_names": start.class_names, "preset": start.name, "note": start.note}
+            if start.source:
+                meta["source"] = start.source
             save_model(run / RunDir.INIT, start.model, meta)
         run.write_config(config.to_dict())
     return _run(config, run, scan, start, None, _rank_progress(progress), started)
@@ -165,10 +173,10 @@ def resume(
         checkpoint = load_checkpoint(run / RunDir.CHECKPOINT)
     init_file = run / RunDir.INIT
     scan, start = _prepare(config, init_file=init_file if init_file.is_file() else None)
-    if checkpoint is not None and checkpoint[1]["class_names"] != scan.class_names:
+    if checkpoint is not None and checkpoint[1]["class_names"] != start.class_names:
         raise DataError(
             f"the classes under {scan.root} changed since the run started "
-            f"(was {checkpoint[1]['class_names']}, now {scan.class_names})"
+            f"(was {checkpoint[1]['class_names']}, now {start.class_names})"
         )
     return _run(config, run, scan, start, checkpoint, _rank_progress(progress), started)
 
@@ -187,7 +195,10 @@ def _prepare(
 ) -> tuple[FolderScan, Start]:
     """Scan the data folder and build the initial model: the checks that precede any work."""
     scan = scan_image_folder(config.data_dir)
-    return scan, initial_model(config, scan.class_names, model, init_file)
+    start = initial_model(config, scan.class_names, model, init_file)
+    if config.replay is not None:
+        check_replay_classes(config.replay, scan, start.class_names)
+    return scan, start
 
 
 def make_optimizer(config: TrainConfig, model: Sequential) -> Optimizer:
@@ -240,7 +251,9 @@ def _class_list(names: list[str], limit: int = 8) -> str:
     return f"{', '.join(names[: limit - 2])}, ... ({len(names) - limit + 1} more), {names[-1]}"
 
 
-def _describe(config: TrainConfig, data: TrainingData, start: Start, steps: int) -> list:
+def _describe(
+    config: TrainConfig, data: TrainingData, start: Start, steps: int, replay: Replay | None
+) -> list:
     sizes = {name: len(idx) for name, idx in data.splits.items()}
     cache, model = data.cache, start.model
     recipe = f"{config.optimizer} lr {config.lr:g}"
@@ -264,13 +277,23 @@ def _describe(config: TrainConfig, data: TrainingData, start: Start, steps: int)
         + (f" ({config.augment})" if config.augment_factor > 1 else "")
     )
     names = cache.class_names
+    replayed = 0 if replay is None else len(replay.rows)
     lines = [
         f"purenn {purenn.__version__}: run folder {config.out}",
         f"data: {cache.root} ({len(cache)} images, {plural(len(names), 'class')}, "
-        f"{len(cache.skipped)} skipped; train {sizes['train']}, val {sizes['val']}, "
+        f"{len(cache.skipped)} skipped; train {sizes['train'] - replayed}, val {sizes['val']}, "
         f"test {sizes['test']})",
         f"classes: {_class_list(names)}",
     ]
+    if replay is not None:
+        split = replay.split
+        lines.append(
+            f"replay: {replayed} images of {replay.cache.root} ({replay.fraction:g} x the "
+            f"{sizes['train'] - replayed} new training images, from its training split: val "
+            f"{split['val_fraction']:g}, test {split['test_fraction']:g}, seed {split['seed']}); "
+            f"its test split ({len(replay.test)} images) is scored at the end; the model's "
+            f"{len(data.class_names)} classes are kept"
+        )
     if data.ignored_folders:
         ignored = "; ".join(f"{name}/ ({why})" for name, why in data.ignored_folders)
         lines.append(f"not classes (ignored): {ignored}")
@@ -311,8 +334,8 @@ def _run(
     comm = world()
     threads = _rank_threads(config)
 
-    def load() -> TrainingData:
-        return load_training_data(
+    def load() -> tuple[TrainingData, Replay | None]:
+        data = load_training_data(
             scan,
             config.image_size,
             config.val_fraction,
@@ -323,16 +346,22 @@ def _run(
             progress.bars,
             run / RunDir.SKIPPED,
         )
+        if config.replay is None:
+            return data, None
+        replay = load_replay(
+            config, start.class_names, start.source, len(data.splits["train"]), threads,
+            progress.bars,
+        )  # fmt: skip
+        return mix(data, replay, start.class_names, start.source), replay
 
     with limit_threads(threads):
-        # Rank 0 builds the image cache; the others wait, then open (memory-map) it.
-        data = load() if comm.is_root else None
+        # Rank 0 builds the image caches; the others wait, then open (memory-map) them.
+        loaded = load() if comm.is_root else None
         comm.barrier()
-        if data is None:
-            data = load()
+        data, replay = loaded or load()
         if comm.is_root:
             run.write_skipped(data.cache.skipped_path)
-        return _fit(config, run, data, start, checkpoint, progress, started)
+        return _fit(config, run, data, start, checkpoint, progress, started, replay)
 
 
 def _fit(
@@ -343,8 +372,9 @@ def _fit(
     checkpoint: tuple | None,
     progress: Progress,
     started: float,
+    replay: Replay | None = None,
 ) -> RunResult:
-    cache, model = data.cache, start.model
+    model = start.model
     comm = world()
     writes = comm.is_root  # only rank 0 writes the run folder
     optimizer = make_optimizer(config, model)
@@ -359,7 +389,7 @@ def _fit(
     )
     schedule = make_schedule(config, optimizer, len(train_loader))
     outliers = _outlier_exposure(config, data, progress) if config.outliers else None
-    metadata = _model_metadata(config, data, start.name, outliers)
+    metadata = _model_metadata(config, data, start.name, outliers, replay)
     early_stopping = EarlyStopping(config.patience)
 
     def save() -> None:
@@ -367,7 +397,7 @@ def _fit(
             return
         scalars, arrays = trainer.state_dict()
         save_checkpoint(
-            run / RunDir.CHECKPOINT, model, {**metadata, "data_key": cache.key}, scalars, arrays
+            run / RunDir.CHECKPOINT, model, {**metadata, "data_key": data.key}, scalars, arrays
         )
 
     last_plot = -math.inf
@@ -400,7 +430,7 @@ def _fit(
         comm,
         outliers,
     )
-    for line in _describe(config, data, start, len(train_loader)):
+    for line in _describe(config, data, start, len(train_loader), replay):
         progress.info(line)
     if outliers is not None:
         progress.info(
@@ -408,7 +438,7 @@ def _fit(
             f"{outliers.loader.batch_size} per step, weight {config.outlier_weight:g}"
         )
     if checkpoint is not None:
-        _restore(checkpoint, trainer, cache)
+        _restore(checkpoint, trainer, data)
         if writes:
             _write_history(run, trainer, plot=True)
         if writes and early_stopping.best_weights is not None:
@@ -432,7 +462,7 @@ def _fit(
             f"with: purenn train --resume {run.path}"
         ) from None
 
-    return _finish(config, run, data, trainer, metadata, progress, started)
+    return _finish(config, run, data, trainer, metadata, progress, started, replay)
 
 
 def _outlier_exposure(config: TrainConfig, data: TrainingData, progress: Progress):
@@ -456,7 +486,11 @@ def _outlier_exposure(config: TrainConfig, data: TrainingData, progress: Progres
 
 
 def _model_metadata(
-    config: TrainConfig, data: TrainingData, name: str | None, outliers: OutlierExposure | None
+    config: TrainConfig,
+    data: TrainingData,
+    name: str | None,
+    outliers: OutlierExposure | None,
+    replay: Replay | None,
 ) -> dict:
     """What a model file of this run holds besides its weights (see docs/CLI.md)."""
     cache = data.cache
@@ -464,8 +498,9 @@ def _model_metadata(
     if outliers is not None:
         exposure = {"folder": str(outliers.root), "images": outliers.images}
         exposure |= {"weight": config.outlier_weight, "batch_size": outliers.loader.batch_size}
+    replayed = {} if replay is None else {"replay": replay.describe()}
     return {
-        "class_names": cache.class_names,
+        "class_names": data.class_names,
         "image_size": config.image_size,
         "in_channels": 3,
         "mean": data.mean.tolist(),
@@ -479,6 +514,7 @@ def _model_metadata(
             "presplit": cache.subset is not None,
         },
         "outlier_exposure": exposure,
+        **replayed,
         "purenn_version": purenn.__version__,
     }
 
@@ -491,11 +527,12 @@ def _finish(
     metadata: dict,
     progress: Progress,
     started: float,
+    replay: Replay | None = None,
 ) -> RunResult:
     """After the last epoch: restore the best weights, fit the temperature on the validation
     split and the OOD test (statistics of the training split, threshold on the validation split;
     a model that does not end in a Dense layer gets none), save best.npz, evaluate the test
-    split.
+    split (and, with replay, the replayed folder's original test split).
 
     ``started``: the ``perf_counter`` when train/resume was called (for the run's wall time).
     """
@@ -514,7 +551,14 @@ def _finish(
     if writes and "val" in predicted and len(data.splits["train"]) and ends_in_dense(model):
         progress.info("fitting the OOD test (features of the training and validation splits)")
         ood_test = fit_ood(
-            model, data.cache, data.splits, data.mean, data.std, temperature, config.batch_size
+            model,
+            data.images,
+            data.labels,
+            data.splits,
+            data.mean,
+            data.std,
+            temperature,
+            config.batch_size,
         )
         metadata[OOD_KEY], ood_arrays = ood_test.to_file()
     if writes:
@@ -545,13 +589,14 @@ def _finish(
     report = None
     if "test" in predicted:
         logits, labels = predicted["test"]
-        report = classification_report(
-            scaled_logits(logits, temperature), labels, data.cache.class_names
-        )
+        report = classification_report(scaled_logits(logits, temperature), labels, data.class_names)
         if ood_test is not None:
             report["ood"] = _ood_report(model, data, ood_test, config.batch_size)
             progress.info(_ood_line(report["ood"]))
     summary = _run_summary(s, started)
+    replayed = None
+    if replay is not None:
+        replayed = _replay_report(config, trainer, data, replay, temperature)
     if report is not None:
         if writes:
             write_report(
@@ -562,18 +607,55 @@ def _finish(
                     "split": "test",
                     **report,
                     "calibration": calibration,
+                    **({} if replayed is None else {"replay": replayed}),
                     "run": summary,
                 },
             )
         progress.info(format_report(report))
+    if replayed is not None:
+        progress.info(_replay_line(replayed))
     progress.info(_summary_line(summary))
-    return RunResult(run.path, model, s.history, early_stopping.best_epoch, stopped_early, report)
+    return RunResult(
+        run.path, model, s.history, early_stopping.best_epoch, stopped_early, report,
+        None if replayed is None else replayed["test"],
+    )  # fmt: skip
+
+
+# The summary of the replayed folder's original test split that report.json keeps.
+REPLAY_TEST_KEYS = ("samples", "loss", "accuracy", "top_k", "top_k_accuracy", "macro_f1")
+
+
+def _replay_report(
+    config: TrainConfig, trainer: Trainer, data: TrainingData, replay: Replay, temperature: float
+) -> dict:
+    """What the replay was, and the model's metrics on the original data's test split (``test``:
+    None when that split is empty), at the model's calibration temperature."""
+    loader = replay.test_loader(config.batch_size, data.mean, data.std, world().shard)
+    test = None
+    if loader is not None:
+        logits, labels = trainer.predict(loader)
+        full = classification_report(scaled_logits(logits, temperature), labels, data.class_names)
+        test = {"data_dir": str(replay.cache.root), "split": "test"}
+        test.update({key: full[key] for key in REPLAY_TEST_KEYS})
+    return {**replay.describe(), "test": test}
+
+
+def _replay_line(replayed: dict) -> str:
+    """``replayed N images of DIR; its original test split: A% (M images)``."""
+    line = f"replayed {replayed['images']} images of {replayed['data_dir']}"
+    test = replayed["test"]
+    if test is None:
+        return line + " (its original test split is empty)"
+    return (
+        line + f"; accuracy on its original test split: {100 * test['accuracy']:.2f}% "
+        f"({test['samples']} images)"
+    )
 
 
 def _ood_report(model, data: TrainingData, test: OODTest, batch_size: int) -> dict:
     """The OOD test's header entry and how it filters the test split (``recognition_summary``)."""
     loader = DataLoader(
-        data.cache.images, data.cache.labels, data.splits["test"], batch_size, data.mean, data.std
+        data.images, data.labels, data.splits["test"], batch_size, data.mean, data.std
     )
     features, logits, labels = predict_features(model, loader)
     scores = test.scores(features, logits)
@@ -636,14 +718,14 @@ def _summary_line(summary: dict) -> str:
     return line
 
 
-def _restore(checkpoint: tuple, trainer: Trainer, cache: ImageCache) -> None:
+def _restore(checkpoint: tuple, trainer: Trainer, data: TrainingData) -> None:
     """Load a checkpoint's weights and loop state, after checking it fits the data."""
     saved_model, saved_meta, scalars, arrays = checkpoint
-    if saved_meta.get("data_key") != cache.key:
+    if saved_meta.get("data_key") != data.key:
         logger.warning(
             "the files under %s changed since the run started; the resumed run will not match "
             "an uninterrupted one",
-            cache.root,
+            data.cache.root if data.key == data.cache.key else f"{data.cache.root} or the replay",
         )
     trainer.model.load_state_dict(saved_model.state_dict())
     trainer.load_state_dict(scalars, arrays)

@@ -88,9 +88,14 @@ class TrainingData:
 
     Attributes:
         cache: the decoded images (uint8 (N, 3, S, S) memmap) and labels.
-        splits: ``{"train", "val", "test"}`` int64 index arrays into the cache.
+        splits: ``{"train", "val", "test"}`` int64 index arrays into ``images``.
         mean, std: float64 (3,) statistics of the training images in [0, 1] units.
         ignored_folders: the data folder's folders that are not classes (``FolderScan``).
+        images, labels, class_names: what the loaders read and what the labels index; the
+            cache's unless given (a replay run, :mod:`purenn.training.replay`, puts the
+            replayed images after the cache's and labels them by the model's classes).
+        key: identifies the images (for the checkpoint's changed-data warning); the cache's
+            unless given.
     """
 
     cache: ImageCache
@@ -98,6 +103,18 @@ class TrainingData:
     mean: np.ndarray
     std: np.ndarray
     ignored_folders: list[tuple[str, str]] = field(default_factory=list)
+    images: np.ndarray | None = None
+    labels: np.ndarray | None = None
+    class_names: list[str] | None = None
+    key: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.images is None:
+            self.images, self.labels = self.cache.images, self.cache.labels
+        if self.class_names is None:
+            self.class_names = self.cache.class_names
+        if self.key is None:
+            self.key = self.cache.key
 
     def loader(
         self,
@@ -116,30 +133,46 @@ class TrainingData:
         backgrounds).
 
         ``shard=(rank, size)`` (data-parallel training): rank's slice of every training batch;
-        for the other splits, rank's contiguous block of the split's samples (the blocks of all
-        ranks, in rank order, are the split).
+        for the other splits, :func:`held_out_loader`.
         """
         indices = self.splits[split]
         if not len(indices):
             return None
-        training = split == "train"
-        if not training:
-            indices = indices[slice(*shard_bounds(len(indices), *shard))]
+        if split != "train":
+            return held_out_loader(
+                self.images, self.labels, indices, batch_size, self.mean, self.std, shard
+            )
         return DataLoader(
-            self.cache.images,
-            self.cache.labels,
+            self.images,
+            self.labels,
             indices,
             batch_size=batch_size,
             mean=self.mean,
             std=self.std,
-            shuffle=training,
+            shuffle=True,
             seed=seed,
-            augmentation=(
-                make_augmentation(augment, backgrounds) if training and augment_factor > 1 else None
-            ),
-            augment_factor=augment_factor if training else 1,
-            shard=shard if training else (0, 1),
+            augmentation=(make_augmentation(augment, backgrounds) if augment_factor > 1 else None),
+            augment_factor=augment_factor,
+            shard=shard,
         )
+
+
+def held_out_loader(
+    images: np.ndarray,
+    labels: np.ndarray,
+    indices: np.ndarray,
+    batch_size: int,
+    mean: np.ndarray,
+    std: np.ndarray,
+    shard: tuple[int, int] = (0, 1),
+) -> DataLoader:
+    """Batches of ``images[indices]`` in order, not augmented: an evaluation split.
+
+    ``shard=(rank, size)``: rank's contiguous block of the samples (the blocks of all ranks,
+    in rank order, are the split).
+    """
+    indices = indices[slice(*shard_bounds(len(indices), *shard))]
+    return DataLoader(images, labels, indices, batch_size=batch_size, mean=mean, std=std)
 
 
 def load_training_data(

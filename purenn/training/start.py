@@ -8,12 +8,13 @@ Fine-tuning (``init_from``): the saved model's architecture and weights are the 
 classes differ from the data's, its last Dense layer is replaced by a fresh one with one output
 per class (Glorot initialisation from the run's seed); the header says so. A graph model keeps
 its topology and every other layer (BatchNorm running statistics included). The normalisation
-statistics are always those of the new training split.
+statistics are those of the new training split, except with ``replay``: then the run keeps the
+model's classes whatever the data's (:mod:`purenn.training.replay`) and its statistics.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -35,12 +36,22 @@ class Start:
         name: what the header and model files call it (the preset, or the source's preset).
         note: one line for the run header saying where the weights come from ("" for a preset).
         from_preset: built by ``build_preset`` from the config (no ``init.npz`` needed).
+        class_names: the run's classes (the model's outputs, in order).
+        source: what a replay run needs of the saved model it starts from (``SOURCE_KEYS`` of
+            its metadata; {} otherwise); ``init.npz`` keeps it for ``resume``.
     """
 
     model: Sequential
     name: str | None
     note: str
     from_preset: bool
+    class_names: list[str]
+    source: dict = field(default_factory=dict)
+
+
+# What a replay run keeps of the metadata of the model it fine-tunes: the folder and split it
+# was trained on (the replayed images and the original test split) and its statistics.
+SOURCE_KEYS = ("data_dir", "split", "mean", "std")
 
 
 def _seed_dropout(model: Sequential, seed: int) -> Sequential:
@@ -111,6 +122,14 @@ def from_model(
     shapes = _check_input(model, config.image_size, source)
     note = f"weights from {source}"
     saved_classes = meta.get("class_names")
+    kept = {}
+    if config.replay is not None:
+        if saved_classes is None:
+            raise ConfigError(
+                f"replay keeps the classes of the model it fine-tunes, and {source} names none"
+            )
+        class_names = list(saved_classes)  # the data's classes are mapped onto these
+        kept = {key: meta[key] for key in SOURCE_KEYS if key in meta}
     if saved_classes is not None and list(saved_classes) != list(class_names):
         model = _replace_head(model, len(class_names), config.seed, source)
         note += (
@@ -124,7 +143,8 @@ def from_model(
         )
     if model.input_shape is None:
         model.input_shape = (3, config.image_size, config.image_size)
-    return Start(_seed_dropout(model, config.seed).train(), meta.get("preset"), note, False)
+    model = _seed_dropout(model, config.seed).train()
+    return Start(model, meta.get("preset"), note, False, list(class_names), kept)
 
 
 def initial_model(
@@ -137,7 +157,8 @@ def initial_model(
 
     Args:
         config: the run's config (``preset``, ``image_size``, ``seed``, ``init_from``).
-        class_names: the data's classes.
+        class_names: the data's classes (with ``config.replay``, the run takes the saved
+            model's instead).
         model: the user's own Sequential (``train(config, model=...)``).
         init_file: a run folder's ``init.npz``, when it exists (resume rebuilds from it).
 
@@ -151,9 +172,14 @@ def initial_model(
         )
     if init_file is not None:
         saved, meta = load_model(init_file)
-        start = Start(_seed_dropout(saved, config.seed).train(), meta.get("preset"), "", False)
-        start.note = meta.get("note", f"weights from {init_file}")
-        return start
+        return Start(
+            _seed_dropout(saved, config.seed).train(),
+            meta.get("preset"),
+            meta.get("note", f"weights from {init_file}"),
+            False,
+            list(meta["class_names"]),
+            meta.get("source", {}),
+        )
     if model is not None:
         if config.init_from is not None:
             raise ConfigError(
@@ -171,4 +197,4 @@ def initial_model(
         seed=config.seed,
         weight_norm=config.weight_norm,
     )
-    return Start(built, config.preset, "", True)
+    return Start(built, config.preset, "", True, list(class_names))

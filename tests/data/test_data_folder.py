@@ -124,6 +124,16 @@ def test_class_folder_without_images(tmp_path, image_writer, pixels, content):
         scan_image_folder(tmp_path)
 
 
+def test_presplit_layout_whose_splits_each_hold_several_classes(tmp_path, image_writer, pixels):
+    root = tmp_path / "root"
+    for split in ("train", "test"):
+        for cls in ("healthy", "sick"):
+            image_writer(root / split / cls / "1.png", pixels(0))
+    scan = scan_image_folder(root)
+    assert scan.class_names == ["healthy", "sick"]
+    assert scan.subset == ["test", "test", "train", "train"]
+
+
 def test_presplit_class_folder_without_images(tmp_path, image_writer, pixels):
     image_writer(tmp_path / "train" / "a" / "1.png", pixels(0))
     (tmp_path / "val" / "a").mkdir(parents=True)

@@ -102,6 +102,31 @@ def test_model_reports_the_runs_test_accuracy(settings, tmp_path):
         assert c.get("/api/model").json()["test_accuracy"] == 0.875
 
 
+def test_tta_answers_the_mean_over_views_as_one_queue_entry(settings, model_file, tmp_path):
+    from fastapi.testclient import TestClient
+    from serve_helpers import create_app_for
+
+    from purenn.inference import class_probabilities
+
+    settings.tta = 8
+    data = image_bytes(6)
+    with TestClient(create_app_for(settings)) as c:
+        assert c.get("/api/model").json()["tta"] == 8
+        body = post_image(c, data, top_k=len(CLASSES)).json()
+        metrics = c.get("/metrics").text
+    path = tmp_path / "alone.png"
+    path.write_bytes(data)
+    model, meta = load_model(model_file)
+    probs = class_probabilities(model, decode_image(path, IMAGE_SIZE)[None], meta, views=8)[0]
+    got = {p["class"]: p["probability"] for p in body["predictions"]}
+    np.testing.assert_allclose([got[name] for name in CLASSES], probs, rtol=1e-6)
+    assert not np.allclose(probs, expected_probabilities(model_file, data, tmp_path), rtol=1e-3)
+    # One request is one row of one batch: the eight views are passes inside it.
+    assert (
+        "purenn_batch_size_count 1" in metrics and 'purenn_batch_size_bucket{le="1"} 1' in metrics
+    )
+
+
 def test_page_and_its_assets_are_served_locally(client):
     page = client.get("/")
     assert page.status_code == 200 and 'accept="image/*"' in page.text

@@ -70,7 +70,8 @@ def test_serve_reports_a_bad_model_before_starting(tmp_path, capsys):
 
 
 @pytest.mark.parametrize(
-    "args", [["--max-batch", "0"], ["--store-images", "x", "--no-store-images"]]
+    "args",
+    [["--max-batch", "0"], ["--store-images", "x", "--no-store-images"], ["--tta", "9"]],
 )
 def test_serve_argument_errors(model_file, args, capsys):
     assert main(["serve", str(model_file), *args]) == 2
