@@ -109,7 +109,7 @@ def over_parts(n: int, threads: int, work: Callable[[slice, int], object]) -> No
     if threads == 1:
         work(slice(0, n), 0)
         return
-    with _single_threaded_blas():
+    with single_threaded_blas():
         _run_parts(n, threads, work)
 
 
@@ -166,7 +166,7 @@ def _run_parts(n: int, threads: int, work: Callable[[slice, int], object]) -> No
 
 
 @contextlib.contextmanager
-def _single_threaded_blas() -> Iterator[None]:
+def single_threaded_blas() -> Iterator[None]:
     """NumPy's BLAS runs single-threaded within the block (about 6 us to enter and leave).
 
     Blocks may overlap across threads (two models run from two threads): the first to enter
