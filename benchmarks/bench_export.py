@@ -1,36 +1,29 @@
-"""Inference of an exported plantvillage-cnn: onnxruntime against purenn, same threads, one run.
+"""Inference of an exported preset: onnxruntime against purenn's eval-mode fast path, one run.
 
-The model (a trained model file if given, else the preset's seeded random weights: speed does
+The model (a trained model file if given, else ``--preset``'s seeded random weights: speed does
 not depend on the weights) is exported to ONNX in a temporary folder. Both frameworks then
 classify the same float32 [0, 1] batch, z-score included (the graph's Sub/Mul; purenn's
 ``normalize_batch``): purenn with ``limit_threads(T)``, onnxruntime with ``intra_op_num_threads=T``
 and one inter-op thread. Each figure is the median of ``--repeats`` timed calls after
 ``--warmup`` untimed ones; the two frameworks alternate over ``--rounds`` rounds (the machine may
 be shared), and the table gives the median over rounds of each figure and of the per-round ratio.
+The whole measurement runs twice, in child processes: with OpenBLAS as the environment sets it
+and with OPENBLAS_CORETYPE and OPENBLAS_L2_SIZE unset (``timing.under_both_blas_settings``).
 
-    python benchmarks/bench_export.py                              # 15 classes, random weights
+    python benchmarks/bench_export.py                              # plantvillage-cnn, 34 classes
+    python benchmarks/bench_export.py --preset plantvillage-resnet
     python benchmarks/bench_export.py --model runs/pv-cnn/best.npz
 """
 
 from __future__ import annotations
 
 import argparse
-import platform
 import statistics
-import subprocess
 import tempfile
 from pathlib import Path
 
 import numpy as np
-from timing import median_seconds
-
-
-def cpu_model() -> str:
-    try:
-        lines = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
-    except (OSError, subprocess.CalledProcessError):
-        return platform.processor() or "unknown CPU"
-    return next((line for line in lines.splitlines() if "Model name" in line), "unknown CPU")
+from timing import cpu_model, machine_header, median_seconds, under_both_blas_settings
 
 
 def load(args):
@@ -40,20 +33,23 @@ def load(args):
     if args.model:
         model, meta = load_model(args.model, require=("mean", "std", "image_size"))
         return model, meta, args.model
-    model = build_preset("plantvillage-cnn", num_classes=15, image_size=128, seed=0).eval()
+    model = build_preset(args.preset, num_classes=34, image_size=128, seed=0).eval()
     meta = {"image_size": 128, "mean": [0.46, 0.49, 0.41], "std": [0.18, 0.16, 0.2]}
-    return model, meta, "plantvillage-cnn preset, 15 classes, random weights (seed 0)"
+    return model, meta, f"{args.preset} preset, 34 classes, random weights (seed 0)"
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", help="a purenn model file (default: the preset, random)")
+    parser.add_argument("--preset", default="plantvillage-cnn", help="without --model")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 32])
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--warmup", type=int, default=3)
     args = parser.parse_args()
+    if under_both_blas_settings():
+        return
 
     import onnxruntime as ort
 
@@ -70,7 +66,8 @@ def main() -> None:
         path = export_onnx(model, Path(tmp) / "model.onnx", meta)
         session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
-    print(cpu_model())
+    print(f"Model name: {cpu_model()}")
+    print(machine_header())
     print(f"model: {source}; {model.num_parameters:,} parameters, input (N, 3, {size}, {size})")
     print(
         f"numpy {np.__version__}, onnxruntime {ort.__version__} (opset {OPSET}), "

@@ -38,7 +38,7 @@ from collections import Counter
 from pathlib import Path
 
 import numpy as np
-from timing import median_seconds
+from timing import cpu_model, median_seconds
 
 REPO = Path(__file__).resolve().parents[1]
 PLANTVILLAGE = REPO / ".." / "shared" / "data" / "plantvillage"
@@ -48,14 +48,6 @@ MODELS = {
     "ann": ("plantvillage-ann", Path("/work/runs/pv34-ann/best.npz"), 34),
 }
 IMAGE_SIZE = 128
-
-
-def cpu_model() -> str:
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-    return next((ln.split(":", 1)[1].strip() for ln in out.splitlines() if "Model name" in ln), "")
 
 
 def the_model(choice: str, workdir: Path) -> tuple[Path, str]:

@@ -1,13 +1,15 @@
 """Train-step, inference and memory benchmark: purenn against PyTorch on the same CPU.
 
-For each preset (plantvillage-cnn, plantvillage-ann) one process per framework runs the same
-architecture on the same random batch: forward, softmax cross-entropy with label smoothing 0.1,
-backward, global-norm clipping at 1.0 and an Adam step. Each figure is the median over
+For each preset (plantvillage-cnn, plantvillage-ann, plantvillage-resnet against its torch twin
+``TorchResNet``) one process per framework runs the same architecture on the same random batch:
+forward, softmax cross-entropy with label smoothing 0.1, backward, global-norm clipping at 1.0
+and an Adam step. Each figure is the median over
 ``--repeats`` timed steps after ``--warmup`` untimed ones; ratios compare figures of this run.
 Separate processes keep one framework's memory and threads from affecting the other.
 
     python benchmarks/bench_train.py                    # both presets, 2 threads, batch 32
     python benchmarks/bench_train.py --model cnn --profile   # plus purenn's per-layer profile
+    python benchmarks/bench_train.py --model resnet --profile
     python benchmarks/bench_train.py --loop readme      # README's Python loop vs `purenn train`
 
 ``--loop readme`` alternates three purenn processes over ``--rounds``: the step as `purenn
@@ -29,7 +31,7 @@ from pathlib import Path
 import numpy as np
 from timing import machine_header, median_seconds
 
-PRESETS = {"cnn": "plantvillage-cnn", "ann": "plantvillage-ann"}
+PRESETS = {"cnn": "plantvillage-cnn", "ann": "plantvillage-ann", "resnet": "plantvillage-resnet"}
 
 
 def rss_mb(field: str) -> float:
@@ -165,9 +167,10 @@ def torch_worker(args) -> dict:
     threadpool_limits(args.threads)
     torch.set_num_threads(args.threads)
     baseline = rss_mb("VmRSS")
-    from torch_twin import torch_twin
+    from torch_twin import resnet_twin, torch_twin
 
-    model = torch_twin(build_preset(PRESETS[args.model], image_size=args.image_size, seed=0))
+    twin = resnet_twin if args.model == "resnet" else torch_twin
+    model = twin(build_preset(PRESETS[args.model], image_size=args.image_size, seed=0))
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
     loss_fn = torch.nn.CrossEntropyLoss(label_smoothing=0.1)
     x_np, y_np = batch(args)
@@ -211,7 +214,9 @@ def run_worker(framework: str, args) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", choices=["cnn", "ann", "both"], default="both")
+    parser.add_argument(
+        "--model", choices=["cnn", "ann", "resnet", "both"], default="both", help="both: cnn, ann"
+    )
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=10)

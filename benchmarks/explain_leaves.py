@@ -22,13 +22,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
-import subprocess
 import time
 from pathlib import Path
 
 import numpy as np
 from scipy import ndimage
+from timing import cpu_model
 
 from purenn.data import normalize_batch, scan_image_folder
 from purenn.explain import explain, explain_photo, render, write_png
@@ -123,14 +122,6 @@ def interleaved_seconds(calls: dict, rounds: int, warmup: int = 3) -> dict:
     }
 
 
-def cpu_model() -> str:
-    try:
-        lines = subprocess.run(["lscpu"], capture_output=True, text=True).stdout.splitlines()
-        return next(line for line in lines if line.startswith("Model name")).strip()
-    except (OSError, StopIteration):
-        return f"Model name: {platform.processor() or 'unknown'}"
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("model", help="a trained model file (.npz)")
@@ -144,7 +135,7 @@ def main() -> None:
     parser.add_argument("--mask-sheet", help="write 8 photos beside their leaf masks (PNG)")
     args = parser.parse_args()
 
-    print(cpu_model())
+    print(f"Model name: {cpu_model()}")
     model, meta = load_model(args.model, require=("class_names", "split", "mean", "std"))
     names, size = meta["class_names"], meta["image_size"]
     scan = scan_image_folder(args.data_dir)

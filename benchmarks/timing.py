@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 import platform
 import statistics
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -47,6 +49,16 @@ SIMD_LEVELS = (
     ("AVX", ("avx",)),
     ("SSE4.2", ("sse4_2",)),
 )
+
+
+def cpu_model() -> str:
+    """The CPU's model name as ``lscpu`` prints it ("AMD EPYC"), platform.processor() without it."""
+    try:
+        lines = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
+    except (OSError, subprocess.CalledProcessError):
+        return platform.processor() or "unknown CPU"
+    names = (line.split(":", 1)[1].strip() for line in lines.splitlines() if "Model name" in line)
+    return next(names, platform.processor() or "unknown CPU")
 
 
 def cpu_model_and_flags() -> tuple[str, set[str]]:
@@ -96,3 +108,32 @@ def machine_header() -> str:
         f"# machine: {model}, {os.cpu_count()} CPUs, SIMD {simd_level(flags)}; "
         f"numpy {np.__version__}, BLAS {blas_line()}"
     )
+
+
+#: The machine's pins of OpenBLAS's kernel; a user's machine with a current NumPy has none.
+BLAS_VARIABLES = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
+#: Set in the environment of the child runs of :func:`under_both_blas_settings`.
+_CHILD = "PURENN_BENCHMARK_BLAS_SETTING"
+
+
+def under_both_blas_settings() -> bool:
+    """Run this benchmark again as two child processes: as the environment is, then unset.
+
+    The second child's environment lacks ``BLAS_VARIABLES`` (``env -u OPENBLAS_CORETYPE -u
+    OPENBLAS_L2_SIZE``), so NumPy's OpenBLAS picks its kernel for the CPU, as on a user's
+    machine. Returns True in the parent (which has then printed both runs and should stop),
+    False in a child, which does the measuring.
+    """
+    if os.environ.get(_CHILD):
+        return False
+    settings = {
+        "as the environment is": dict(os.environ),
+        "with " + " and ".join(BLAS_VARIABLES) + " unset": {
+            key: value for key, value in os.environ.items() if key not in BLAS_VARIABLES
+        },
+    }
+    for label, env in settings.items():
+        pinned = ", ".join(f"{k}={os.environ[k]}" for k in BLAS_VARIABLES if k in os.environ)
+        print(f"## OpenBLAS {label} ({pinned or 'no variable set here'})", flush=True)
+        subprocess.run([sys.executable, *sys.argv], env={**env, _CHILD: label}, check=True)
+    return True

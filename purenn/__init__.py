@@ -23,7 +23,7 @@ from purenn.nn.layers import (
     Softmax,
     Tanh,
 )
-from purenn.nn.losses import MSE, SoftmaxCrossEntropy
+from purenn.nn.losses import MSE, SoftmaxCrossEntropy, UniformCrossEntropy
 from purenn.nn.sequential import Sequential
 from purenn.optim import SGD, Adam, AdamW, clip_grad_norm, schedules
 from purenn.optim.schedules import Constant, CosineWarmup, StepDecay
@@ -39,6 +39,7 @@ __all__ = [
     "CosineWarmup",
     "SoftmaxCrossEntropy",
     "StepDecay",
+    "UniformCrossEntropy",
     "clip_grad_norm",
     "use_fast_path",
     "losses",

@@ -7,10 +7,13 @@ accuracy per epoch) and, under MPI, whether all ranks ended with bit-identical w
 
 Cases: ``dropout32`` / ``dropout64``: a CNN with Dropout, float32 / float64, batches of 7 from
 22 samples (uneven 3 + 4 slices over 2 ranks and a last batch of 1, so one rank's slice is
-empty), augmentation, clipping that engages. ``bn64``: the same CNN with BatchNorm and without
-Dropout, batches of 8. The reference adds ``bn64-per-half``: one process computing each half of
-every batch separately (forward, backward; running statistics of the first half only) and
-stepping on the scaled sum -- what 2 ranks with per-rank BatchNorm statistics compute.
+empty), augmentation, clipping that engages. ``graph32`` / ``graph64``: the same for a graph
+model (a fan-out feeding a depthwise residual branch, an Add, a grouped 1x1 side branch and a
+Concatenate, then Dropout). ``bn64`` / ``graphbn64``: the CNN and the graph with BatchNorm and
+without Dropout, batches of 8. The reference adds ``bn64-per-half`` and ``graphbn64-per-half``:
+one process computing each half of every batch separately (forward, backward; running
+statistics of the first half only) and stepping on the scaled sum -- what 2 ranks with per-rank
+BatchNorm statistics compute.
 """
 
 from __future__ import annotations
@@ -31,7 +34,16 @@ from purenn.training.callbacks import EarlyStopping
 from purenn.training.progress import Progress
 from purenn.training.trainer import Trainer
 
-CASES = {"dropout32": (np.float32, 7), "dropout64": (np.float64, 7), "bn64": (np.float64, 8)}
+CASES = {
+    "dropout32": (np.float32, 7),
+    "dropout64": (np.float64, 7),
+    "bn64": (np.float64, 8),
+    "graph32": (np.float32, 7),
+    "graph64": (np.float64, 7),
+    "graphbn64": (np.float64, 8),
+}
+#: The cases with BatchNorm: 2 ranks equal one process normalising each half on its own.
+PER_HALF = ("bn64", "graphbn64")
 EPOCHS, CLIP, SMOOTHING = 2, 0.5, 0.1
 
 
@@ -42,7 +54,9 @@ def dataset():
     return images, labels, np.arange(11), np.arange(11, 19)
 
 
-def build(case: str) -> pn.Sequential:
+def build(case: str) -> pn.Sequential | pn.Model:
+    if case.startswith("graph"):
+        return build_graph(case)
     rng = np.random.default_rng(3)
     bn = case.startswith("bn")
     layers = [pn.Conv2D(3, 4, 3, padding=1, rng=rng)]
@@ -51,6 +65,25 @@ def build(case: str) -> pn.Sequential:
     layers += [] if bn else [pn.Dropout(0.4, rng=np.random.default_rng(4))]
     layers += [pn.Dense(16, 3, init="glorot", rng=rng)]
     return pn.Sequential(layers, input_shape=(3, 8, 8)).astype(CASES[case][0])
+
+
+def build_graph(case: str) -> pn.Model:
+    """conv -> h; h + depthwise(h) and a grouped 1x1 of h, concatenated; pool, dense head."""
+    rng = np.random.default_rng(3)
+    bn = case.endswith("bn64")
+
+    def norm(t):
+        return pn.BatchNorm2D(4)(t) if bn else t
+
+    x = pn.Input((3, 8, 8))
+    h = pn.ReLU()(norm(pn.Conv2D(3, 4, 3, padding=1, rng=rng)(x)))
+    residual = norm(pn.Conv2D(4, 4, 3, padding=1, groups=4, rng=rng)(h))
+    side = pn.Conv2D(4, 2, 1, groups=2, rng=rng)(h)  # h feeds three nodes
+    joined = pn.Concatenate(axis=1)([pn.ReLU()(pn.Add()([h, residual])), side])
+    y = pn.ReLU()(pn.Dense(96, 16, rng=rng)(pn.Flatten()(pn.MaxPool2D(2)(joined))))
+    if not bn:
+        y = pn.Dropout(0.4, rng=np.random.default_rng(4))(y)
+    return pn.Model(x, pn.Dense(16, 3, init="glorot", rng=rng)(y)).astype(CASES[case][0])
 
 
 def loaders(case: str, shard: tuple[int, int]):
@@ -63,7 +96,7 @@ def loaders(case: str, shard: tuple[int, int]):
     return train_loader, DataLoader(images, labels, block, 3, np.full(3, 0.5), np.full(3, 0.25))
 
 
-def train(case: str, comm) -> tuple[pn.Sequential, list]:
+def train(case: str, comm) -> tuple[pn.Sequential | pn.Model, list]:
     model = build(case)
     optimizer = pn.Adam(model.parameters(), lr=0.02)
     train_loader, val_loader = loaders(case, comm.shard)
@@ -77,7 +110,7 @@ def train(case: str, comm) -> tuple[pn.Sequential, list]:
     return model, history
 
 
-def train_per_half(case: str) -> pn.Sequential:
+def train_per_half(case: str) -> pn.Sequential | pn.Model:
     """One process doing what 2 ranks with per-rank BatchNorm statistics do (no Dropout)."""
     model = build(case)
     params = model.parameters()
@@ -114,8 +147,9 @@ def main(mode: str, out: str) -> None:
         digest = hashlib.sha256(b"".join(state[k].tobytes() for k in sorted(state))).hexdigest()
         arrays[f"{case}/ranks_agree"] = np.array(len(set(comm.allgather(digest))) == 1)
     if mode == "reference":
-        state = train_per_half("bn64").state_dict()
-        arrays.update({f"bn64-per-half/{k}": v for k, v in state.items()})
+        for case in PER_HALF:
+            state = train_per_half(case).state_dict()
+            arrays.update({f"{case}-per-half/{k}": v for k, v in state.items()})
     if comm.is_root:
         np.savez(out, **arrays)
         print(json.dumps({"ranks": comm.size, "cases": list(CASES)}))

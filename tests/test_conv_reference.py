@@ -17,6 +17,7 @@ import purenn as pn
         (2, 2, (2, 3), (2, 1), (1, 0), (6, 5)),
         (1, 3, 5, 1, "same", (7, 6)),
         (3, 2, 4, 3, 2, (11, 10)),
+        (3, 1, 3, 1, 1, (6, 6)),  # one output channel: W^T dy is an outer product
     ],
 )
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])

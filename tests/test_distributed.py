@@ -132,25 +132,34 @@ def _relative(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.max(np.abs(a - b)) / np.max(np.abs(b)))
 
 
-@pytest.mark.parametrize("case, tolerance", [("dropout32", 1e-5), ("dropout64", 1e-12)])
+@pytest.mark.parametrize(
+    "case, tolerance",
+    [("dropout32", 1e-5), ("dropout64", 1e-12), ("graph32", 1e-5), ("graph64", 1e-12)],
+)
 def test_two_ranks_train_the_weights_of_one_process(runs, case, tolerance):
     run, reference = runs["run"], runs["reference"]
     assert run[f"{case}/ranks_agree"]  # the replicas stay bit-identical
+    initial = build(case).state_dict()
     keys = [k for k in reference.files if k.startswith(f"{case}/") and "agree" not in k]
-    assert len(keys) == 7  # 6 weights and biases, and the metrics history
+    assert sorted(keys) == sorted([f"{case}/{k}" for k in initial] + [f"{case}/history"])
     for key in keys:
         assert _relative(run[key], reference[key]) < tolerance, key
-    initial = build(case).state_dict()  # the weights moved: not a comparison of untouched arrays
-    assert _relative(run[f"{case}/4.weight"], initial["4.weight"]) > 0.01
+    # the weights moved: not a comparison of untouched arrays
+    first, last = list(initial)[0], list(initial)[-2]
+    for name in (first, last):
+        assert _relative(run[f"{case}/{name}"], initial[name]) > 0.01, name
 
 
-def test_batchnorm_uses_per_rank_batch_statistics_and_rank_0s_running_statistics(runs):
+@pytest.mark.parametrize("case", ["bn64", "graphbn64"])
+def test_batchnorm_uses_per_rank_batch_statistics_and_rank_0s_running_statistics(runs, case):
     run, reference = runs["run"], runs["reference"]
-    assert run["bn64/ranks_agree"]
-    keys = [k for k in run.files if k.startswith("bn64/") and "agree" not in k and "hist" not in k]
-    assert "bn64/1.running_mean" in keys
+    assert run[f"{case}/ranks_agree"]
+    keys = [
+        k for k in run.files if k.startswith(f"{case}/") and "agree" not in k and "hist" not in k
+    ]
+    assert f"{case}/1.running_mean" in keys
     for key in keys:
         # equal to one process normalising each rank's half of every batch on its own...
-        assert _relative(run[key], reference[key.replace("bn64", "bn64-per-half")]) < 1e-12, key
+        assert _relative(run[key], reference[key.replace(case, f"{case}-per-half")]) < 1e-12, key
     # ...which is not what one process normalising the whole batch computes
-    assert _relative(run["bn64/0.weight"], reference["bn64/0.weight"]) > 1e-3
+    assert _relative(run[f"{case}/0.weight"], reference[f"{case}/0.weight"]) > 1e-3

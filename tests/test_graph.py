@@ -8,12 +8,14 @@ from gradcheck import check_layer_gradients, numerical_gradient, relative_error
 from torch_parity import assert_close
 
 import purenn as pn
+from purenn.io import ModelFileError, load_torch_state, write_safetensors
 from purenn.io.model_file import load_model, save_model
+from purenn.presets import build_preset
 
 
 def check_model_gradients(model: pn.Model, x: np.ndarray, tol: float = 1e-6) -> None:
     """Input and every parameter gradient of ``sum(model(x) * r)`` against central differences."""
-    y = model.forward(x, training=False)
+    y = model.forward(x, training=False, for_backward=True)
     r = np.random.default_rng(1).standard_normal(y.shape)
     analytic = {"input": model.backward(r.copy())}
     analytic |= {name: grad.copy() for name, _, grad in model.named_parameters()}
@@ -134,6 +136,14 @@ class TorchTwin:
     def modules(self):
         return [self.stem, self.branch, self.side, self.head]
 
+    def parameters(self):
+        return [p for m in self.modules() for p in m.parameters()]
+
+    def eval(self):
+        for module in self.modules():
+            module.eval()
+        return self
+
     def __call__(self, x):
         h = self.stem(x)
         h2 = self.torch.relu(h + self.branch(h))
@@ -141,9 +151,38 @@ class TorchTwin:
         return self.head(joined.mean(dim=(2, 3)))
 
 
-def test_graph_matches_torch_logits_gradients_and_adam_steps():
+@pytest.fixture
+def torch64():
+    """torch with float64 as its default dtype for the test (restored afterwards)."""
     torch = pytest.importorskip("torch")
     torch.set_default_dtype(torch.float64)
+    yield torch
+    torch.set_default_dtype(torch.float32)
+
+
+def adam_steps_in_both(torch, model, twin, batches, lr=1e-2) -> list[tuple[float, float]]:
+    """One Adam step of cross-entropy per ``(x, labels)`` batch in purenn and in torch (both in
+    training mode); each step's two losses."""
+    loss_fn = pn.SoftmaxCrossEntropy()
+    optimizer = pn.Adam(model.parameters(), lr=lr)
+    t_optimizer = torch.optim.Adam(list(twin.parameters()), lr=lr)
+    losses = []
+    for x, labels in batches:
+        loss = loss_fn.forward(model.forward(x, training=True), labels)
+        model.backward(loss_fn.backward(), input_grad=False)
+        optimizer.step()
+        t_optimizer.zero_grad()
+        t_loss = torch.nn.functional.cross_entropy(
+            twin(torch.from_numpy(x)), torch.from_numpy(labels)
+        )
+        t_loss.backward()
+        t_optimizer.step()
+        losses.append((loss, t_loss.item()))
+    return losses
+
+
+def test_graph_matches_torch_logits_gradients_and_adam_steps(torch64):
+    torch = torch64
     model = residual_graph()
     twin = TorchTwin(torch)
     with torch.no_grad():
@@ -170,27 +209,85 @@ def test_graph_matches_torch_logits_gradients_and_adam_steps():
             grad = model.layers[index].grads[name]
             assert_close(grad, param.grad.numpy().reshape(grad.shape), 1e-9, f"{index}.{name}")
 
-    optimizer = pn.Adam(model.parameters(), lr=1e-2)
-    t_params = [p for m in twin.modules() for p in m.parameters()]
-    t_optimizer = torch.optim.Adam(t_params, lr=1e-2)
-    for _ in range(5):
-        loss_fn.forward(model.forward(x), labels)
-        model.backward(loss_fn.backward(), input_grad=False)
-        optimizer.step()
-        t_optimizer.zero_grad()
-        torch.nn.functional.cross_entropy(
-            twin(torch.from_numpy(x)), torch.from_numpy(labels)
-        ).backward()
-        t_optimizer.step()
+    adam_steps_in_both(torch, model, twin, [(x, labels)] * 5)
     with torch.no_grad():
-        assert_close(model.forward(x, training=False), _eval(twin, torch, x), 1e-7, "after Adam")
-    torch.set_default_dtype(torch.float32)
+        after = twin.eval()(torch.from_numpy(x)).numpy()
+    assert_close(model.forward(x, training=False), after, 1e-7, "after Adam")
 
 
-def _eval(twin, torch, x):
-    for module in twin.modules():
-        module.eval()
-    return twin(torch.from_numpy(x)).numpy()
+def test_resnet_preset_loads_its_torch_twin_and_trains_like_it_on_the_same_batches(
+    tmp_path, torch64
+):
+    """plantvillage-resnet (34 classes, at 32x32 to keep it quick) and TorchResNet, the same
+    network written as torch users write a ResNet: load_torch_state with the module names, then
+    the same logits and the same 3 Adam steps on the same batches (float64)."""
+    torch = torch64
+    from torch_twin import TorchResNet, module_names, resnet_twin  # benchmarks/torch_twin.py
+
+    torch.manual_seed(0)
+    twin = TorchResNet(34)
+    with torch.no_grad():  # BatchNorm's parameters and running statistics off 1 and 0
+        for name, param in twin.named_parameters():
+            if "bn" in name or "downsample.1" in name:
+                param.add_(0.2 * torch.randn_like(param))
+        for _ in range(2):
+            twin(torch.randn(4, 3, 32, 32))
+    state = {key: value.numpy() for key, value in twin.state_dict().items()}
+    path = write_safetensors(tmp_path / "twin.safetensors", state)
+
+    model = build_preset("plantvillage-resnet", 34, image_size=32, dtype=np.float64)
+    names = module_names(model, twin)
+    # the mapping of docs/EXPORT.md
+    assert {k: names[k] for k in ("conv1", "layer1.0.conv1", "layer2.0.downsample.0", "fc")} == {
+        "conv1": 0,
+        "layer1.0.conv1": 3,
+        "layer2.0.downsample.0": 15,
+        "fc": 38,
+    }
+    assert load_torch_state(path, model, names) is model
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((4, 3, 32, 32))
+    with torch.no_grad():
+        expected = twin.eval()(torch.from_numpy(x)).numpy()
+    assert_close(model.forward(x, training=False), expected, 1e-9, "eval logits")
+
+    twin.train()
+    batches = [(rng.standard_normal((4, 3, 32, 32)), rng.integers(0, 34, 4)) for _ in range(3)]
+    losses = adam_steps_in_both(torch, model, twin, batches)
+    for step, (ours, theirs) in enumerate(losses):
+        assert abs(ours - theirs) < 1e-9, (step, ours, theirs)
+    assert losses[0][0] != losses[-1][0]  # the steps moved the weights
+    # ...to the same weights and running statistics (the twin of the trained purenn model)
+    ours = resnet_twin(model).state_dict()
+    for key, value in twin.state_dict().items():
+        if not key.endswith("num_batches_tracked"):
+            assert_close(ours[key].numpy(), value.numpy(), 1e-9, key)
+
+
+def test_load_torch_state_by_module_names_names_the_torch_tensor(tmp_path):
+    model = residual_graph(np.float32)
+    names = {"stem.0": 0, "stem.1": 1, "branch.0": 3, "branch.1": 4, "side": 7, "head": 10}
+    index_to_module = {index: name for name, index in names.items()}
+    state = {}
+    for key, value in model.state_dict().items():
+        index, _, rest = key.partition(".")
+        state[f"{index_to_module[int(index)]}.{rest}"] = value
+    target = residual_graph(np.float32)
+    for _, value, _ in target.named_parameters():
+        value += 1
+    load_torch_state(write_safetensors(tmp_path / "ok.safetensors", state), target, names)
+    for key, value in model.state_dict().items():
+        np.testing.assert_array_equal(target.state_dict()[key], value)
+    state["side.weight"] = np.zeros((2, 2, 1, 1), np.float32)
+    bad = write_safetensors(tmp_path / "bad.safetensors", state)
+    with pytest.raises(ModelFileError, match=r"tensor 'side.weight' .* has shape \(2, 2, 1, 1\)"):
+        load_torch_state(bad, target, names)
+    del state["side.weight"]
+    short = write_safetensors(tmp_path / "short.safetensors", state)
+    with pytest.raises(ModelFileError, match=r"lacks the tensor '7.weight'.*torch module 'side'"):
+        load_torch_state(short, target, names)
+    with pytest.raises(ValueError, match="distinct layer indices"):
+        load_torch_state(short, target, {"stem.0": 0, "side": 0})
 
 
 def test_model_file_round_trips_a_graph(tmp_path):
@@ -215,7 +312,7 @@ def test_a_sequential_file_still_loads(tmp_path):
 def test_accumulate_adds_the_gradients_of_two_backwards():
     model = residual_graph()
     x = np.random.default_rng(0).standard_normal((2, 3, 8, 8))
-    y = model.forward(x, training=False)
+    y = model.forward(x, training=False, for_backward=True)
     model.backward(np.ones_like(y))
     once = [grad.copy() for _, grad in model.parameters()]
     model.backward(np.ones_like(y), accumulate=True)

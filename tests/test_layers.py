@@ -240,6 +240,39 @@ def test_dropout_statistics_and_scale():
     assert np.array_equal(layer.forward(x, training=False), x)
 
 
+@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
+def test_float32_batchnorm_is_accurate_far_from_zero_mean(training, monkeypatch):
+    """Channels whose mean is 300 times their spread (and one of constant value), in blocks of
+    one sample: output, input gradient and parameter gradients within 2e-5 of float64."""
+    from purenn.kernels import normalization
+
+    monkeypatch.setattr(normalization, "BLOCK_BYTES", 1)
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((6, 4, 9, 7)) * [[[[0.1]], [[1.0]], [[0.0]], [[3.0]]]]
+    x += np.array([30.0, -2.0, 5.0, 0.0])[:, None, None]
+    dy = rng.standard_normal(x.shape)
+    results = {}
+    for dtype in (np.float64, np.float32):
+        layer = pn.BatchNorm2D(4, dtype=dtype)
+        layer.params["weight"][...] = [1.5, 0.5, 2.0, 1.0]
+        layer.params["bias"][...] = [0.1, -0.2, 0.3, 0.0]
+        if not training:
+            layer.forward(x.astype(dtype) + 0.05, training=True)
+        y = layer.forward(x.astype(dtype), training=training)
+        dx = layer.backward(dy.astype(dtype))
+        results[dtype] = [
+            y,
+            dx,
+            layer.grads["weight"],
+            layer.grads["bias"],
+            *layer.buffers.values(),
+        ]
+        assert all(r.dtype == dtype for r in results[dtype])
+    for exact, single in zip(results[np.float64], results[np.float32], strict=True):
+        scale = max(1.0, float(np.abs(exact).max()))
+        assert float(np.abs(single - exact).max()) < 2e-5 * scale
+
+
 def test_batchnorm_running_statistics_use_unbiased_variance():
     layer = pn.BatchNorm1D(2, momentum=0.5, dtype=np.float64)
     x = np.array([[1.0, 10.0], [3.0, 14.0], [5.0, 12.0]])

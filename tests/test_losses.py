@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from purenn.nn.losses import MSE, SoftmaxCrossEntropy
+from purenn.nn.losses import MSE, SoftmaxCrossEntropy, UniformCrossEntropy
 
 SMOOTHINGS = [0.0, 0.1, 0.5, 1.0]
 DTYPES_RTOL = [(np.float64, 1e-6), (np.float32, 1e-4)]
@@ -141,7 +141,7 @@ def test_cross_entropy_rejects_bad_label_smoothing(eps):
         SoftmaxCrossEntropy(label_smoothing=eps)
 
 
-@pytest.mark.parametrize("fn", [SoftmaxCrossEntropy(), MSE()])
+@pytest.mark.parametrize("fn", [SoftmaxCrossEntropy(), MSE(), UniformCrossEntropy()])
 def test_backward_before_forward_raises(fn):
     with pytest.raises(RuntimeError, match="before forward"):
         fn.backward()
@@ -192,3 +192,54 @@ def test_mse_rejects_bad_inputs():
         MSE().forward(np.zeros((2, 3)), np.zeros((3, 2)))
     with pytest.raises(ValueError, match="pred must be a floating array, received: pred.dtype=int"):
         MSE().forward(np.zeros((2, 3), dtype=int), np.zeros((2, 3)))
+
+
+# --- outlier exposure: cross-entropy to the uniform distribution ----------------------------
+
+
+@pytest.mark.parametrize("weight", [0.0, 0.5, 2.0])
+def test_uniform_cross_entropy_gradient_matches_finite_differences(weight):
+    logits, _ = logits_and_labels(np.float64, seed=3)
+    fn = UniformCrossEntropy(weight)
+    fn.forward(logits)
+    numeric = numeric_grad(lambda z: UniformCrossEntropy(weight).forward(z), logits)
+    if weight == 0:
+        assert not fn.backward().any() and not numeric.any()
+    else:
+        assert rel_error(fn.backward(), numeric) < 1e-6
+
+
+@pytest.mark.parametrize("dtype, rtol", DTYPES_RTOL)
+def test_uniform_cross_entropy_matches_torch(dtype, rtol):
+    torch = pytest.importorskip("torch")
+    logits, _ = logits_and_labels(dtype, seed=4)
+    fn = UniformCrossEntropy(0.5)
+    loss, grad = fn.forward(logits), fn.backward()
+    t_logits = torch.from_numpy(logits.copy()).requires_grad_()
+    k = logits.shape[1]
+    # Hendrycks et al.'s code: -(x.mean(1) - torch.logsumexp(x, dim=1)).mean(), weighted.
+    uniform = torch.full_like(t_logits, 1.0 / k)
+    t_loss = 0.5 * torch.nn.functional.cross_entropy(t_logits, uniform)
+    t_loss.backward()
+    assert loss == pytest.approx(t_loss.item(), rel=rtol)
+    assert grad.dtype == dtype
+    assert_close(grad, t_logits.grad.numpy(), rtol)
+
+
+def test_uniform_cross_entropy_is_least_at_uniform_and_stable():
+    fn = UniformCrossEntropy(1.0)
+    assert fn.forward(np.full((3, 4), 7.0)) == pytest.approx(np.log(4))
+    assert np.allclose(fn.backward(), 0)
+    assert fn.forward(np.array([[1e4, 0.0, 0.0]])) == pytest.approx(2e4 / 3)
+    assert np.isfinite(fn.backward()).all()
+
+
+@pytest.mark.parametrize("weight", [-0.1, float("nan"), float("inf"), True])
+def test_uniform_cross_entropy_rejects_bad_weight(weight):
+    with pytest.raises(ValueError, match="weight must be a finite number >= 0"):
+        UniformCrossEntropy(weight)
+
+
+def test_uniform_cross_entropy_rejects_bad_logits():
+    with pytest.raises(ValueError, match="logits must be a non-empty 2-D floating array"):
+        UniformCrossEntropy().forward(np.zeros(3))

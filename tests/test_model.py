@@ -58,7 +58,7 @@ def test_model_gradient_matches_finite_differences_end_to_end():
         buffers = {}
 
         def forward(self, inputs, training=True):
-            return model.forward(inputs, training=training)
+            return model.forward(inputs, training=training, for_backward=True)
 
         def backward(self, dy):
             dx = model.backward(dy)

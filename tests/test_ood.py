@@ -6,15 +6,18 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+import purenn as pn
 from purenn.inference.ood import (
     Mahalanobis,
+    NearestNeighbours,
     acceptance_threshold,
     auroc,
     energy_score,
+    feature_layer,
+    features_and_logits,
     fpr_at_tpr,
     max_logit_score,
     max_softmax_score,
-    penultimate_features,
 )
 from purenn.kernels.ops import softmax
 from purenn.nn.layers import Dense, Flatten, ReLU
@@ -95,18 +98,63 @@ def test_mahalanobis_bad_input():
         Mahalanobis.fit(features[:, :, None], labels)
 
 
-def test_penultimate_features_are_the_input_of_the_last_dense():
-    rng = np.random.default_rng(5)
-    model = Sequential([Flatten(), Dense(12, 7, rng=0), ReLU(), Dense(7, 3, rng=1)])
-    x = rng.normal(0, 1, (10, 3, 2, 2))
-    features = penultimate_features(model, x, batch_size=4)
+def _graph_model():
+    x = pn.Input((3, 2, 2))
+    h = pn.Flatten()(x)
+    a = pn.ReLU()(pn.Dense(12, 7, rng=0)(h))
+    b = pn.ReLU()(pn.Dense(12, 7, rng=1)(h))
+    return pn.Model(x, pn.Dense(7, 3, rng=2)(pn.Add()([a, b])))
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: Sequential([Flatten(), Dense(12, 7, rng=0), ReLU(), Dense(7, 3, rng=1)]),
+        _graph_model,
+    ],
+    ids=["sequential", "graph"],
+)
+def test_features_are_the_input_of_the_last_dense_from_the_same_pass(make):
+    model = make()
+    x = np.random.default_rng(5).normal(0, 1, (10, 3, 2, 2))
+    features, logits = features_and_logits(model, x, batch_size=4)
     assert features.shape == (10, 7) and features.dtype == np.float64
+    np.testing.assert_allclose(logits, model.forward(x, training=False), rtol=1e-12)
     np.testing.assert_allclose(
-        model.layers[-1].forward(features, training=False), model.forward(x, training=False),
-        rtol=1e-6,
-    )  # fmt: skip
+        model.layers[-1].forward(features, training=False), logits, rtol=1e-6
+    )
+
+
+def test_features_need_a_final_dense():
+    x = np.zeros((2, 3, 2, 2))
     with pytest.raises(ValueError, match="must end in a Dense layer"):
-        penultimate_features(Sequential([Flatten(), Dense(12, 3, rng=0), ReLU()]), x)
+        features_and_logits(Sequential([Flatten(), Dense(12, 3, rng=0), ReLU()]), x)
+    assert feature_layer(Sequential([Dense(12, 3, rng=0)])) is None
+
+
+def test_nearest_neighbours_is_the_kth_cosine_distance():
+    rng = np.random.default_rng(7)
+    bank, queries = rng.normal(0, 1, (40, 5)), rng.normal(0, 1, (9, 5))
+    queries[0] = 0.0  # a feature vector of zeros: cosine 0 to every training feature
+    fitted = NearestNeighbours.fit(bank, k=3)
+    unit = bank / np.linalg.norm(bank, axis=1, keepdims=True)
+    np.testing.assert_allclose(np.linalg.norm(fitted.bank, axis=1), 1.0, rtol=1e-12)
+    for i, q in enumerate(queries):
+        if not q.any():
+            assert fitted.score(queries[i : i + 1])[0] == pytest.approx(np.sqrt(2))
+            continue
+        expected = np.sort(np.linalg.norm(unit - q / np.linalg.norm(q), axis=1))[2]
+        assert fitted.score(queries[i : i + 1], batch_size=1)[0] == pytest.approx(expected)
+    np.testing.assert_allclose(fitted.score(queries, batch_size=4), fitted.score(queries))
+    # Scale does not matter; a training feature is its own nearest neighbour.
+    np.testing.assert_allclose(fitted.score(5 * queries[1:]), fitted.score(queries[1:]))
+    assert NearestNeighbours.fit(bank, k=1).score(bank[:3] * 2) == pytest.approx(0, abs=1e-7)
+
+
+@pytest.mark.parametrize("k", [0, 41, 2.0, True])
+def test_nearest_neighbours_bad_k(k):
+    with pytest.raises(ValueError, match="k must be"):
+        NearestNeighbours.fit(np.ones((40, 5)), k=k)
 
 
 def _separable_scores(seed=6, ties=False):

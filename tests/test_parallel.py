@@ -23,7 +23,9 @@ def run_model(threads: int, x: np.ndarray, dy: np.ndarray, algorithm: str = "im2
     parallel.set_num_threads(threads)
     conv = pn.Conv2D(4, 8, 3, padding=1, rng=0, algorithm=algorithm)
     dense = pn.Dense(8 * 16 * 15, 5, rng=0)
-    model = pn.Sequential([conv, pn.ReLU(), pn.MaxPool2D(2), pn.ReLU(), pn.Flatten(), dense])
+    model = pn.Sequential(
+        [conv, pn.BatchNorm2D(8), pn.ReLU(), pn.MaxPool2D(2), pn.ReLU(), pn.Flatten(), dense]
+    )
     y = model.forward(x)
     dx = model.backward(dy)
     return y, dx, [grad.copy() for _, grad in model.parameters()]
@@ -32,9 +34,11 @@ def run_model(threads: int, x: np.ndarray, dy: np.ndarray, algorithm: str = "im2
 @pytest.mark.usefixtures("restore_threads")
 @pytest.mark.parametrize("algorithm", ["im2col", "winograd"])
 def test_threads_do_not_change_a_single_bit(algorithm, monkeypatch):
+    from purenn.kernels import normalization
     from purenn.kernels import winograd as conv_winograd
 
     monkeypatch.setattr(conv_winograd, "CHUNK_BYTES", 1)  # Winograd: one sample per chunk
+    monkeypatch.setattr(normalization, "BLOCK_BYTES", 70_000)  # BatchNorm: blocks of 2 samples
     rng = np.random.default_rng(0)
     x = rng.standard_normal((7, 4, 33, 30)).astype(np.float32)  # odd sizes
     dy = rng.standard_normal((7, 5)).astype(np.float32)

@@ -1,4 +1,5 @@
-"""``purenn calibrate MODEL DATA_DIR``: fit a model file's temperature and write it into it."""
+"""``purenn calibrate MODEL DATA_DIR``: fit a model file's temperature (and, on its validation
+split, its OOD test) and write them into it."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from purenn.cli.arguments import (
     add_model_argument,
     add_threads,
 )
+from purenn.inference.recognition import DEFAULT_SCORE, SCORES
 from purenn.kernels.runtime import limit_threads
 from purenn.training.calibrate import CALIBRATE_SPLITS, calibrate, format_calibration
 
@@ -25,6 +27,7 @@ def _cmd_calibrate(args: argparse.Namespace, progress) -> int:
             cache_dir=args.cache_dir,
             workers=args.threads,
             progress=progress.bars,
+            ood_score=args.ood_score,
         )
     if args.json:
         print(json.dumps(result, indent=2))
@@ -37,10 +40,12 @@ def add_parser(commands) -> None:
     """Register ``purenn calibrate`` on the sub-command parsers ``commands``."""
     p = commands.add_parser(
         "calibrate",
-        help="fit a model's temperature so its probabilities are calibrated",
+        help="fit a model's temperature (and OOD test) so its answers are calibrated",
         description="Fit the temperature T that minimises the NLL of softmax(logits / T) on "
         "held-out labelled images, and write it into MODEL (atomically; the weights are "
-        "unchanged). Every probability purenn reports divides the logits by it.",
+        "unchanged). Every probability purenn reports divides the logits by it. On the "
+        "model's validation split of an .npz file, also fit its OOD test (statistics of the "
+        "training split, threshold keeping 95%% of the validation split).",
         epilog="example:\n  purenn calibrate runs/cnn leaves/         # its validation split\n"
         "  purenn calibrate old.npz new-leaves/ --split all",
     )
@@ -52,6 +57,12 @@ def add_parser(commands) -> None:
         default="auto",
         help="auto: the model's validation split on the folder it was trained on, all images "
         "of any other folder; or val, or all (never images the model was trained on)",
+    )
+    p.add_argument(
+        "--ood-score",
+        choices=SCORES,
+        default=DEFAULT_SCORE,
+        help=f"the OOD test's score (default: {DEFAULT_SCORE}, chosen by measurement)",
     )
     add_batch_size(p)
     add_cache_dir(p)

@@ -56,7 +56,8 @@ def add_parser(commands) -> None:
         "--layer",
         type=_natural,
         metavar="N",
-        help="gradcam: index of the layer whose output maps are used (default: the last Conv2D)",
+        help="gradcam: index of the layer whose output maps are used (default: the last Conv2D; "
+        "in a graph whose last Conv2D a shortcut bypasses, the last map on every path)",
     )
     p.add_argument(
         "--smooth",

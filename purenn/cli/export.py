@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from purenn.export.onnx import OPSET, ExportError, export_onnx
+from purenn.inference.recognition import OOD_KEY
 from purenn.io import load_model, model_file
 from purenn.io.header import header_metadata
 from purenn.io.safetensors import save_safetensors
@@ -25,7 +26,9 @@ def _cmd_export(args: argparse.Namespace, progress) -> int:
     if not out.absolute().parent.is_dir():
         raise ExportError(f"the folder of OUT does not exist: {out.absolute().parent}")
     model, header = load_model(model_file(args.model))
-    metadata = header_metadata(header)
+    # The OOD test's statistics are arrays of the .npz that neither format carries: the
+    # exported file has no OOD test (every image recognized), not a header without its arrays.
+    metadata = {k: v for k, v in header_metadata(header).items() if k != OOD_KEY}
     if suffix == ".onnx":
         export_onnx(model, out, metadata)
         what = f"ONNX opset {OPSET}, input (batch, {', '.join(map(str, model.input_shape or ()))})"

@@ -56,6 +56,7 @@ from purenn.training.config import (
 )
 from purenn.training.evaluation import SPLIT_CHOICES, default_eval_dir, describe_scored
 from purenn.training.metrics import format_report
+from purenn.training.ood_evaluation import evaluate_ood, format_ood, require_ood_test
 from purenn.training.progress import plural
 from purenn.training.rundir import RunDir
 
@@ -201,7 +202,9 @@ def _more_epochs_advice(run: Path, epochs: int) -> str:
 def _cmd_evaluate(args: argparse.Namespace, progress: Progress) -> int:
     model = model_file(args.model)
     out = Path(args.out) if args.out else default_eval_dir(model, args.data_dir, args.split)
-    load_model(model)  # a bad model file is reported before the folder is created
+    _, meta = load_model(model)  # a bad model file is reported before the folder is created
+    if args.ood is not None:
+        require_ood_test(model, meta)
     _writable_folder(out.absolute())
     with limit_threads(args.threads):
         report = evaluate(
@@ -214,6 +217,8 @@ def _cmd_evaluate(args: argparse.Namespace, progress: Progress) -> int:
             progress=progress.bars,
             tta=args.tta,
         )
+        if args.ood is not None:
+            report["ood"] = _evaluate_ood(args, model, out, progress)
     json_path, png_path = write_report(out, report)
     if args.json:
         print(describe_scored(report), file=sys.stderr)
@@ -221,11 +226,28 @@ def _cmd_evaluate(args: argparse.Namespace, progress: Progress) -> int:
     else:
         progress.info(describe_scored(report))
         progress.result(format_report(report))
+        if args.ood is not None:
+            progress.result(format_ood(report["ood"]))
         progress.info(
             f"calibration: temperature {report['temperature']:.4g}, expected calibration "
             f"error {100 * report['ece']:.2f}%\nreport: {json_path}\nconfusion matrix: {png_path}"
         )
     return EXIT_OK
+
+
+def _evaluate_ood(args: argparse.Namespace, model: Path, out: Path, progress: Progress) -> dict:
+    """``evaluate --ood DIR``: the OOD test's figures for report.json (risk_coverage.png)."""
+    return evaluate_ood(
+        model,
+        args.data_dir,
+        args.ood,
+        out,
+        split=args.split,
+        batch_size=args.batch_size,
+        cache_dir=args.cache_dir,
+        workers=args.threads,
+        progress=progress.bars,
+    )
 
 
 def _cmd_predict(args: argparse.Namespace, progress: Progress) -> int:
@@ -334,6 +356,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=_examples(
             "purenn evaluate runs/cnn/best.npz leaves/            # its test split (auto)",
             "purenn evaluate runs/cnn test-leaves/ --json | head",
+            "purenn evaluate runs/cnn leaves/ --ood not-leaves/  # and the OOD test",
         ),
     )
     add_model_argument(p)
@@ -350,6 +373,13 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="DIR",
         help="for report.json and confusion.png "
         "(default: <model folder>/eval-<data folder>[-<split>])",
+    )
+    p.add_argument(
+        "--ood",
+        metavar="DIR",
+        help="also measure the model's OOD test against the photos in DIR (none of its "
+        "classes; DIR/<group>/<image> and/or images in DIR): AUROC, FPR at 95%% of the leaves "
+        "accepted, share not recognized; risk_coverage.png",
     )
     add_batch_size(p)
     add_cache_dir(p)

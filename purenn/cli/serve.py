@@ -165,7 +165,7 @@ def _cmd_serve(args: argparse.Namespace, progress) -> int:
 def _cmd_export(args: argparse.Namespace, progress) -> int:
     from purenn.serve.feedback import export_feedback
 
-    summary = export_feedback(args.db, args.out_dir, args.by, args.min_agree)
+    summary = export_feedback(args.db, args.out_dir, args.by, args.min_agree, args.outliers)
     for line in summary.missing:
         progress.info(f"skipped {line}")
     agreed = (
@@ -173,9 +173,17 @@ def _cmd_export(args: argparse.Namespace, progress) -> int:
         if args.min_agree is not None
         else ""
     )
+    outliers = ""
+    if summary.outliers:
+        outliers = f"; {summary.outliers} 'not a leaf' photos in {args.outliers}"
+    if summary.outliers_left_out:
+        outliers = (
+            f"; {summary.outliers_left_out} 'not a leaf' photos left out (--outliers DIR "
+            "writes them for purenn train --outliers)"
+        )
     progress.result(
         f"{summary.written} images written, {summary.unchanged} already there, "
-        f"{len(summary.missing)} without a stored image{agreed}: {args.out_dir}"
+        f"{len(summary.missing)} without a stored image{agreed}: {args.out_dir}{outliers}"
     )
     return 0
 
@@ -310,6 +318,12 @@ def add_parser(commands) -> None:
         type=positive_int,
         metavar="K",
         help="only photos that at least K distinct reviewers gave the same label",
+    )
+    e.add_argument(
+        "--outliers",
+        metavar="DIR",
+        help="write the photos whose feedback is 'not a leaf' into DIR (for purenn train "
+        "--outliers DIR); without it they are left out",
     )
     e.add_argument("--quiet", "-q", action="store_true", help="print only the result")
     e.set_defaults(func=_cmd_export)

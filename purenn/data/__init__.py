@@ -16,7 +16,13 @@ from purenn.data.cache import ImageCache, build_cache
 from purenn.data.decode import decode_image_bytes, load_image
 from purenn.data.errors import DataError
 from purenn.data.field import FieldAugmentation
-from purenn.data.folder import IMAGE_EXTENSIONS, FolderScan, collect_images, scan_image_folder
+from purenn.data.folder import (
+    IMAGE_EXTENSIONS,
+    FolderScan,
+    collect_images,
+    scan_image_folder,
+    scan_outlier_folder,
+)
 from purenn.data.loader import DataLoader
 from purenn.data.split import stratified_split, subset_split
 from purenn.data.stats import channel_stats, normalize_batch
@@ -36,6 +42,7 @@ __all__ = [
     "load_image",
     "normalize_batch",
     "scan_image_folder",
+    "scan_outlier_folder",
     "stratified_split",
     "subset_split",
 ]

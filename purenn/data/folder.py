@@ -50,8 +50,13 @@ class FolderScan:
     ignored_folders: list[tuple[str, str]] = field(default_factory=list)
 
     def class_folder(self, path: str) -> str:
-        """The class folder (relative to ``root``) that holds ``path``, a path like ``files``."""
-        return "/".join(path.split("/")[: 2 if self.subset is not None else 1])
+        """The class folder (relative to ``root``) that holds ``path``, a path like ``files``.
+
+        ``"."`` for a file directly in ``root`` (only :func:`scan_outlier_folder` lists those).
+        """
+        parts = path.split("/")
+        depth = 2 if self.subset is not None else 1
+        return "/".join(parts[:depth]) if len(parts) > depth else "."
 
 
 # Folders that archivers and tools leave beside the data; never classes.
@@ -233,6 +238,40 @@ def scan_image_folder(root: str | Path) -> FolderScan:
         subset=[split for _, _, split in entries] if presplit else None,
         ignored=sorted(ignored, key=_path_key),
         ignored_folders=ignored_folders,
+    )
+
+
+def scan_outlier_folder(root: str | Path) -> FolderScan:
+    """The images under ``root`` that are not leaves of any class, grouped by top-level folder.
+
+    Outlier exposure (``purenn train --outliers``) and the out-of-distribution evaluation
+    (``purenn evaluate --ood``) read such a folder: ``root/<group>/<image>`` (images may sit
+    deeper, as in a class folder) and/or images directly in ``root`` (group ``"."``). Each group
+    is a "class" of the scan, so the decode-once cache reads it like any image folder. Left out as
+    in :func:`find_images`: hidden files and folders, purenn's run and evaluation folders.
+
+    Raises:
+        DataError: ``root`` is missing or not a folder, or holds no image file.
+    """
+    root = Path(root).expanduser().resolve()
+    if not root.is_dir():
+        raise DataError(f"outlier folder does not exist or is not a folder: {root}")
+    images, others = _walk_class_folder(root, ".")
+    # "./a.jpg" -> "a.jpg", "./background/b.jpg" -> "background/b.jpg"
+    images = sorted((path[2:] for path in images), key=_path_key)
+    if not images:
+        raise DataError(
+            f"outlier folder has no image files ({', '.join(sorted(IMAGE_EXTENSIONS))}): {root}"
+        )
+    groups = [path.split("/")[0] if "/" in path else "." for path in images]
+    class_names = sorted(set(groups))
+    index = {name: i for i, name in enumerate(class_names)}
+    return FolderScan(
+        root=root,
+        files=images,
+        labels=np.array([index[g] for g in groups], dtype=np.int64),
+        class_names=class_names,
+        ignored=sorted((path[2:] for path in others), key=_path_key),
     )
 
 

@@ -13,6 +13,13 @@ Grad-CAM's feature maps are the output Z of the last Conv2D (or a chosen layer),
 gradient (at the ReLU's output it would only reflect how a following max-pool breaks ties between
 zeros; purenn even runs that ReLU after the pooling, see ``Sequential``).
 
+In a graph model the last Conv2D may be bypassed: in a ResNet it is a shortcut's 1x1 projection,
+and the main path's last conv is another branch; neither map is what the head sees. There the
+default is the last feature map that every path from the input to the output passes through
+(the last node that dominates the output with a (C, H, W) output): in ``plantvillage-resnet``
+the ReLU after the last Add, whose maps the global average pooling reads, so that Grad-CAM there
+is Zhou et al.'s CAM (``alpha_k`` is the head's weight of channel k over H*W).
+
 The model is left exactly as it was: its parameters, the gradients it holds for training (a
 layer's ``backward`` overwrites ``layer.grads``, so the explanation runs with stand-in gradient
 arrays), the values layers cached for a pending backward, its ``training`` flag and its Dropout
@@ -30,8 +37,9 @@ import numpy as np
 
 from purenn.checks import check_int
 from purenn.kernels.ops import softmax
+from purenn.kernels.workspace import Workspace
 from purenn.nn.layers import Conv2D, ReLU
-from purenn.nn.sequential import Sequential
+from purenn.nn.network import Network
 
 METHODS = ("gradcam", "saliency")
 # Normalised saliency maps are divided by this quantile of each map (and clipped at 1).
@@ -61,7 +69,7 @@ class Explanation:
 
 # -- running the model in segments ---------------------------------------------------------
 @contextmanager
-def isolated(model: Sequential) -> Iterator[None]:
+def isolated(model: Network) -> Iterator[None]:
     """Run ``model``'s layers inside the block without leaving any trace on them.
 
     Each layer gets zeroed stand-in gradient arrays and an empty scratch store for the block;
@@ -71,19 +79,21 @@ def isolated(model: Sequential) -> Iterator[None]:
     layers with ``training=False``).
     """
     saved = [dict(vars(layer)) for layer in model.layers]
+    backward_ready = model._backward_ready
     for layer in model.layers:
         layer.grads = {name: np.zeros(g.shape, g.dtype) for name, g in layer.grads.items()}
-        layer._scratch = {}
+        layer._scratch = Workspace()
     try:
         yield
     finally:
+        model._backward_ready = backward_ready
         for layer, attributes in zip(model.layers, saved, strict=True):
             vars(layer).clear()
             vars(layer).update(attributes)
 
 
 def score_gradient(
-    model: Sequential, x: np.ndarray, targets: np.ndarray | None, layer: int | None
+    model: Network, x: np.ndarray, targets: np.ndarray | None, layer: int | None
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Forward ``x`` in evaluation mode and backpropagate the target logits down to ``layer``.
 
@@ -112,13 +122,13 @@ def score_gradient(
 
 
 # -- arguments ---------------------------------------------------------------------------------
-def _model_dtype(model: Sequential) -> np.dtype:
+def _model_dtype(model: Network) -> np.dtype:
     for _, value, _ in model.named_parameters():
         return value.dtype
     return np.dtype(np.float32)
 
 
-def _check_images(model: Sequential, images) -> np.ndarray:
+def _check_images(model: Network, images) -> np.ndarray:
     x = np.asarray(images)
     if x.ndim != 4 or not np.issubdtype(x.dtype, np.floating):
         raise ExplainError(
@@ -151,14 +161,18 @@ def _check_targets(target, n: int, num_classes: int | None) -> np.ndarray | None
     return targets.astype(np.int64)
 
 
-def _num_classes(model: Sequential) -> int | None:
+def _num_classes(model: Network) -> int | None:
     if model.input_shape is None:
         return None
     return model.output_shapes(model.input_shape)[-1][-1]
 
 
-def conv_layer(model: Sequential, layer: int | None = None) -> int:
-    """The index of the layer Grad-CAM reads: ``layer`` (checked), else the last Conv2D.
+def conv_layer(model: Network, layer: int | None = None) -> int:
+    """The index of the layer Grad-CAM reads: ``layer`` (checked), else the default.
+
+    The default is the last Conv2D when every path to the output passes through it (always in a
+    Sequential); else (a shortcut bypasses it) the last layer with a (C, H, W) output that every
+    path passes through.
 
     Raises:
         ExplainError: the model has no Conv2D, or ``layer`` is not the index of a layer whose
@@ -168,7 +182,11 @@ def conv_layer(model: Sequential, layer: int | None = None) -> int:
         convs = [i for i, item in enumerate(model.layers) if isinstance(item, Conv2D)]
         if not convs:
             raise ExplainError("Grad-CAM needs a model with a Conv2D layer; use saliency instead")
-        return convs[-1]
+        passed = model.dominating()
+        if passed[convs[-1]]:
+            return convs[-1]
+        shapes = model.output_shapes(model.input_shape)
+        return max(k for k in range(len(model.layers)) if passed[k] and len(shapes[k]) == 3)
     layer = check_int(layer, "layer", minimum=0, error=ExplainError)
     if layer >= len(model.layers):
         raise ExplainError(
@@ -240,9 +258,10 @@ def grad_cam_maps(activation: np.ndarray, gradient: np.ndarray, rectify: bool) -
     return np.maximum(weighted.reshape(n, h, w), 0)
 
 
-def _rectified(model: Sequential, layer: int) -> bool:
-    """Whether the layer's output goes straight into a ReLU."""
-    return layer + 1 < len(model.layers) and type(model.layers[layer + 1]) is ReLU
+def _rectified(model: Network, layer: int) -> bool:
+    """Whether the layer's output goes straight into a ReLU, and into nothing else."""
+    readers = [k for k, inputs in enumerate(model.inputs) if layer + 1 in inputs]
+    return bool(readers) and all(type(model.layers[k]) is ReLU for k in readers)
 
 
 def _gradcam_batch(model, x, targets, layer):
@@ -269,7 +288,7 @@ def _saliency_batch(model, x, targets, smooth_samples, noise, rng):
 
 
 def explain(
-    model: Sequential,
+    model: Network,
     images,
     method: str = "gradcam",
     target=None,
@@ -285,14 +304,16 @@ def explain(
     """Heat maps of what each image's target-class logit depends on.
 
     Args:
-        model: a :class:`Sequential` (left unchanged).
+        model: a :class:`Sequential` or a graph :class:`Model` (left unchanged).
         images: float ``(N, C, H, W)``, normalised as the model expects (e.g. with
             ``purenn.data.normalize_batch`` and the model file's mean and std).
         method: ``"gradcam"`` or ``"saliency"``.
         target: None (each image's predicted class), a class index for every image, or ``N``
             class indices.
         layer: Grad-CAM only: index into ``model.layers`` of the layer whose output feature maps
-            are used (rectified when a ReLU follows it); default the last Conv2D.
+            are used (rectified when a ReLU follows it); default the last Conv2D, or in a graph
+            whose last Conv2D a shortcut bypasses, the last feature map every path to the output
+            passes through (:func:`conv_layer`).
         upsampled: Grad-CAM only: resize the maps bilinearly to the input size (else the maps
             have the layer's resolution).
         normalize: scale each map to [0, 1]: Grad-CAM divided by its maximum, saliency by its
@@ -350,7 +371,7 @@ def explain(
 
 
 def saliency(
-    model: Sequential,
+    model: Network,
     images,
     target=None,
     smooth_samples: int = 0,
@@ -380,7 +401,7 @@ def saliency(
 
 
 def grad_cam(
-    model: Sequential,
+    model: Network,
     images,
     target=None,
     layer: int | None = None,
@@ -388,7 +409,7 @@ def grad_cam(
     normalize: bool = True,
     batch_size: int = 32,
 ) -> np.ndarray:
-    """Grad-CAM (Selvaraju et al. 2017) at the output of ``layer`` (default the last Conv2D).
+    """Grad-CAM (Selvaraju et al. 2017) at the output of ``layer`` (default: :func:`conv_layer`).
 
     With Z the layer's output, ``alpha_k = mean over positions of d logit_target / d Z_k`` for
     each channel k, and the map is ``ReLU(sum_k alpha_k A_k)`` where the feature maps

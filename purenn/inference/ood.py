@@ -8,7 +8,11 @@ Every score here is oriented the same way: **higher means less like the training
 - energy (Liu et al. 2020): ``E = -T logsumexp(z / T)``;
 - Mahalanobis (Lee et al. 2018) on penultimate features ``f``: ``min_k (f - mu_k)^T S^-1
   (f - mu_k)``, with class means ``mu_k`` and one covariance ``S`` shared by the classes
-  (pooled within-class), fitted in float64 on the training split.
+  (pooled within-class), fitted in float64 on the training split;
+- k nearest neighbours (Sun et al. 2022) on the same features scaled to unit length:
+  ``||z - b_(k)||``, the distance to the k-th nearest normalised training feature.
+
+Penultimate features and logits come from one forward pass (:func:`features_and_logits`).
 
 Separation, with the in-distribution images as the ones to accept: :func:`auroc` (the
 probability that an out-of-distribution image scores higher than an in-distribution one, ties
@@ -22,8 +26,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from purenn.nn.graph import Model
 from purenn.nn.layers import Dense
-from purenn.nn.sequential import Sequential
+from purenn.nn.network import Network
 
 # Ridge added to the shared covariance, relative to its mean variance: a direction no training
 # feature varies in (e.g. a ReLU unit that never fires) then costs a large but finite distance.
@@ -68,26 +73,55 @@ def energy_score(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
     return -t * _logsumexp(_logits(logits) / t)
 
 
-def penultimate_features(model: Sequential, x: np.ndarray, batch_size: int = 64) -> np.ndarray:
-    """The input of the model's last layer (a Dense: the logits are ``W f + b``), float64.
+def ends_in_dense(model: Network) -> bool:
+    """Whether the model's last layer is a Dense (whose input are the penultimate features)."""
+    return bool(model.layers) and type(model.layers[-1]) is Dense
+
+
+def feature_layer(model: Network) -> int | None:
+    """The layer whose output is the input of the model's final Dense (None: the model input).
+
+    Sequential: the layer before the last (a Dense takes ``(N, D)``, so no max-pool that
+    ``Sequential`` runs after its ReLU can precede it). Graph model: the producer of the last
+    node's input.
+
+    Raises:
+        ValueError: the model does not end in a Dense layer.
+    """
+    if not ends_in_dense(model):
+        last = type(model.layers[-1]).__name__ if model.layers else "nothing"
+        raise ValueError(f"model must end in a Dense layer; received: a model ending in {last}")
+    if isinstance(model, Model):
+        # Tensor 0 is the input, tensor i + 1 the output of layer i.
+        source = model.inputs[-1][0]
+        return None if source == 0 else source - 1
+    return len(model.layers) - 2 if len(model.layers) > 1 else None
+
+
+def features_and_logits(
+    model: Network, x: np.ndarray, batch_size: int = 64
+) -> tuple[np.ndarray, np.ndarray]:
+    """Penultimate features and logits of the same forward passes (evaluation mode).
+
+    The features are the input ``f`` of the model's final Dense layer (the logits are
+    ``W f + b``), kept by the model's ``tapped_forward``: one pass gives both.
 
     Args:
-        model: a Sequential ending in a Dense layer (left in its mode; run in eval mode).
+        model: a Sequential or graph Model ending in a Dense layer.
         x: float ``(N, ...)`` inputs, normalised as the model expects.
         batch_size: inputs per forward pass.
 
     Returns:
-        float64 ``(N, D)``, D the last layer's input width.
+        ``(features, logits)``: float64 ``(N, D)``, D the final Dense's ``in_features``, and
+        ``(N, K)`` logits in the model's dtype.
     """
-    if not model.layers or type(model.layers[-1]) is not Dense:
-        last = type(model.layers[-1]).__name__ if model.layers else "nothing"
-        raise ValueError(f"model must end in a Dense layer; received: a model ending in {last}")
-    body = model[:-1]
-    parts = [
-        body.forward(x[start : start + batch_size], training=False)
-        for start in range(0, len(x), batch_size)
-    ]
-    return np.concatenate(parts).reshape(len(x), -1).astype(np.float64)
+    layer = feature_layer(model)
+    features, logits = [], []
+    for start in range(0, len(x), batch_size):
+        f, z = model.tapped_forward(x[start : start + batch_size], layer)
+        features.append(f.reshape(len(f), -1).astype(np.float64))
+        logits.append(z)
+    return np.concatenate(features), np.concatenate(logits)
 
 
 @dataclass(frozen=True)
@@ -141,6 +175,61 @@ class Mahalanobis:
     def score(self, features: np.ndarray) -> np.ndarray:
         """float64 ``(N,)``: the squared distance to the nearest class mean."""
         return self.distances(features).min(axis=1)
+
+
+@dataclass(frozen=True)
+class NearestNeighbours:
+    """Distance to the k-th nearest training feature, every feature scaled to unit length.
+
+    Sun et al. 2022 ("Out-of-distribution detection with deep nearest neighbors"): with
+    ``z = f / ||f||``, the score is ``||z - b_(k)||``, ``b_(k)`` the k-th nearest of the
+    normalised training features. On the unit sphere ``||z - b||^2 = 2 - 2 z.b``, so the
+    k-th nearest is the k-th largest cosine similarity: one ``(N, D) @ (D, M)`` product and a
+    partial sort per row.
+
+    Attributes:
+        bank: float64 ``(M, D)`` training features scaled to unit length (a zero feature
+            vector stays zero).
+        k: which neighbour (1 = the nearest), ``1 <= k <= M``.
+    """
+
+    bank: np.ndarray
+    k: int
+
+    @classmethod
+    def fit(cls, features: np.ndarray, k: int) -> NearestNeighbours:
+        """Keep the ``(M, D)`` features of the training images, normalised, in float64."""
+        f = np.asarray(features, dtype=np.float64)
+        if f.ndim != 2 or not len(f) or not np.all(np.isfinite(f)):
+            raise ValueError(f"features must be finite (M, D), M >= 1; received: shape {f.shape}")
+        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 1 <= k <= len(f):
+            raise ValueError(f"k must be an int in [1, {len(f)}]; received: k={k!r}")
+        return cls(unit_rows(f), int(k))
+
+    def score(self, features: np.ndarray, batch_size: int = 1024) -> np.ndarray:
+        """float64 ``(N,)``: ``||z - b_(k)||`` of ``(N, D)`` features, in ``[0, 2]``.
+
+        Computed as ``sqrt(2 - 2 cos_(k))``, ``cos_(k)`` the k-th largest cosine similarity;
+        a feature vector of zeros (every unit off) has cosine 0 to all: ``sqrt(2)``.
+
+        ``batch_size`` rows at a time bound the ``(rows, M)`` similarity matrix.
+        """
+        z = unit_rows(np.asarray(features, dtype=np.float64))
+        kth = np.empty(len(z))
+        for start in range(0, len(z), batch_size):
+            similarity = z[start : start + batch_size] @ self.bank.T
+            # The k-th largest similarity: the (k-1)-th smallest of its negation.
+            kth[start : start + batch_size] = -np.partition(-similarity, self.k - 1, axis=1)[
+                :, self.k - 1
+            ]
+        # Rounding can take 2 - 2 cos a hair below 0 for a feature in the bank.
+        return np.sqrt(np.maximum(2.0 - 2.0 * kth, 0.0))
+
+
+def unit_rows(features: np.ndarray) -> np.ndarray:
+    """``features`` with each row divided by its L2 norm (rows of zeros stay zero)."""
+    norms = np.linalg.norm(features, axis=1, keepdims=True)
+    return features / np.maximum(norms, np.finfo(features.dtype).tiny)
 
 
 def _scores(scores: np.ndarray, name: str) -> np.ndarray:

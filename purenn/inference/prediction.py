@@ -9,7 +9,8 @@ import numpy as np
 from purenn.checks import check_int
 from purenn.data import DataError, collect_images
 from purenn.data.decode import try_decode
-from purenn.inference.probabilities import INFERENCE_KEYS, class_probabilities, top_classes
+from purenn.inference.probabilities import INFERENCE_KEYS, top_classes
+from purenn.inference.recognition import answer, read_ood_test
 from purenn.inference.tta import check_views
 from purenn.io import load_model, model_file
 
@@ -39,8 +40,11 @@ def predict(
             image, at ``tta`` forward passes per batch.
 
     Returns:
-        One ``{"file": str, "predictions": [{"class": name, "probability": p}, ...]}`` per image,
-        best first.
+        One ``{"file": str, "predictions": [{"class": name, "probability": p}, ...],
+        "recognized": bool, "ood_score": float | None}`` per image, best first: ``recognized``
+        is False when the image does not look like the leaves the model was trained on (its
+        OOD score, higher meaning less like them, is above the model file's threshold); a model
+        file without an OOD test recognizes every image and gives ``ood_score`` None.
 
     Raises:
         ModelFileError: not a purenn model. DataError: missing image, an unreadable one in
@@ -49,7 +53,9 @@ def predict(
     """
     top_k, batch_size = check_int(top_k, "top_k"), check_int(batch_size, "batch_size")
     tta = check_views(tta)
-    model, meta = load_model(model_file(model_path), require=INFERENCE_KEYS)
+    path = model_file(model_path)
+    model, meta = load_model(path, require=INFERENCE_KEYS)
+    ood_test = read_ood_test(path, meta)
     decoded = []
     for path in collect_images(paths):
         image, reason = try_decode(path, meta["image_size"])
@@ -65,20 +71,32 @@ def predict(
     images = np.stack([image for _, image in decoded])
     results = []
     for start in range(0, len(files), batch_size):
-        probs = class_probabilities(model, images[start : start + batch_size], meta, tta)
-        for f, p in zip(files[start : start + batch_size], probs, strict=True):
+        answers = answer(model, images[start : start + batch_size], meta, ood_test, tta)
+        for i, f in enumerate(files[start : start + batch_size]):
             results.append(
-                {"file": str(f), "predictions": top_classes(p, meta["class_names"], top_k)}
+                {
+                    "file": str(f),
+                    "predictions": top_classes(
+                        answers.probabilities[i], meta["class_names"], top_k
+                    ),
+                    **answers.verdict(i),
+                }
             )
     return results
 
 
 def format_predictions(results: list[dict]) -> str:
-    """A plain-text table: each file, then its ranked classes with probabilities."""
+    """A plain-text table: each file, then its ranked classes with probabilities (after a line
+    saying so when the photo was not recognized)."""
     width = max(len(p["class"]) for r in results for p in r["predictions"])
     lines = []
     for r in results:
         lines.append(r["file"])
+        if not r["recognized"]:
+            lines.append(
+                f"  NOT RECOGNIZED: this does not look like a leaf this model knows (OOD score "
+                f"{r['ood_score']:.3g}); its guesses would be:"
+            )
         for rank, p in enumerate(r["predictions"], 1):
             lines.append(f"  {rank}. {p['class']:<{width}}  {100 * p['probability']:6.2f}%")
     return "\n".join(lines)

@@ -69,6 +69,7 @@ def tta_logits(
     x: np.ndarray,
     temperature: float = 1.0,
     views: int = 1,
+    first: np.ndarray | None = None,
 ) -> np.ndarray:
     """Logits whose softmax at ``temperature`` is the mean of the views' calibrated probabilities.
 
@@ -84,22 +85,19 @@ def tta_logits(
             normalisation and view: they commute).
         temperature: T > 0 (the model file's calibration temperature).
         views: how many views of ``VIEWS`` to average, 1 to 8.
+        first: ``forward(x)`` when the caller has it already (the identity view's logits).
 
     Returns:
         ``(B, K)``: ``forward``'s dtype for one view, float64 otherwise.
     """
     views = check_views(views)
+    first = forward(x) if first is None else first
     if views == 1:
-        return forward(x)
+        return first
     # (V, B, K) log-probabilities of the views, one forward pass each.
+    outputs = [first] + [forward(np.ascontiguousarray(view(x, v))) for v in range(1, views)]
     log_probs = np.stack(
-        [
-            log_softmax(
-                np.asarray(forward(np.ascontiguousarray(view(x, v))), np.float64) / temperature,
-                axis=1,
-            )
-            for v in range(views)
-        ]
+        [log_softmax(np.asarray(out, np.float64) / temperature, axis=1) for out in outputs]
     )
     # log mean_v p_v = m + log sum_v exp(log p_v - m) - log V, m = max_v log p_v.
     top = log_probs.max(axis=0)

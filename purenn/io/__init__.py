@@ -12,6 +12,7 @@ from purenn.io.header import CHECKPOINT_FORMAT, FORMAT_VERSION, MODEL_FORMAT, Mo
 from purenn.io.model_file import (
     BEST_FILE,
     load_model,
+    load_model_arrays,
     model_file,
     save_model,
     update_model_metadata,
@@ -33,6 +34,7 @@ __all__ = [
     "join_state",
     "load_checkpoint",
     "load_model",
+    "load_model_arrays",
     "load_torch_state",
     "model_file",
     "read_safetensors",

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -28,8 +29,13 @@ def write_archive(path: str | Path, arrays: dict[str, np.ndarray], header: dict)
     return atomic_write(path, lambda f: np.savez(f, **arrays, **{META_KEY: meta}))
 
 
-def read_archive(path: str | Path) -> tuple[dict[str, np.ndarray], dict]:
-    """The arrays and the JSON header of a purenn ``.npz``; refuses anything else unread."""
+def read_archive(
+    path: str | Path, members: Callable[[str], bool] | None = None
+) -> tuple[dict[str, np.ndarray], dict]:
+    """The arrays and the JSON header of a purenn ``.npz``; refuses anything else unread.
+
+    ``members``: read only the arrays whose name it accepts (default: all).
+    """
     path = Path(path)
     if not path.is_file():
         raise ModelFileError(f"model file does not exist: {path}")
@@ -44,7 +50,8 @@ def read_archive(path: str | Path) -> tuple[dict[str, np.ndarray], dict]:
             if META_KEY not in archive.files:
                 raise ModelFileError(f"not a purenn model file (no {META_KEY} entry): {path}")
             # Members that are not .npy files load as bytes: the archive was not written by us.
-            arrays = {key: archive[key] for key in archive.files}
+            wanted = [k for k in archive.files if k == META_KEY or members is None or members(k)]
+            arrays = {key: archive[key] for key in wanted}
             if not all(isinstance(value, np.ndarray) for value in arrays.values()):
                 raise ValueError("an entry is not a NumPy array")
             header = json.loads(arrays.pop(META_KEY).tobytes().decode("utf-8"))

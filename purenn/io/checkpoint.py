@@ -15,7 +15,13 @@ from typing import Any
 import numpy as np
 
 from purenn.io.archive import read_archive, write_archive
-from purenn.io.header import CHECKPOINT_FORMAT, ModelFileError, build_model, model_header
+from purenn.io.header import (
+    CHECKPOINT_FORMAT,
+    ModelFileError,
+    build_model,
+    check_extra_arrays,
+    model_header,
+)
 from purenn.nn.sequential import Sequential
 
 
@@ -36,9 +42,7 @@ def save_checkpoint(
         state_arrays: arrays of the training state; every name must contain ``/``
             (``"optim/exp_avg.0"``) so that it can never be taken for a model array.
     """
-    bad = [key for key in state_arrays if "/" not in key]
-    if bad:
-        raise ValueError(f"checkpoint state array names must contain '/', received: {bad}")
+    check_extra_arrays(state_arrays, "checkpoint state")
     header = {**model_header(CHECKPOINT_FORMAT, model, metadata), "state": state}
     return write_archive(path, {**model.state_dict(), **state_arrays}, header)
 

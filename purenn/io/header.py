@@ -61,6 +61,15 @@ def build_model(path: Path, arrays: dict[str, np.ndarray], header: dict) -> Netw
     return model
 
 
+def check_extra_arrays(arrays: dict[str, np.ndarray], what: str) -> dict[str, np.ndarray]:
+    """``arrays`` if every name contains ``/`` (``"optim/exp_avg.0"``, ``"ood/bank"``), so that
+    it can never be taken for a model array; ValueError naming ``what`` otherwise."""
+    bad = [key for key in arrays if "/" not in key]
+    if bad:
+        raise ValueError(f"{what} array names must contain '/', received: {bad}")
+    return arrays
+
+
 def header_metadata(header: dict) -> dict:
     """A header's metadata: what :func:`model_header` was given, the file's entries left out."""
     return {key: value for key, value in header.items() if key not in FILE_KEYS}

@@ -3,6 +3,12 @@
 A model file is a purenn ``.npz`` archive (:mod:`purenn.io.archive`) or a ``.safetensors`` file
 written by ``purenn export`` (:mod:`purenn.io.safetensors`), chosen by the suffix; both carry the
 same JSON header (:mod:`purenn.io.header`). A run folder stands for its ``best.npz``.
+
+An ``.npz`` model file may also hold arrays that are not weights, under names with a ``/``
+(``"ood/bank"``: the statistics of the out-of-distribution test, whose scalars are in the
+header): :func:`save_model` takes them as ``arrays``, :func:`load_model_arrays` reads them, and
+:func:`update_model_metadata` keeps them. A ``.safetensors`` model file holds the weights only
+(a torch state dict must not carry other tensors).
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ from purenn.io.header import (
     MODEL_FORMAT,
     ModelFileError,
     build_model,
+    check_extra_arrays,
     check_header,
     header_metadata,
     model_header,
@@ -59,6 +66,7 @@ def save_model(
     model: Sequential,
     metadata: dict,
     weights: dict[str, np.ndarray] | None = None,
+    arrays: dict[str, np.ndarray] | None = None,
 ) -> Path:
     """Write ``model`` (architecture and weights) and ``metadata`` to ``path`` atomically.
 
@@ -68,9 +76,11 @@ def save_model(
         metadata: JSON-able dict, e.g. ``class_names``, ``image_size``, ``mean``, ``std``.
         weights: a state dict of ``model`` to store instead of its current one (e.g. the best
             weights kept by early stopping).
+        arrays: other arrays to store, every name with a ``/`` (e.g. ``"ood/bank"``).
     """
     weights = model.state_dict() if weights is None else weights
-    return write_archive(path, weights, model_header(MODEL_FORMAT, model, metadata))
+    extra = check_extra_arrays(arrays or {}, "model file")
+    return write_archive(path, {**weights, **extra}, model_header(MODEL_FORMAT, model, metadata))
 
 
 def load_model(path: str | Path, require: tuple[str, ...] = ()) -> tuple[Sequential, dict]:
@@ -98,19 +108,45 @@ def load_model(path: str | Path, require: tuple[str, ...] = ()) -> tuple[Sequent
     return build_model(Path(path), arrays, header).eval(), header
 
 
-def update_model_metadata(path: str | Path, changes: dict) -> Path:
+def load_model_arrays(path: str | Path) -> dict[str, np.ndarray]:
+    """The arrays of a model file that are not weights (names with a ``/``); ``{}`` for a
+    ``.safetensors`` file. Only those members of an ``.npz`` are read.
+
+    Raises:
+        ModelFileError: as :func:`load_model`.
+    """
+    if Path(path).suffix.lower() == ".safetensors":
+        _read_model_file(path)  # checked as load_model checks it
+        return {}
+    return read_archive(path, members=lambda name: "/" in name)[0]
+
+
+def update_model_metadata(
+    path: str | Path,
+    changes: dict,
+    arrays: dict[str, np.ndarray] | None = None,
+    prefix: str | None = None,
+) -> Path:
     """Rewrite a model file atomically with ``changes`` merged into its metadata.
 
     The container (``.safetensors`` or ``.npz``, by the suffix) and the weights stay as they
-    were; only the JSON header changes. The file is replaced only once the new one is written.
+    were; so do its other arrays, except that with ``prefix`` (e.g. ``"ood/"``) every array
+    under it is replaced by ``arrays``. The file is replaced only once the new one is written.
 
     Args:
         path: a model file (not a checkpoint: its optimizer state would be dropped).
         changes: JSON-able metadata entries to set (e.g. ``{"temperature": 1.7}``).
+        arrays: the arrays to store under ``prefix`` (every name starting with it); an
+            ``.npz`` model file only.
+        prefix: the arrays to replace, a name prefix ending in ``/``.
 
     Raises:
-        ModelFileError: not a purenn model file, or a checkpoint.
+        ModelFileError: not a purenn model file, a checkpoint, or ``arrays`` for a
+            ``.safetensors`` file. ValueError: ``arrays`` without ``prefix``, or named otherwise.
     """
+    new = check_extra_arrays(arrays or {}, "model file")
+    if new and (prefix is None or not all(name.startswith(prefix) for name in new)):
+        raise ValueError(f"arrays must all be named {prefix!r}...; received: {sorted(new)}")
     model, header = load_model(path)
     if header["format"] != MODEL_FORMAT:
         raise ModelFileError(
@@ -118,5 +154,13 @@ def update_model_metadata(path: str | Path, changes: dict) -> Path:
         )
     metadata = {**header_metadata(header), **changes}
     if Path(path).suffix.lower() == ".safetensors":
+        if arrays:
+            raise ModelFileError(
+                f"{path} is a .safetensors file, which holds weights only: the arrays "
+                f"{sorted(arrays)} need the .npz model file"
+            )
         return save_safetensors(path, model, metadata)
-    return save_model(path, model, metadata)
+    kept = load_model_arrays(path)
+    if prefix is not None:
+        kept = {k: v for k, v in kept.items() if not k.startswith(prefix)}
+    return save_model(path, model, metadata, arrays={**kept, **new})

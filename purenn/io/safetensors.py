@@ -34,7 +34,7 @@ import numpy as np
 
 from purenn.io.atomic import atomic_write
 from purenn.io.header import MODEL_FORMAT, ModelFileError, model_header
-from purenn.nn.sequential import Sequential
+from purenn.nn.network import Network
 
 # The dtypes read and written: float tensors, and int64 for BatchNorm's num_batches_tracked in
 # state dicts saved by PyTorch.
@@ -249,7 +249,7 @@ def from_torch_names(state: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     }
 
 
-def save_safetensors(path: str | Path, model: Sequential, metadata: dict) -> Path:
+def save_safetensors(path: str | Path, model: Network, metadata: dict) -> Path:
     """Write ``model`` as a safetensors model file (see the module docstring).
 
     Args:
@@ -286,8 +286,31 @@ def read_model_tensors(path: str | Path) -> tuple[dict[str, np.ndarray], dict]:
     return from_torch_names(tensors), header
 
 
-def load_torch_state(path: str | Path, model: Sequential) -> Sequential:
-    """Load a PyTorch ``nn.Sequential`` state dict saved as safetensors into ``model``.
+def _module_renamer(names: dict[str, int], model: Network, path):
+    """A function from a torch key ``"<module>.<rest>"`` to ``"<index>.<rest>"``, ``names``
+    giving each module's layer index (the longest matching module name wins); a key of no named
+    module is kept, to be reported as unexpected."""
+    indices = list(names.values())
+    if not all(isinstance(i, int) and 0 <= i < len(model.layers) for i in indices) or len(
+        set(indices)
+    ) != len(indices):
+        raise ValueError(
+            f"names must map torch module names to distinct layer indices in "
+            f"[0, {len(model.layers)}), received: names={names!r} (loading {path})"
+        )
+    by_length = sorted(names, key=len, reverse=True)
+
+    def rename(key: str) -> str:
+        module = next((m for m in by_length if key.startswith(m + ".")), None)
+        return key if module is None else f"{names[module]}.{key[len(module) + 1 :]}"
+
+    return rename
+
+
+def load_torch_state(
+    path: str | Path, model: Network, names: dict[str, int] | None = None
+) -> Network:
+    """Load a PyTorch state dict saved as safetensors into ``model`` (Sequential or graph).
 
     ``model`` must have the torch model's architecture (same layers at the same indices, e.g.
     ``build_preset("plantvillage-cnn", num_classes=15)``). BatchNorm's ``num_batches_tracked``
@@ -298,32 +321,45 @@ def load_torch_state(path: str | Path, model: Sequential) -> Sequential:
         path: a file written by ``safetensors.torch.save_file(module.state_dict(), path)``
             (or by purenn).
         model: the purenn model to fill (in place).
+        names: which torch module holds each purenn layer's tensors: torch module name ->
+            layer index, e.g. ``{"conv1": 0, "bn1": 1, "layer1.0.conv1": 3, ..., "fc": 38}``
+            for a ResNet written as a torch ``nn.Module`` (docs/EXPORT.md has the table of
+            ``plantvillage-resnet``). None: the torch model is an ``nn.Sequential`` (or a
+            module whose children are named by purenn's indices), its keys ``"<index>.weight"``.
 
     Returns:
         ``model``, in eval mode.
 
     Raises:
         ModelFileError: an invalid file, or a tensor missing, unexpected, mis-shaped or not
-            float; the message names the file and the tensor.
+            float; the message names the file and the tensor (under torch's name).
+        ValueError: ``names`` maps to indices that are not distinct layers of ``model``.
     """
     tensors, _ = read_safetensors(path)
-    state = from_torch_names(tensors)
+    rename = (lambda key: key) if names is None else _module_renamer(names, model, path)
+    state = from_torch_names({rename(key): value for key, value in tensors.items()})
+    torch_keys = from_torch_names({rename(key): key for key in tensors})  # for the messages
     expected = model.state_dict()
     for key, target in expected.items():
         if key not in state:
+            index = int(key.partition(".")[0])
+            holder = next((m for m, i in (names or {}).items() if i == index), None)
+            where = "" if holder is None else f" (torch module {holder!r})"
             raise ModelFileError(
                 f"{path} lacks the tensor {key!r} (shape {target.shape}) of "
-                f"{model.layers[int(key.partition('.')[0])]!r}"
+                f"{model.layers[index]!r}{where}"
             )
         value = state[key]
         if value.shape != target.shape:
             raise ModelFileError(
-                f"tensor {key!r} in {path} has shape {value.shape}, the model expects "
-                f"{target.shape}"
+                f"tensor {torch_keys[key]!r} in {path} has shape {value.shape}, the model "
+                f"expects {target.shape}"
             )
         if value.dtype.kind != "f":
-            raise ModelFileError(f"tensor {key!r} in {path} has dtype {value.dtype}, not a float")
-    unexpected = sorted(set(state) - set(expected))
+            raise ModelFileError(
+                f"tensor {torch_keys[key]!r} in {path} has dtype {value.dtype}, not a float"
+            )
+    unexpected = sorted(torch_keys[key] for key in set(state) - set(expected))
     if unexpected:
         raise ModelFileError(
             f"{path} holds tensors the model does not have: {unexpected} (is the architecture "

@@ -96,11 +96,20 @@ def over_samples(n: int, work: Callable[[slice, int], object]) -> None:
             ``range(sample_threads(n))``, to pick a per-thread buffer; must only write its own
             samples' rows and its own slot's buffers.
     """
-    threads = sample_threads(n)
+    over_parts(n, sample_threads(n), work)
+
+
+def over_parts(n: int, threads: int, work: Callable[[slice, int], object]) -> None:
+    """Run ``work(rows, slot)`` over ``threads`` contiguous ranges of ``range(n)``.
+
+    With more than one thread each runs BLAS single-threaded (see :func:`over_samples`); with
+    one, the calling thread runs everything and BLAS keeps its threads.
+    """
+    threads = max(1, min(threads, n))
     if threads == 1:
         work(slice(0, n), 0)
         return
-    with _single_threaded_blas():
+    with single_threaded_blas():
         _run_parts(n, threads, work)
 
 
@@ -157,7 +166,7 @@ def _run_parts(n: int, threads: int, work: Callable[[slice, int], object]) -> No
 
 
 @contextlib.contextmanager
-def _single_threaded_blas() -> Iterator[None]:
+def single_threaded_blas() -> Iterator[None]:
     """NumPy's BLAS runs single-threaded within the block (about 6 us to enter and leave).
 
     Blocks may overlap across threads (two models run from two threads): the first to enter

@@ -141,12 +141,13 @@ class Model(Network):
         self.training = True
 
     # -- running --------------------------------------------------------------------------
-    def forward(self, x: np.ndarray, training: bool | None = None) -> np.ndarray:
-        """Run the nodes in topological order; ``training`` defaults to ``train()``/``eval()``."""
+    def _forward_layers(self, x: np.ndarray, training: bool) -> np.ndarray:
+        """Run the nodes in topological order."""
         return self._forward(x, training)[1]
 
     def tapped_forward(self, x: np.ndarray, layer: int | None) -> tuple[np.ndarray, np.ndarray]:
         """(output of layer ``layer`` (x when None), the model's output), in evaluation mode."""
+        self._backward_ready = True
         return self._forward(x, False, keep=0 if layer is None else layer + 1)
 
     def backward_from(self, grad_out: np.ndarray, layer: int | None) -> np.ndarray:

@@ -1,4 +1,5 @@
-"""Loss functions: softmax cross-entropy (with label smoothing) and mean squared error.
+"""Loss functions: softmax cross-entropy (with label smoothing), the outlier-exposure term
+(cross-entropy to the uniform distribution) and mean squared error.
 
 Each loss is a small object: ``forward`` (or calling the object: ``loss_fn(logits, y)``)
 returns the mean loss over the batch as a Python float and keeps what ``backward`` needs;
@@ -112,6 +113,70 @@ class SoftmaxCrossEntropy:
         grad[np.arange(n), self._labels] -= 1.0 - eps
         grad /= n
         return grad
+
+
+class UniformCrossEntropy:
+    """Outlier exposure (Hendrycks et al. 2019): cross-entropy of outliers' predictions to uniform.
+
+    For ``N`` outlier images with logits ``z_i`` over ``K`` classes::
+
+        loss = lam * mean_i [ -(1 / K) sum_k log_softmax(z_i)_k ]
+             = lam * mean_i [ logsumexp(z_i) - mean_k z_ik ]
+
+    minimal (``lam * log K``) when every outlier's softmax is uniform. Added to the training
+    loss, it teaches the model to spread its probability over the classes on images that are
+    none of them.
+
+    Args:
+        weight: ``lam >= 0``, the term's weight beside the in-distribution loss.
+
+    Input shape:
+        ``logits``: ``(N, K)`` floating. ``forward`` returns a Python float; ``backward``
+        returns ``(N, K)`` in the logits' dtype.
+
+    Raises:
+        ValueError: ``weight`` negative or not finite; (in ``forward``) logits that are not a
+            non-empty 2-D floating array.
+    """
+
+    def __init__(self, weight: float = 0.5) -> None:
+        if isinstance(weight, bool) or not (
+            isinstance(weight, (int, float)) and 0 <= weight < np.inf
+        ):
+            raise ValueError(f"weight must be a finite number >= 0, received: weight={weight!r}")
+        self.weight = float(weight)
+        self._probs: np.ndarray | None = None
+
+    def __repr__(self) -> str:
+        return f"UniformCrossEntropy(weight={self.weight:g})"
+
+    def forward(self, logits: np.ndarray) -> float:
+        """The weighted mean cross-entropy to uniform of ``(N, K)`` logits."""
+        logits = np.asarray(logits)
+        if logits.ndim != 2 or logits.size == 0 or not np.issubdtype(logits.dtype, np.floating):
+            raise ValueError(
+                "logits must be a non-empty 2-D floating array of shape (N, K), received: "
+                f"logits of shape {logits.shape}, dtype {logits.dtype}"
+            )
+        log_p = log_softmax(logits, axis=1)
+        self._probs = np.exp(log_p)
+        return self.weight * float(-log_p.mean(axis=1).mean())
+
+    __call__ = forward
+
+    def backward(self) -> np.ndarray:
+        """Gradient of the loss with respect to the logits of the last ``forward``.
+
+        ``d/dz_ij [logsumexp(z_i) - mean_k z_ik] = p_ij - 1 / K`` (``p = softmax(z_i)``); the
+        batch mean divides by ``N``: ``lam * (p - 1 / K) / N`` (docs/MATH.md).
+
+        Raises:
+            RuntimeError: ``forward`` has not been called.
+        """
+        if self._probs is None:
+            raise RuntimeError("UniformCrossEntropy.backward() called before forward()")
+        n, k = self._probs.shape
+        return (self._probs - 1.0 / k) * (self.weight / n)
 
 
 class MSE:

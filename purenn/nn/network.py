@@ -3,7 +3,8 @@
 Both keep their layers in ``self.layers`` in execution order and name each parameter and buffer
 ``"<index>.<name>"`` (``"0.weight"``, ``"3.running_mean"``), so state dicts, checkpoints,
 safetensors and optimizers treat either kind the same way. Subclasses add ``forward``,
-``backward``, ``get_config`` / ``from_config``, ``output_shapes`` and ``summary``.
+``backward``, ``get_config`` / ``from_config``, ``output_shapes``, ``summary`` and ``inputs``
+(the tensors each layer reads: 0 the input, ``i + 1`` the output of layer ``i``).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import json
 
 import numpy as np
 
+from purenn.nn.inference import InferencePlan
 from purenn.nn.layers import Layer
 
 
@@ -20,17 +22,59 @@ class Network:
 
     layers: list[Layer]
     training: bool
+    inputs: list[list[int]]
+    _plan: InferencePlan | None = None
+    _backward_ready = False
 
     def train(self):
         self.training = True
+        self._plan = None
         return self
 
     def eval(self):
+        """Evaluation mode; the next forward builds the inference plan from the current weights."""
         self.training = False
+        self._plan = None
         return self
 
     def __call__(self, x: np.ndarray, training: bool | None = None) -> np.ndarray:
         return self.forward(x, training)
+
+    def forward(
+        self, x: np.ndarray, training: bool | None = None, for_backward: bool = False
+    ) -> np.ndarray:
+        """The model's output for the batch ``x``.
+
+        Args:
+            x: a batch of the model's input shape.
+            training: defaults to the mode set by ``train()`` / ``eval()``. In training mode
+                the layers run their forward and keep what backward needs. In evaluation mode
+                the fast path runs (``purenn.nn.inference``): BatchNorm folded, ReLU and pooling
+                fused, nothing kept; its plan is cached while the model stays in evaluation mode.
+            for_backward: in evaluation mode, run the layers' own forward instead and keep
+                what ``backward`` needs (gradients of an evaluation-mode model: saliency,
+                gradient checks). Training mode always keeps it.
+        """
+        training = self.training if training is None else training
+        if training or for_backward:
+            if training:
+                self._plan = None  # the parameters are about to change
+            self._backward_ready = True
+            return self._forward_layers(x, training)
+        self._backward_ready = False
+        return self.inference_plan().run(x)
+
+    def inference_plan(self) -> InferencePlan:
+        """The fused steps of the evaluation-mode forward, from the current weights.
+
+        Kept until the mode changes or the state is loaded, when the model is in evaluation
+        mode; made anew on every call in training mode (an eval forward during training).
+        """
+        if self.training:
+            return InferencePlan(self.layers, self.inputs)
+        if self._plan is None:
+            self._plan = InferencePlan(self.layers, self.inputs)
+        return self._plan
 
     def backward(
         self, grad_out: np.ndarray, input_grad: bool = True, accumulate: bool = False
@@ -52,12 +96,34 @@ class Network:
         Note that the loss is a mean over its micro-batch: to get the gradient of the mean over
         all ``k`` micro-batches of equal size, scale each ``grad_out`` by ``1 / k``.
         """
+        if not self._backward_ready:
+            raise RuntimeError(
+                "backward needs the forward before it to keep its intermediate values: call "
+                "forward(x, training=True), or forward(x, training=False, for_backward=True) "
+                "for an evaluation-mode model (the evaluation-mode fast path keeps none)"
+            )
         held = [grad.copy() for _, grad in self.parameters()] if accumulate else None
         grad_in = self._backward(grad_out, input_grad)
         if held is not None:
             for (_, grad), before in zip(self.parameters(), held, strict=True):
                 grad += before
         return grad_in
+
+    def dominating(self) -> list[bool]:
+        """Per layer: whether every path from the input to the output passes through its output.
+
+        With tensors numbered as in ``self.inputs`` (0 the input, ``k + 1`` the output of layer
+        ``k``, layers in topological order), the output of layer ``k`` is avoided by some path
+        exactly when a later layer reads a tensor computed before it (an edge that jumps over
+        it). Every layer of a Sequential dominates; in a ResNet, the Adds and what lies between
+        blocks do, the layers of a block's two branches do not.
+        """
+        result = [False] * len(self.layers)
+        earliest = len(self.layers) + 1  # the lowest tensor any layer after k reads
+        for k in range(len(self.layers) - 1, -1, -1):
+            result[k] = earliest >= k + 1
+            earliest = min(earliest, *self.inputs[k])
+        return result
 
     # -- parameters and state -------------------------------------------------------------
     def named_parameters(self) -> list[tuple[str, np.ndarray, np.ndarray]]:
@@ -116,11 +182,13 @@ class Network:
                 )
         for key, target in targets.items():
             target[...] = state[key]
+        self._plan = None
 
     def astype(self, dtype):
         """Cast every layer to ``dtype`` (float32 or float64); create optimizers afterwards."""
         for layer in self.layers:
             layer.astype(dtype)
+        self._plan = None
         return self
 
     def rng_states(self) -> str:

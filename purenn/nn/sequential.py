@@ -51,9 +51,7 @@ class Sequential(Network):
             self.output_shapes(self.input_shape)
 
     # -- running --------------------------------------------------------------------------
-    def forward(self, x: np.ndarray, training: bool | None = None) -> np.ndarray:
-        """Run every layer; ``training`` defaults to the mode set by ``train()`` / ``eval()``."""
-        training = self.training if training is None else training
+    def _forward_layers(self, x: np.ndarray, training: bool) -> np.ndarray:
         for index in self._order:
             x = self.layers[index].forward(x, training=training)
         return x
@@ -65,6 +63,7 @@ class Sequential(Network):
         commute), so the kept output is that of ``layer`` in that order.
         """
         cut = self._cut(layer)
+        self._backward_ready = True
         for index in self._order[:cut]:
             x = self.layers[index].forward(x, training=False)
         activation = x
@@ -109,6 +108,12 @@ class Sequential(Network):
                     shape = self.output_shapes(self.input_shape)[first - 1]
             return Sequential(self.layers[index], input_shape=shape)
         return self.layers[index]
+
+    @property
+    def inputs(self) -> list[list[int]]:
+        """The tensor each layer reads, in a graph Model's numbering: 0 is the input, ``i + 1``
+        the output of layer ``i`` (so layer ``i`` reads ``[i]``)."""
+        return [[index] for index in range(len(self.layers))]
 
     def with_layers(self, layers: list[Layer]) -> Sequential:
         """A Sequential of ``layers`` with this one's input shape (e.g. with a new head)."""

@@ -50,7 +50,7 @@ from purenn.serve.limits import HeaderLimit, RequestMetrics, SecurityHeaders, Up
 from purenn.serve.metrics import CONTENT_TYPE, Metrics
 from purenn.serve.model import ServedModel
 from purenn.serve.ratelimit import RateLimiter
-from purenn.serve.store import Diagnosis, open_store
+from purenn.serve.store import NOT_A_LEAF, Diagnosis, open_store
 from purenn.serve.tokens import TokenRegistry
 
 PAGE_DIR = Path(__file__).with_name("page")
@@ -91,7 +91,7 @@ class Settings:
 
 
 class Feedback(BaseModel):
-    label: str
+    label: str  # one of the model's classes, or NOT_A_LEAF
 
 
 def _validation_message(err: RequestValidationError) -> str:
@@ -119,7 +119,7 @@ def create_app(settings: Settings) -> FastAPI:
         images = ImageStore(settings.store_images) if settings.store_images else None
         store = open_store(settings.db)
         batcher = MicroBatcher(
-            served.probabilities, settings.max_batch, settings.max_queue, metrics.observe_batch
+            served.answer, settings.max_batch, settings.max_queue, metrics.observe_batch
         )
         metrics.queue_depth = lambda: batcher.depth
         app.state.served, app.state.images, app.state.store = served, images, store
@@ -167,13 +167,16 @@ def create_app(settings: Settings) -> FastAPI:
     async def validation_error(request: Request, err: RequestValidationError) -> JSONResponse:
         return JSONResponse({"error": _validation_message(err)}, 422)
 
-    def record(data: bytes, image, top: list, model_id: str) -> Diagnosis:
-        """Keep the upload (when storing images) and add its history row (blocking)."""
+    def record(data: bytes, image, top: list, model_id: str, verdict: dict) -> Diagnosis:
+        """Keep the upload (when storing images) and add its history row (blocking).
+
+        ``verdict``: ``{"recognized", "ood_score"}`` of the OOD test (:meth:`ServedModel.answer`).
+        """
         sha = hashlib.sha256(data).hexdigest()
         stored = None
         if app.state.images is not None:
             stored = str(app.state.images.save(sha, data, image))
-        return app.state.store.add(sha, stored, model_id, top)
+        return app.state.store.add(sha, stored, model_id, top, **verdict)
 
     def thumbnail_url(d: Diagnosis) -> str | None:
         if app.state.images is None or d.image_path is None:
@@ -225,9 +228,9 @@ def create_app(settings: Settings) -> FastAPI:
             image = await in_pool(state.decoders, served.prepare, data)
         except DataError as err:
             raise http_error(400, f"{file.filename or 'upload'}: {err}") from None
-        probabilities = await queued(lambda: state.batcher.submit(image))
+        probabilities, verdict = await queued(lambda: state.batcher.submit(image))
         top = top_classes(probabilities, served.class_names, top_k)
-        diagnosis = await in_pool(state.writers, record, data, image, top, served.model_id)
+        diagnosis = await in_pool(state.writers, record, data, image, top, served.model_id, verdict)
         return {
             **diagnosis_json(diagnosis),
             "latency_ms": round(1000 * (time.perf_counter() - start), 3),
@@ -252,12 +255,17 @@ def create_app(settings: Settings) -> FastAPI:
             raise http_error(404, f"no diagnosis with id {diagnosis_id}")
         return diagnosis_json(found)
 
-    @app.post("/api/diagnoses/{diagnosis_id}/feedback", summary="What the leaf really has")
+    @app.post(
+        "/api/diagnoses/{diagnosis_id}/feedback",
+        summary=f"What the leaf really has (a class, or {NOT_A_LEAF!r})",
+    )
     async def feedback(request: Request, diagnosis_id: int, body: Feedback) -> dict:
         names = request.app.state.served.class_names
-        if body.label not in names:
+        if body.label not in names and body.label != NOT_A_LEAF:
             raise http_error(
-                422, f"unknown label {body.label!r}: the model's classes are {', '.join(names)}"
+                422,
+                f"unknown label {body.label!r}: the model's classes are {', '.join(names)}, or "
+                f"{NOT_A_LEAF!r}",
             )
         found = await run_in_threadpool(
             request.app.state.store.set_feedback,

@@ -11,7 +11,8 @@ import numpy as np
 
 from purenn.data import decode_image_bytes
 from purenn.data.decode import MAX_SIDE, MAX_UPLOAD_PIXELS
-from purenn.inference.probabilities import INFERENCE_KEYS, class_probabilities
+from purenn.inference.probabilities import INFERENCE_KEYS
+from purenn.inference.recognition import OODTest, answer, read_ood_test
 from purenn.inference.tta import check_views
 from purenn.io import load_model, model_file
 from purenn.nn.sequential import Sequential
@@ -45,6 +46,7 @@ class ServedModel:
     test_accuracy: float | None = None
     max_pixels: int = MAX_UPLOAD_PIXELS
     max_side: int = MAX_SIDE
+    ood_test: OODTest | None = None
     tta: int = 1
 
     @classmethod
@@ -55,8 +57,10 @@ class ServedModel:
         tta = check_views(tta)
         path = model_file(path)
         model, meta = load_model(path, require=INFERENCE_KEYS)
-        accuracy = _test_accuracy(path)
-        return cls(path, model, meta, file_sha256(path), accuracy, max_pixels, tta=tta)
+        accuracy, ood_test = _test_accuracy(path), read_ood_test(path, meta)
+        return cls(
+            path, model, meta, file_sha256(path), accuracy, max_pixels, ood_test=ood_test, tta=tta
+        )
 
     @property
     def class_names(self) -> list[str]:
@@ -75,6 +79,7 @@ class ServedModel:
             "image_size": self.image_size,
             "parameters": self.model.num_parameters,
             "test_accuracy": self.test_accuracy,
+            "ood_test": None if self.ood_test is None else self.ood_test.score,
             "tta": self.tta,
         }
 
@@ -82,10 +87,12 @@ class ServedModel:
         """Uploaded bytes -> uint8 ``(3, S, S)`` as training decoded files; DataError if bad."""
         return decode_image_bytes(data, self.image_size, self.max_pixels, self.max_side)
 
-    def probabilities(self, images: np.ndarray) -> np.ndarray:
-        """uint8 ``(N, 3, S, S)`` -> float64 ``(N, K)`` probabilities (``tta`` forward passes
-        of the batch, one per view: a request stays one row of one batch)."""
-        return class_probabilities(self.model, images, self.meta, self.tta)
+    def answer(self, images: np.ndarray) -> list[tuple[np.ndarray, dict]]:
+        """uint8 ``(N, 3, S, S)`` -> per image its float64 ``(K,)`` probabilities and
+        ``{"recognized", "ood_score"}`` (``tta`` forward passes of the batch, one per view, so
+        a request stays one row of one batch; see :func:`purenn.inference.recognition.answer`)."""
+        answers = answer(self.model, images, self.meta, self.ood_test, self.tta)
+        return [(answers.probabilities[i], answers.verdict(i)) for i in range(len(images))]
 
 
 def _test_accuracy(model_path: Path) -> float | None:

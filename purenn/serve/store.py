@@ -2,8 +2,11 @@
 
 A diagnosis row holds its creation time (UTC, ISO 8601), the image's SHA-256, the stored image's
 path (None when images are not stored), the model id (SHA-256 of the model file), the top-k
-classes as JSON, and the feedback label, time and giver (the token's name; None when tokens are
-off) once the user gives one.
+classes as JSON, whether the model recognized the photo as a leaf it knows and its OOD score
+(both None for rows written before the model files had an OOD test, and for a model file without
+one: score None, recognized True), and the feedback label, time and giver (the token's name; None
+when tokens are off) once the user gives one. The feedback label is one of the model's classes or
+:data:`NOT_A_LEAF`.
 
 Both back ends keep a ``schema_version`` table with one row. Opening a database applies, in one
 transaction, every migration above its version (a new database starts at 0), so a later release
@@ -26,7 +29,9 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
+# The feedback label saying that the photo is not a leaf of any of the model's classes.
+NOT_A_LEAF = "not a leaf"
 
 # One list of statements per version step (index 0 takes a database from version 0 to 1).
 # {id} is the auto-increment primary key, which the two dialects spell differently.
@@ -45,6 +50,10 @@ _MIGRATIONS = [
         "CREATE INDEX diagnoses_feedback ON diagnoses (feedback_label)",
     ],
     ["ALTER TABLE diagnoses ADD COLUMN feedback_by TEXT"],  # the token name; NULL: tokens off
+    [  # the OOD test's verdict; NULL in the rows written before it
+        "ALTER TABLE diagnoses ADD COLUMN recognized BOOLEAN",
+        "ALTER TABLE diagnoses ADD COLUMN ood_score DOUBLE PRECISION",
+    ],
 ]
 _ID_TYPE = {"sqlite": "INTEGER PRIMARY KEY AUTOINCREMENT", "postgresql": "BIGSERIAL PRIMARY KEY"}
 
@@ -53,7 +62,7 @@ _MIGRATION_LOCK_KEY = 7_340_112_011
 
 _COLUMNS = (
     "id, created_at, image_sha256, image_path, model_id, top_k, feedback_label, feedback_at, "
-    "feedback_by"
+    "feedback_by, recognized, ood_score"
 )
 
 
@@ -72,6 +81,8 @@ class Diagnosis:
     feedback_label: str | None
     feedback_at: str | None
     feedback_by: str | None = None
+    recognized: bool | None = None
+    ood_score: float | None = None
 
     def to_json(self) -> dict:
         return {
@@ -81,6 +92,8 @@ class Diagnosis:
             "image_stored": self.image_path is not None,
             "model_id": self.model_id,
             "predictions": self.top_k,
+            "recognized": self.recognized,
+            "ood_score": self.ood_score,
             "feedback": self.feedback_label,
             "feedback_at": self.feedback_at,
             "feedback_by": self.feedback_by,
@@ -152,17 +165,29 @@ class Store:
 
     # -- the interface --------------------------------------------------------------------
     def add(
-        self, image_sha256: str, image_path: str | None, model_id: str, top_k: list[dict]
+        self,
+        image_sha256: str,
+        image_path: str | None,
+        model_id: str,
+        top_k: list[dict],
+        recognized: bool | None = None,
+        ood_score: float | None = None,
     ) -> Diagnosis:
         """Insert one diagnosis (committed when this returns) and return it with its id."""
         created = _now()
         with self._lock, self._transaction(write=True):
             row = self._execute(
-                "INSERT INTO diagnoses (created_at, image_sha256, image_path, model_id, top_k) "
-                "VALUES (?, ?, ?, ?, ?) RETURNING id",
-                (created, image_sha256, image_path, model_id, json.dumps(top_k)),
-            ).fetchone()
-        return Diagnosis(row[0], created, image_sha256, image_path, model_id, top_k, None, None)
+                "INSERT INTO diagnoses (created_at, image_sha256, image_path, model_id, top_k, "
+                "recognized, ood_score) VALUES (?, ?, ?, ?, ?, ?, ?) RETURNING id",
+                (
+                    created, image_sha256, image_path, model_id, json.dumps(top_k), recognized,
+                    ood_score,
+                ),
+            ).fetchone()  # fmt: skip
+        return Diagnosis(
+            row[0], created, image_sha256, image_path, model_id, top_k, None, None, None,
+            recognized, ood_score,
+        )  # fmt: skip
 
     def get(self, diagnosis_id: int) -> Diagnosis | None:
         with self._lock, self._transaction():
@@ -217,7 +242,9 @@ class Store:
 
 
 def _diagnosis(row) -> Diagnosis:
-    return Diagnosis(*row[:5], json.loads(row[5]), *row[6:])
+    # SQLite keeps a BOOLEAN as 0/1.
+    recognized = None if row[9] is None else bool(row[9])
+    return Diagnosis(*row[:5], json.loads(row[5]), *row[6:9], recognized, row[10])
 
 
 class SQLiteStore(Store):

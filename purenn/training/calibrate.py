@@ -1,22 +1,70 @@
-"""Calibrate an existing model file: fit its temperature on held-out labelled images.
+"""Calibrate a model: its temperature and its out-of-distribution test, fitted on held-out images.
 
-``purenn train`` fits the temperature itself (on the validation split, after restoring the best
-weights); this serves model files written before that, or a temperature refitted on new images.
+``purenn train`` fits both itself (after restoring the best weights: the temperature on the
+validation split, the OOD statistics on the training split with the threshold on the validation
+split, :func:`fit_ood`); :func:`calibrate` serves model files written before that, or a
+temperature refitted on new images.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from purenn.data import DataError
+import numpy as np
+
+from purenn.data import DataError, DataLoader, scan_image_folder
 from purenn.inference.calibration import ECE_BINS, calibration_summary, fit_temperature
 from purenn.inference.prediction import INFERENCE_KEYS
 from purenn.inference.probabilities import model_temperature
+from purenn.inference.recognition import DEFAULT_SCORE, OOD_KEY, OOD_PREFIX, OODTest, fit_ood_test
 from purenn.io import load_model, model_file, update_model_metadata
-from purenn.training.evaluation import check_split, score_folder
+from purenn.nn.network import Network
+from purenn.training.evaluation import check_split, predict_features, score_folder
+from purenn.training.pipeline import open_cache, split_indices
 
 # "auto": the model's validation split on the folder it was trained on, all images of another.
 CALIBRATE_SPLITS = ("auto", "val", "all")
+
+
+def fit_ood(
+    model: Network,
+    images: np.ndarray,
+    labels: np.ndarray,
+    splits: dict[str, np.ndarray],
+    mean: np.ndarray,
+    std: np.ndarray,
+    temperature: float,
+    batch_size: int = 64,
+    score: str = DEFAULT_SCORE,
+) -> OODTest:
+    """The OOD test of a trained model: statistics of its training split, threshold on val.
+
+    Args:
+        model: the trained model (run in eval mode).
+        images, labels: uint8 (N, 3, S, S) images it was trained on and int64 (N,) labels as
+            the model's classes; ``splits`` their ``"train"`` and ``"val"`` indices, as split in
+            training.
+        mean, std: the model's normalisation.
+        temperature: its calibration temperature.
+        batch_size: images per forward pass.
+        score: one of :data:`purenn.inference.recognition.SCORES`.
+
+    Raises:
+        DataError: an empty training or validation split.
+    """
+    for name in ("train", "val"):
+        if not len(splits[name]):
+            raise DataError(f"the {name} split is empty: no OOD test to fit")
+
+    def features(split: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        loader = DataLoader(images, labels, splits[split], batch_size, mean, std)
+        return predict_features(model, loader)
+
+    train_features, _, train_labels = features("train")
+    val_features, val_logits, _ = features("val")
+    return fit_ood_test(
+        train_features, train_labels, val_features, val_logits, temperature, score=score
+    )
 
 
 def calibrate(
@@ -27,8 +75,13 @@ def calibrate(
     cache_dir: str | None = None,
     workers: int | None = None,
     progress: bool = True,
+    ood_score: str = DEFAULT_SCORE,
 ) -> dict:
     """Fit the temperature of a model file on labelled images and store it in the file.
+
+    On the model's validation split (the folder it was trained on) of an ``.npz`` model file,
+    its OOD test is fitted too (:func:`fit_ood`, score ``ood_score``) and stored with it,
+    replacing any it had; otherwise the file's OOD test is left as it was.
 
     The images are chosen as :func:`purenn.training.evaluate` chooses them, except that
     ``"auto"`` means the validation split (not the test split) on the folder the model was
@@ -45,7 +98,8 @@ def calibrate(
     Returns:
         ``{"model", "data_dir", "split", "temperature", "previous_temperature", "bins"}`` plus
         :func:`purenn.inference.calibration.calibration_summary` (``before``: with the file's
-        previous temperature, 1.0 if it had none).
+        previous temperature, 1.0 if it had none) and ``"ood"``: the OOD test's header entry
+        written (None when none was fitted).
 
     Raises:
         ModelFileError: not a model file (or a checkpoint). DataError: a bad folder, an empty
@@ -69,7 +123,21 @@ def calibrate(
         )
     temperature = fit_temperature(scored.logits, scored.labels)
     summary = calibration_summary(scored.logits, scored.labels, temperature, before=previous)
-    update_model_metadata(path, {"temperature": temperature})
+    changes, arrays, ood = {"temperature": temperature}, None, None
+    scan = scan_image_folder(scored.root)
+    own_split = scored.train_overlap is not None and scan.class_names == meta["class_names"]
+    if scored.split == "val" and own_split and path.suffix.lower() == ".npz":
+        # The model's own training folder: its training split is there to fit the OOD test on.
+        cache = open_cache(scan, meta["image_size"], cache_dir, workers, progress)
+        s = meta["split"]
+        splits = split_indices(cache, s["val_fraction"], s["test_fraction"], s["seed"])
+        test = fit_ood(
+            model, cache.images, cache.labels, splits, np.array(meta["mean"]),
+            np.array(meta["std"]), temperature, batch_size, ood_score,
+        )  # fmt: skip
+        ood, arrays = test.to_file()
+        changes[OOD_KEY] = ood
+    update_model_metadata(path, changes, arrays, prefix=None if ood is None else OOD_PREFIX)
     return {
         "model": str(path.absolute()),
         "data_dir": str(scored.root),
@@ -78,6 +146,7 @@ def calibrate(
         "previous_temperature": previous,
         "bins": ECE_BINS,
         **summary,
+        "ood": ood,
     }
 
 
@@ -91,4 +160,17 @@ def format_calibration(result: dict) -> str:
         f"expected calibration error ({result['bins']} bins): "
         f"{100 * result['ece_before']:.2f}% -> {100 * result['ece_after']:.2f}%; "
         f"NLL {result['nll_before']:.4f} -> {result['nll_after']:.4f}"
+    ) + _ood_line(result["ood"])
+
+
+def _ood_line(ood: dict | None) -> str:
+    if ood is None:
+        return (
+            "\nOOD test: not fitted (it needs the model's validation split of the .npz model's "
+            "training folder); the file's is unchanged"
+        )
+    k = f", k={ood['k']}" if "k" in ood else ""
+    return (
+        f"\nOOD test: {ood['score']}{k} fitted on the training split, threshold "
+        f"{ood['threshold']:.4g} keeping {100 * ood['keep']:.0f}% of the validation split"
     )

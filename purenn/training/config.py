@@ -85,6 +85,18 @@ class TrainConfig:
         "field recipe: also put leaves over the photos in this folder (never the images you "
         "evaluate on)"
     )
+    outliers: str | None = _key(
+        "outlier exposure: a folder of photos that are none of the classes "
+        "(OUTLIERS/<group>/<image>, or images directly); a batch of them beside each training "
+        "batch, their predictions pulled toward uniform (never the photos you evaluate on)"
+    )
+    outlier_weight: float = _key(
+        "outlier exposure: weight of the cross-entropy to uniform beside the training loss",
+        default=0.5,
+    )
+    outlier_batch_size: int | None = _key(
+        "outlier exposure: outlier images per training batch (default: half of batch_size)"
+    )
     weight_norm: bool = _key("weight normalization of conv and dense layers", default=False)
     val_fraction: float = _key("fraction of each class held out for validation", default=0.1)
     test_fraction: float = _key("fraction of each class held out for the test", default=0.1)
@@ -154,6 +166,10 @@ def validate(config: TrainConfig) -> TrainConfig:
         "unset unless augment is field",
         c.augment_backgrounds,
     )
+    _require(c.outlier_weight >= 0, "outlier_weight", ">= 0", c.outlier_weight)
+    if c.outlier_batch_size is None:
+        c.outlier_batch_size = max(1, c.batch_size // 2)
+    _require(c.outlier_batch_size >= 1, "outlier_batch_size", ">= 1", c.outlier_batch_size)
     _require(
         c.replay is None or c.init_from is not None,
         "replay",

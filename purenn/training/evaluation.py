@@ -12,11 +12,13 @@ import numpy as np
 
 from purenn.data import DataError, DataLoader, scan_image_folder
 from purenn.inference.calibration import expected_calibration_error, scaled_logits
+from purenn.inference.ood import features_and_logits
 from purenn.inference.prediction import INFERENCE_KEYS
 from purenn.inference.probabilities import model_temperature
 from purenn.inference.tta import check_views, tta_logits
 from purenn.io import atomic_write, load_model
 from purenn.kernels.ops import softmax
+from purenn.nn.network import Network
 from purenn.nn.sequential import Sequential
 from purenn.training.metrics import classification_report
 from purenn.training.pipeline import SPLITS, open_cache, split_indices
@@ -55,6 +57,21 @@ def predict_logits(
         outputs.append(tta_logits(forward, x, temperature, views))
         labels.append(y)
     return np.concatenate(outputs), np.concatenate(labels)
+
+
+def predict_features(
+    model: Network, batches: Iterable[tuple[np.ndarray, np.ndarray]]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Run ``model`` in eval mode over ``(x, y)`` batches, keeping the penultimate features.
+
+    Returns:
+        ``(features, logits, labels)``: float64 (N, D) inputs of the final Dense layer, its
+        (N, K) outputs (the logits, from the same pass) and int64 (N,), in batch order.
+    """
+    model.eval()
+    parts = [(*features_and_logits(model, x, batch_size=len(x)), y) for x, y in batches]
+    features, logits, labels = zip(*parts, strict=True)
+    return np.concatenate(features), np.concatenate(logits), np.concatenate(labels)
 
 
 def write_report(folder: str | Path, report: dict) -> tuple[Path, Path]:
@@ -103,6 +120,7 @@ class ScoredImages:
         split: the split scored (``"auto"`` resolved); root: the data folder, resolved.
         train_overlap: how many scored images are in the model's training split (None when
             ``root`` is not the folder the model was trained on).
+        features: float64 (N, D) penultimate features of the same pass, when asked for.
     """
 
     logits: np.ndarray
@@ -110,6 +128,7 @@ class ScoredImages:
     split: str
     root: Path
     train_overlap: int | None
+    features: np.ndarray | None = None
 
 
 def score_folder(
@@ -122,6 +141,7 @@ def score_folder(
     workers: int | None = None,
     progress: bool = True,
     auto: tuple[str, ...] = ("test", "val"),
+    features: bool = False,
     views: int = 1,
 ) -> ScoredImages:
     """Logits of a model on an image folder, or on one split of it as split during training.
@@ -134,6 +154,8 @@ def score_folder(
             ``auto`` on the folder the model was trained on, else ``"all"``.
         batch_size, cache_dir, workers, progress: as :func:`evaluate`'s.
         auto: the splits ``"auto"`` prefers, in order.
+        features: also keep the penultimate features (:func:`predict_features`) of the
+            plain images (the OOD test scores those).
         views: test-time augmentation views (1: none), see :func:`predict_logits`.
 
     Raises:
@@ -188,6 +210,11 @@ def score_folder(
             )
     labels = np.array([known[name] for name in cache.class_names])[cache.labels]
     loader = DataLoader(cache.images, labels, indices, batch_size, meta["mean"], meta["std"])
+    if features:
+        f, logits, y = predict_features(model, loader)
+        if views > 1:
+            logits, _ = predict_logits(model, loader, model_temperature(meta), views)
+        return ScoredImages(logits, y, split, scan.root, overlap, f)
     logits, y = predict_logits(model, loader, model_temperature(meta), views)
     return ScoredImages(logits, y, split, scan.root, overlap)
 

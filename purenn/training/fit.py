@@ -3,8 +3,9 @@
 A run: check everything that can be wrong (config, data folder, run folder) before any work;
 cache and split the images; build the preset, optimizer and schedule; run the :class:`Trainer`
 (checkpointing as it goes); then restore the best weights, fit the calibration temperature on the
-validation split, save ``best.npz`` and evaluate the test split (``report.json``,
-``confusion.png``, ``reliability.png``).
+validation split and the out-of-distribution test (:func:`purenn.training.calibrate.fit_ood`),
+save ``best.npz`` and evaluate the test split (``report.json``, ``confusion.png``,
+``reliability.png``).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import numpy as np
 from threadpoolctl import threadpool_info
 
 import purenn
-from purenn.data import DataError, FolderScan, scan_image_folder
+from purenn.data import DataError, DataLoader, FolderScan, scan_image_folder
 from purenn.distributed import abort_on_error, world
 from purenn.inference.calibration import (
     ECE_BINS,
@@ -29,6 +30,8 @@ from purenn.inference.calibration import (
     reliability,
     scaled_logits,
 )
+from purenn.inference.ood import ends_in_dense
+from purenn.inference.recognition import OOD_KEY, OODTest
 from purenn.io import load_checkpoint, save_checkpoint, save_model
 from purenn.kernels.ops import softmax
 from purenn.kernels.runtime import limit_threads, peak_memory_mb, retain_freed_memory
@@ -36,6 +39,7 @@ from purenn.nn.losses import SoftmaxCrossEntropy
 from purenn.nn.sequential import Sequential
 from purenn.optim.optimizers import SGD, Adam, AdamW, Optimizer
 from purenn.optim.schedules import Constant, CosineWarmup, Schedule, StepDecay
+from purenn.training.calibrate import fit_ood
 from purenn.training.callbacks import EarlyStopping
 from purenn.training.config import (
     ConfigError,
@@ -44,8 +48,9 @@ from purenn.training.config import (
     make_config,
     validate,
 )
-from purenn.training.evaluation import write_report
-from purenn.training.metrics import classification_report, format_report
+from purenn.training.evaluation import predict_features, write_report
+from purenn.training.metrics import classification_report, format_report, recognition_summary
+from purenn.training.outliers import OutlierExposure, check_outlier_folder, outlier_exposure
 from purenn.training.pipeline import TrainingData, load_training_data
 from purenn.training.plots import plot_curves, plot_reliability
 from purenn.training.progress import Progress, plural
@@ -121,6 +126,8 @@ def train(
             setattr(config, key, str(Path(getattr(config, key)).expanduser().resolve()))
     scan, start = _prepare(config, model)
     config.data_dir = str(scan.root)
+    if config.outliers is not None:
+        config.outliers = str(check_outlier_folder(config.outliers, scan.root).root)
     if config.out is None:
         config.out = f"runs/{start.name or 'custom'}-{time.strftime('%Y%m%d-%H%M%S')}"
     comm = world()
@@ -381,7 +388,8 @@ def _fit(
         backgrounds=config.augment_backgrounds,
     )
     schedule = make_schedule(config, optimizer, len(train_loader))
-    metadata = _model_metadata(config, data, start.name, replay)
+    outliers = _outlier_exposure(config, data, progress) if config.outliers else None
+    metadata = _model_metadata(config, data, start.name, outliers, replay)
     early_stopping = EarlyStopping(config.patience)
 
     def save() -> None:
@@ -420,9 +428,15 @@ def _fit(
         end_epoch,
         progress,
         comm,
+        outliers,
     )
     for line in _describe(config, data, start, len(train_loader), replay):
         progress.info(line)
+    if outliers is not None:
+        progress.info(
+            f"outlier exposure: {outliers.images} photos of {outliers.root}, "
+            f"{outliers.loader.batch_size} per step, weight {config.outlier_weight:g}"
+        )
     if checkpoint is not None:
         _restore(checkpoint, trainer, data)
         if writes:
@@ -451,11 +465,39 @@ def _fit(
     return _finish(config, run, data, trainer, metadata, progress, started, replay)
 
 
+def _outlier_exposure(config: TrainConfig, data: TrainingData, progress: Progress):
+    """The run's outlier batches (``--outliers``), cached and normalised as its training images."""
+    if world().size > 1:
+        raise ConfigError("outliers: outlier exposure runs in one process, not under mpiexec")
+    return outlier_exposure(
+        check_outlier_folder(config.outliers, data.cache.root),
+        config.image_size,
+        data.mean,
+        data.std,
+        config.outlier_batch_size,
+        config.outlier_weight,
+        config.seed,
+        config.augment_factor,
+        config.augment,
+        config.cache_dir,
+        _rank_threads(config),
+        progress.bars,
+    )
+
+
 def _model_metadata(
-    config: TrainConfig, data: TrainingData, name: str | None, replay: Replay | None
+    config: TrainConfig,
+    data: TrainingData,
+    name: str | None,
+    outliers: OutlierExposure | None,
+    replay: Replay | None,
 ) -> dict:
     """What a model file of this run holds besides its weights (see docs/CLI.md)."""
     cache = data.cache
+    exposure = None
+    if outliers is not None:
+        exposure = {"folder": str(outliers.root), "images": outliers.images}
+        exposure |= {"weight": config.outlier_weight, "batch_size": outliers.loader.batch_size}
     replayed = {} if replay is None else {"replay": replay.describe()}
     return {
         "class_names": data.class_names,
@@ -471,6 +513,7 @@ def _model_metadata(
             "seed": config.split_seed,
             "presplit": cache.subset is not None,
         },
+        "outlier_exposure": exposure,
         **replayed,
         "purenn_version": purenn.__version__,
     }
@@ -487,8 +530,9 @@ def _finish(
     replay: Replay | None = None,
 ) -> RunResult:
     """After the last epoch: restore the best weights, fit the temperature on the validation
-    split, save best.npz, evaluate the test split (and, with replay, the replayed folder's
-    original test split).
+    split and the OOD test (statistics of the training split, threshold on the validation split;
+    a model that does not end in a Dense layer gets none), save best.npz, evaluate the test
+    split (and, with replay, the replayed folder's original test split).
 
     ``started``: the ``perf_counter`` when train/resume was called (for the run's wall time).
     """
@@ -503,8 +547,22 @@ def _finish(
     }
     temperature = fit_temperature(*predicted["val"]) if "val" in predicted else 1.0
     metadata = {**metadata, "epoch": early_stopping.best_epoch, "temperature": temperature}
+    ood_test = ood_arrays = None
+    if writes and "val" in predicted and len(data.splits["train"]) and ends_in_dense(model):
+        progress.info("fitting the OOD test (features of the training and validation splits)")
+        ood_test = fit_ood(
+            model,
+            data.images,
+            data.labels,
+            data.splits,
+            data.mean,
+            data.std,
+            temperature,
+            config.batch_size,
+        )
+        metadata[OOD_KEY], ood_arrays = ood_test.to_file()
     if writes:
-        save_model(run / RunDir.BEST, model, metadata)
+        save_model(run / RunDir.BEST, model, metadata, arrays=ood_arrays)
     stopped_early = s.epoch < config.epochs
     progress.info(
         ("early stopping: " if stopped_early else "done: ")
@@ -532,6 +590,9 @@ def _finish(
     if "test" in predicted:
         logits, labels = predicted["test"]
         report = classification_report(scaled_logits(logits, temperature), labels, data.class_names)
+        if ood_test is not None:
+            report["ood"] = _ood_report(model, data, ood_test, config.batch_size)
+            progress.info(_ood_line(report["ood"]))
     summary = _run_summary(s, started)
     replayed = None
     if replay is not None:
@@ -588,6 +649,29 @@ def _replay_line(replayed: dict) -> str:
     return (
         line + f"; accuracy on its original test split: {100 * test['accuracy']:.2f}% "
         f"({test['samples']} images)"
+    )
+
+
+def _ood_report(model, data: TrainingData, test: OODTest, batch_size: int) -> dict:
+    """The OOD test's header entry and how it filters the test split (``recognition_summary``)."""
+    loader = DataLoader(
+        data.images, data.labels, data.splits["test"], batch_size, data.mean, data.std
+    )
+    features, logits, labels = predict_features(model, loader)
+    scores = test.scores(features, logits)
+    correct = logits.argmax(axis=1) == labels
+    return {**test.to_file()[0], "test": recognition_summary(scores, test.threshold, correct)}
+
+
+def _ood_line(ood: dict) -> str:
+    """``OOD test knn: threshold t; test: r% recognized, accuracy a% on those (b% on all)``."""
+    test = ood["test"]
+    kept = test["accuracy_recognized"]
+    return (
+        f"OOD test {ood['score']}: threshold {ood['threshold']:.4g} (keeps "
+        f"{100 * ood['keep']:.0f}% of val); test: {100 * test['recognized']:.1f}% recognized, "
+        f"accuracy {'n/a' if kept is None else f'{100 * kept:.2f}%'} on those "
+        f"({100 * test['accuracy']:.2f}% on all)"
     )
 
 

@@ -156,3 +156,25 @@ def format_report(report: dict) -> str:
             for p in pairs
         )
     return "\n".join(lines)
+
+
+def recognition_summary(scores: np.ndarray, threshold: float, correct: np.ndarray) -> dict:
+    """How an OOD threshold filters labelled in-distribution images.
+
+    Args:
+        scores: float ``(N,)`` OOD scores; an image is recognized when its score <= threshold.
+        threshold: the model file's threshold.
+        correct: bool ``(N,)``: the top class is the label.
+
+    Returns:
+        ``{"samples", "recognized" (share), "accuracy" (all images), "accuracy_recognized"
+        (None if none is)}``, JSON-able.
+    """
+    accepted = np.asarray(scores) <= threshold
+    correct = np.asarray(correct, dtype=bool)
+    return {
+        "samples": int(len(correct)),
+        "recognized": float(accepted.mean()),
+        "accuracy": float(correct.mean()),
+        "accuracy_recognized": float(correct[accepted].mean()) if accepted.any() else None,
+    }

@@ -1,5 +1,5 @@
-"""PNG plots of a run: learning curves, the confusion matrix and reliability diagrams (matplotlib,
-Agg backend)."""
+"""PNG plots of a run: learning curves, the confusion matrix, reliability diagrams and
+risk-coverage curves (matplotlib, Agg backend)."""
 
 from __future__ import annotations
 
@@ -124,4 +124,47 @@ def plot_reliability(
         ax.legend(loc="upper left")
     fig.axes[0].set_ylabel("accuracy")
     fig.suptitle(f"reliability on the {split} split ({int(before.counts.sum())} images)")
+    return _save(fig, path)
+
+
+def risk_coverage(scores: np.ndarray, wrong: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(coverage, risk)`` of accepting images in increasing order of OOD score.
+
+    After accepting the ``i`` lowest-scoring of ``N`` images, coverage is ``i / N`` and risk the
+    share of wrong answers among them (ties broken by input order).
+    """
+    order = np.argsort(scores, kind="stable")
+    accepted = np.arange(1, len(order) + 1)
+    return accepted / len(order), np.cumsum(np.asarray(wrong, dtype=float)[order]) / accepted
+
+
+def plot_risk_coverage(
+    path: str | Path,
+    curves: dict[str, tuple[np.ndarray, np.ndarray]],
+    marked: dict[str, tuple[float, float]],
+    score: str,
+) -> Path:
+    """Risk-coverage curves (Geifman & El-Yaniv 2017), with the model's threshold marked.
+
+    Args:
+        path: the PNG to write.
+        curves: label -> ``(wrong, scores)``: bool ``(N,)`` wrong answers and their OOD scores.
+        marked: label -> ``(coverage, risk)`` at the model file's threshold.
+        score: the OOD score's name, for the title.
+    """
+    fig = _figure(6, 4.5)
+    ax = fig.subplots()
+    for label, (wrong, scores) in curves.items():
+        coverage, risk = risk_coverage(scores, wrong)
+        (line,) = ax.plot(coverage, 100 * risk, label=label)
+        if label in marked:
+            c, r = marked[label]
+            ax.plot([c], [100 * r], "o", color=line.get_color())
+    ax.set_xlabel("coverage (share of images answered, lowest OOD score first)")
+    ax.set_ylabel("risk (% of answered images wrong) ")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(bottom=0)
+    ax.set_title(f"risk-coverage by the {score} score (dots: the model's threshold)")
+    ax.grid(alpha=0.3)
+    ax.legend()
     return _save(fig, path)

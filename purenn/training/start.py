@@ -6,7 +6,8 @@ every model file of the run is self-describing (``predict`` needs nothing else).
 
 Fine-tuning (``init_from``): the saved model's architecture and weights are the start. When its
 classes differ from the data's, its last Dense layer is replaced by a fresh one with one output
-per class (Glorot initialisation from the run's seed); the header says so. The normalisation
+per class (Glorot initialisation from the run's seed); the header says so. A graph model keeps
+its topology and every other layer (BatchNorm running statistics included). The normalisation
 statistics are those of the new training split, except with ``replay``: then the run keeps the
 model's classes whatever the data's (:mod:`purenn.training.replay`) and its statistics.
 """
@@ -77,13 +78,18 @@ def _check_input(model: Sequential, image_size: int, source: str) -> list[tuple[
 
 
 def _replace_head(model: Sequential, num_classes: int, seed: int, source: str) -> Sequential:
-    """``model`` with its last Dense layer replaced by a fresh one of ``num_classes`` outputs."""
+    """``model`` with its last Dense layer replaced by a fresh one of ``num_classes`` outputs.
+
+    Sequential or graph: the Dense must be the output layer, only layers without parameters
+    after it, and (in a graph) on every path to the output, not one of several heads.
+    """
     dense = [i for i, layer in enumerate(model.layers) if isinstance(layer, Dense)]
     after = [layer for layer in model.layers[dense[-1] + 1 :] if layer.params] if dense else []
-    if not dense or after:
+    if not dense or after or not model.dominating()[dense[-1]]:
         raise ConfigError(
             f"{source} has other classes than the data, and its output layer is not a Dense "
             "layer that could be replaced"
+            + (" (every path to the output must pass through it)" if dense and not after else "")
         )
     old = model.layers[dense[-1]]
     config = old.get_config()

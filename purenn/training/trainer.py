@@ -27,6 +27,7 @@ from purenn.optim.schedules import Schedule
 from purenn.training.callbacks import EarlyStopping, GracefulInterrupt
 from purenn.training.evaluation import predict_logits
 from purenn.training.metrics import accuracy
+from purenn.training.outliers import OutlierExposure
 from purenn.training.progress import Progress
 
 # Test hook (documented in docs/CLI.md): PURENN_TEST_SIGNAL=KILL@7 makes the process send itself
@@ -103,6 +104,9 @@ class Trainer:
         comm: the ranks training together (default: this process alone). With several, the
             loaders must be sharded by ``comm.shard`` and every rank runs this loop; see
             :class:`purenn.distributed.DataParallel` for what they exchange.
+        outliers: outlier exposure (one process only): a batch of outlier images beside each
+            training batch, in the same forward and backward, their loss added to the
+            training loss (the reported training loss stays that of the training images).
     """
 
     def __init__(
@@ -121,7 +125,10 @@ class Trainer:
         end_epoch: Callable[[dict, bool], None],
         progress: Progress,
         comm: Communicator | None = None,
+        outliers: OutlierExposure | None = None,
     ) -> None:
+        if outliers is not None and comm is not None and comm.size > 1:
+            raise ValueError("outlier exposure runs in one process, not under mpiexec")
         self.model = model
         self.optimizer = optimizer
         self.schedule = schedule
@@ -135,6 +142,7 @@ class Trainer:
         self.save_checkpoint = save_checkpoint
         self.end_epoch = end_epoch
         self.progress = progress
+        self.outliers = outliers
         self.state = LoopState()
         self._params = model.parameters()
         self._test_signal = _test_signal()
@@ -207,9 +215,10 @@ class Trainer:
         self.model.train()
         seconds_before, start = s.train_seconds, time.perf_counter()
         stream = loader.epoch(s.epoch, start_batch=s.batch)
+        outliers = None if self.outliers is None else self.outliers.batches(s.step)
         try:
             for x, y in stream:
-                self._step(x, y)
+                self._step(x, y, None if outliers is None else next(outliers))
                 s.train_seconds = seconds_before + time.perf_counter() - start
                 self.progress.update(
                     s.batch, s.loss_sum / s.seen, s.correct / s.seen, s.seen / s.train_seconds
@@ -228,15 +237,19 @@ class Trainer:
                     raise TrainingInterrupted(self._position())
         finally:
             stream.close()
+            if outliers is not None:
+                outliers.close()
             self.progress.end_epoch()
 
-    def _step(self, x: np.ndarray, y: np.ndarray) -> None:
+    def _step(self, x: np.ndarray, y: np.ndarray, x_out: np.ndarray | None = None) -> None:
         s = self.state
         where = f"at epoch {s.epoch + 1}, step {s.step + 1}"
         total = len(y)
         # Overflow is detected here and reported once, with the step: no NumPy warnings.
         with np.errstate(over="ignore", invalid="ignore"):
-            if self.parallel is None:
+            if x_out is not None:
+                loss, correct = self._outlier_step(x, y, x_out)
+            elif self.parallel is None:
                 logits = self.model.forward(x, training=True)
                 loss = self.loss_fn.forward(logits, y)
                 self.model.backward(self.loss_fn.backward(), input_grad=False)
@@ -257,6 +270,22 @@ class Trainer:
         s.loss_sum += loss * total
         s.correct += correct
         s.seen += total
+
+    def _outlier_step(self, x: np.ndarray, y: np.ndarray, x_out: np.ndarray) -> tuple[float, int]:
+        """Forward and backward of training and outlier images as one batch.
+
+        The objective is ``loss(training logits) + outlier loss(outlier logits)``; its gradient
+        with respect to the stacked logits is the two gradients stacked. Returns the training
+        images' loss (NaN if the outlier loss is not finite) and how many they got right.
+        """
+        n = len(y)
+        logits = self.model.forward(np.concatenate([x, x_out]), training=True)
+        loss = self.loss_fn.forward(logits[:n], y)
+        outlier_loss = self.outliers.loss.forward(logits[n:])
+        grad = np.concatenate([self.loss_fn.backward(), self.outliers.loss.backward()])
+        self.model.backward(grad, input_grad=False)
+        correct = int(np.count_nonzero(np.argmax(logits[:n], axis=1) == y))
+        return (loss if math.isfinite(outlier_loss) else math.nan), correct
 
     def predict(self, loader: DataLoader) -> tuple[np.ndarray, np.ndarray]:
         """``(logits, labels)`` of an evaluation split (gathered from every rank's block)."""

@@ -7,7 +7,7 @@ import os
 import numpy as np
 import pytest
 
-from purenn.data import DataError, scan_image_folder
+from purenn.data import DataError, build_cache, scan_image_folder, scan_outlier_folder
 
 
 def test_imagefolder_layout_odd_names_and_extensions(tmp_path, image_writer, pixels):
@@ -139,3 +139,40 @@ def test_presplit_class_folder_without_images(tmp_path, image_writer, pixels):
     (tmp_path / "val" / "a").mkdir(parents=True)
     with pytest.raises(DataError, match="no image files.*val/a"):
         scan_image_folder(tmp_path)
+
+
+def test_outlier_folder_groups_by_top_level_folder_and_takes_loose_images(
+    tmp_path, image_writer, pixels
+):
+    root = tmp_path / "photos"
+    image_writer(root / "background" / "b1.png", pixels(0))
+    image_writer(root / "background" / "deeper" / "b2.jpg", pixels(1))
+    image_writer(root / "imagenet" / "cat.png", pixels(2))
+    image_writer(root / "loose.png", pixels(3))
+    image_writer(root / ".hidden" / "x.png", pixels(4))
+    (root / "notes.txt").write_text("not an image")
+    scan = scan_outlier_folder(root)
+    assert scan.files == [
+        "background/b1.png", "background/deeper/b2.jpg", "imagenet/cat.png", "loose.png",
+    ]  # fmt: skip
+    assert scan.class_names == [".", "background", "imagenet"]
+    assert scan.labels.tolist() == [1, 1, 2, 0]
+    assert scan.ignored == ["notes.txt"]
+    assert [scan.class_folder(f) for f in scan.files] == [
+        "background", "background", "imagenet", ".",
+    ]  # fmt: skip
+    # The decode cache reads it like an image folder; an unreadable loose photo is skipped.
+    (root / "broken.png").write_bytes(b"not a png")
+    cache = build_cache(scan_outlier_folder(root), tmp_path / "cache", 8, workers=1, progress=False)
+    assert len(cache) == 4 and sorted(rel for rel, _ in cache.skipped) == [
+        "broken.png",
+        "notes.txt",
+    ]
+
+
+def test_outlier_folder_missing_or_without_images(tmp_path):
+    with pytest.raises(DataError, match="outlier folder does not exist"):
+        scan_outlier_folder(tmp_path / "nowhere")
+    (tmp_path / "empty" / "sub").mkdir(parents=True)
+    with pytest.raises(DataError, match="outlier folder has no image files"):
+        scan_outlier_folder(tmp_path / "empty")

@@ -7,8 +7,15 @@ import pytest
 from explain_models import bn_dropout_cnn, torch_grad_cam
 from gradcheck import numerical_gradient, relative_error
 
+import purenn as pn
 from purenn.explain import ExplainError, explain, grad_cam, saliency
-from purenn.explain.methods import bilinear_matrix, score_gradient, upsample
+from purenn.explain.methods import (
+    bilinear_matrix,
+    conv_layer,
+    grad_cam_maps,
+    score_gradient,
+    upsample,
+)
 from purenn.presets import build_preset
 
 
@@ -112,6 +119,61 @@ def test_grad_cam_equals_torch_autograd_on_the_plantvillage_cnn():
     )[:, 0].numpy()
     assert relative_error(shown, up / up.max(axis=(1, 2), keepdims=True)) < 1e-5
     assert shown.dtype == np.float32 and shown.max() == 1.0 and shown.min() >= 0
+
+
+def test_grad_cam_on_the_resnet_reads_the_last_map_every_path_passes_through():
+    """The last Conv2D of plantvillage-resnet is a shortcut's 1x1 projection (node 33), which the
+    main path bypasses; the default is the ReLU after the last Add (node 36), the maps the global
+    average pooling reads. Checked against torch autograd on TorchResNet at layer4's output, and
+    against CAM (Zhou et al. 2016): with GAP and one Dense, ReLU(sum_k W[t, k] A_k) / (H*W)."""
+    torch = pytest.importorskip("torch")
+    from torch_twin import resnet_twin  # benchmarks/torch_twin.py
+
+    model = build_preset("plantvillage-resnet", num_classes=5, image_size=32, dtype=np.float64)
+    passed = model.dominating()
+    assert [k for k, p in enumerate(passed) if p] == [0, 1, 2, 8, 9, 17, 18, 26, 27, 35, 36, 37, 38]
+    assert type(model.layers[33]).__name__ == "Conv2D" and not passed[33]
+    assert conv_layer(model) == 36 and type(model.layers[36]).__name__ == "ReLU"
+    x = _images(2, (3, 32, 32))
+    targets = np.array([1, 4])
+    raw = grad_cam(model, x, targets, upsampled=False, normalize=False)
+
+    twin = resnet_twin(model).eval()
+    kept = {}
+    twin.layer4.register_forward_hook(lambda module, args, out: kept.update(a=out))
+    logits = twin(torch.tensor(x))
+    kept["a"].retain_grad()
+    logits[torch.arange(2), torch.as_tensor(targets)].sum().backward()
+    a, g = kept["a"].detach().numpy(), kept["a"].grad.numpy()
+    expected = np.maximum(np.einsum("nk,nkhw->nhw", g.mean(axis=(2, 3)), a), 0)
+    assert raw.shape == (2, 2, 2) and expected.max() > 0
+    assert relative_error(raw, expected) < 1e-6  # the maps are float32
+    weights = model.layers[38].params["weight"][targets]  # (N, K)
+    cam = np.maximum(np.einsum("nk,nkhw->nhw", weights, a), 0) / 4
+    assert relative_error(raw, cam) < 1e-6
+
+
+def test_a_graph_whose_last_conv_every_path_passes_through_keeps_it():
+    x = pn.Input((3, 8, 8))
+    h = pn.Add()([pn.Conv2D(3, 4, 3, padding=1, rng=0)(x), pn.Conv2D(3, 4, 1, rng=1)(x)])
+    h = pn.ReLU()(pn.Conv2D(4, 4, 3, padding=1, rng=2)(pn.ReLU()(h)))
+    model = pn.Model(x, pn.Dense(4, 2, rng=3)(pn.GlobalAvgPool2D()(pn.MaxPool2D(2)(h))))
+    assert model.dominating() == [False, False, True, True, True, True, True, True, True]
+    assert conv_layer(model) == 4
+
+
+def test_grad_cam_rectifies_only_when_a_relu_reads_the_layer():
+    """Node 1 is a ReLU, but of the input: the conv's maps (node 0) stay unrectified."""
+    x = pn.Input((3, 6, 6))
+    z = pn.Conv2D(3, 3, 3, padding=1, rng=0, dtype=np.float64)(x)
+    y = pn.Add()([z, pn.ReLU()(x)])
+    model = pn.Model(x, pn.Dense(3, 2, rng=1, dtype=np.float64)(pn.GlobalAvgPool2D()(y)))
+    images = _images(2, (3, 6, 6))
+    raw = grad_cam(model, images, 0, layer=0, upsampled=False, normalize=False)
+    activation, gradient, _, _ = score_gradient(model, images, np.zeros(2, int), 0)
+    assert activation.min() < 0
+    np.testing.assert_allclose(raw, grad_cam_maps(activation, gradient, rectify=False))
+    assert relative_error(raw, grad_cam_maps(activation, gradient, rectify=True)) > 1e-3
 
 
 @pytest.mark.parametrize("size_in,size_out", [(4, 16), (5, 13), (8, 3), (1, 4)])

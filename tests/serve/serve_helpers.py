@@ -14,7 +14,8 @@ import httpx
 import numpy as np
 from PIL import Image
 
-from purenn.io import save_model
+from purenn.io import load_model, save_model
+from purenn.io.header import header_metadata
 from purenn.presets import build_preset
 
 REPO = Path(__file__).resolve().parents[2]
@@ -37,6 +38,22 @@ def make_model(
         "temperature": TEMPERATURE,
     }
     return save_model(path, model, meta)
+
+
+def make_model_with_ood(path: Path, photos: list[bytes]) -> tuple[Path, bytes, bytes]:
+    """:func:`make_model`'s model with an energy OOD test whose threshold lies between the
+    scores of two of ``photos``; returns ``(path, a recognized photo, one not recognized)``."""
+    from purenn.data import decode_image_bytes
+    from purenn.inference.recognition import OODTest, answer
+
+    make_model(path)
+    model, meta = load_model(path)
+    images = np.stack([decode_image_bytes(data, IMAGE_SIZE) for data in photos])
+    scores = answer(model, images, meta, OODTest("energy", np.inf, 0.95, 1.0, None)).ood_scores
+    low, high = int(np.argmin(scores)), int(np.argmax(scores))
+    test = OODTest("energy", float(scores[low] + scores[high]) / 2, 0.95, 1.0, None)
+    save_model(path, model, {**header_metadata(meta), "ood": test.to_file()[0]})
+    return path, photos[low], photos[high]
 
 
 def image_bytes(seed: int, fmt: str = "PNG", size: tuple[int, int] = (40, 30)) -> bytes:

@@ -6,9 +6,12 @@ reads the top class and the bars, sends feedback and sees it in the history, the
 ``PURENN_SCREENSHOT=path`` and/or ``PURENN_SCREENSHOT_EXPLAIN=path`` (and
 ``PURENN_SCREENSHOT_MODEL=model.npz``) it also saves screenshots of the page and of the overlay;
 docs/img/serve-page.png and docs/img/serve-explain.png were made so, with the trained
-PlantVillage model. A second test turns tokens on: the page asks for a token once, keeps it in
-localStorage (no cookie), and diagnoses and sends feedback with it. Both tests fail on any
-Content-Security-Policy violation the browser reports.
+PlantVillage model. Another shows a photo the model does not recognize: the message and the
+crops it knows instead of the bars, the guesses behind "show anyway", "not a leaf" as feedback
+(``PURENN_SCREENSHOT_OOD=path`` with ``PURENN_SCREENSHOT_OOD_MODEL`` and
+``PURENN_SCREENSHOT_OOD_PHOTO``: docs/img/serve-not-a-leaf.png). A further test turns tokens
+on: the page asks for a token once, keeps it in localStorage (no cookie), and diagnoses and sends
+feedback with it. Every test fails on any Content-Security-Policy violation the browser reports.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from serve_helpers import ServerProcess, image_bytes, leaf_photos
+from serve_helpers import ServerProcess, image_bytes, leaf_photos, make_model_with_ood
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 CHROMIUM_ARGS = [
@@ -69,6 +72,16 @@ def csp_violations(page, console: list[str]) -> list[str]:
     return console + page.evaluate("window.__csp")
 
 
+def open_page(browser, url: str):
+    """``(page, CSP violations)``: the page at phone size, once it has loaded the model."""
+    page = browser.new_page(viewport={"width": 390, "height": 844}, device_scale_factor=2)
+    page.set_default_timeout(TIMEOUT_MS)
+    console = watch_csp(page)
+    page.goto(url + "/")
+    page.wait_for_function("() => document.getElementById('feedback-label').options.length > 0")
+    return page, console
+
+
 def test_diagnose_a_leaf_send_feedback_and_see_the_history(browser, model_file, tmp_path):
     model = Path(os.environ.get("PURENN_SCREENSHOT_MODEL", model_file))
     photos = leaf_photos(1)
@@ -78,11 +91,7 @@ def test_diagnose_a_leaf_send_feedback_and_see_the_history(browser, model_file, 
     server = ServerProcess(model, str(tmp_path / "h.db"))
     try:
         classes = httpx.get(server.url + "/api/model").json()["class_names"]
-        page = browser.new_page(viewport={"width": 390, "height": 844}, device_scale_factor=2)
-        page.set_default_timeout(TIMEOUT_MS)
-        console = watch_csp(page)
-        page.goto(server.url + "/")
-        page.wait_for_function("() => document.getElementById('feedback-label').options.length > 0")
+        page, console = open_page(browser, server.url)
         assert page.is_hidden("#token-form")  # loopback: no token asked
         page.set_input_files("#file", str(photo))
         page.wait_for_selector("#result:not([hidden])")
@@ -146,6 +155,51 @@ THUMBNAIL_SHOWN = (
     "() => { const img = document.querySelector('#history li img');"
     " return img && img.complete && img.naturalWidth > 0; }"
 )
+
+
+def test_a_photo_it_does_not_know_shows_the_crops_it_knows_not_the_bars(browser, tmp_path):
+    screenshot = os.environ.get("PURENN_SCREENSHOT_OOD")
+    if screenshot:
+        model = Path(os.environ["PURENN_SCREENSHOT_OOD_MODEL"])
+        photo = Path(os.environ["PURENN_SCREENSHOT_OOD_PHOTO"])
+    else:
+        photos = [image_bytes(seed, size=(120, 90)) for seed in range(8)]
+        model, _, unknown = make_model_with_ood(tmp_path / "model.npz", photos)
+        photo = tmp_path / "not-a-leaf.png"
+        photo.write_bytes(unknown)
+    server = ServerProcess(model, str(tmp_path / "h.db"))
+    try:
+        classes = httpx.get(server.url + "/api/model").json()["class_names"]
+        page, console = open_page(browser, server.url)
+        page.set_input_files("#file", str(photo))
+        page.wait_for_selector("#result:not([hidden])")
+        answer = httpx.get(server.url + "/api/diagnoses").json()["items"][0]
+        assert answer["recognized"] is False
+        assert (
+            page.inner_text("#unknown-title") == "This does not look like a leaf this model knows"
+        )
+        crops = page.inner_text("#known-crops")
+        expected = dict.fromkeys(re.sub("_+", " ", c.split("___")[0]).strip() for c in classes)
+        assert crops == ", ".join(expected)
+        assert page.is_hidden("#guesses") and page.is_hidden("#bars")
+        assert page.input_value("#feedback-label") == "not a leaf"
+        page.locator("#history .h-class:has-text('Not a leaf this model knows')").wait_for()
+        assert page.evaluate("document.documentElement.scrollWidth") <= 390
+        if screenshot:
+            page.screenshot(path=screenshot, full_page=True)
+        page.check("#show-anyway")
+        assert page.is_visible("#bars") and page.locator("#bars li").count() == min(5, len(classes))
+        top = answer["predictions"][0]
+        assert page.inner_text("#top-class").endswith(f"{100 * top['probability']:.1f}%")
+        page.uncheck("#show-anyway")
+        assert page.is_hidden("#bars")
+        page.click("#feedback-send")
+        page.wait_for_selector("#feedback-status:has-text('saved as not a leaf')")
+        stored = httpx.get(f"{server.url}/api/diagnoses/{answer['id']}").json()
+        assert stored["feedback"] == "not a leaf"
+        assert csp_violations(page, console) == []
+    finally:
+        server.stop()
 
 
 def test_with_tokens_the_page_asks_once_and_keeps_the_token(browser, model_file, tmp_path):

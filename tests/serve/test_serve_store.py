@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import threading
 
@@ -36,24 +37,52 @@ def test_add_get_list_feedback(store):
     assert store.ping() and store.schema_version() == SCHEMA_VERSION
 
 
-def test_a_version_1_database_gains_the_reviewer_column(db_url, monkeypatch):
+def _old_database(db_url, monkeypatch, version: int) -> int:
+    """A database as the code of schema ``version`` left it, with one row; returns its id."""
     from purenn.serve import store as store_module
 
-    with monkeypatch.context() as m:  # the code of version 1, which had no feedback_by
-        m.setattr(store_module, "_MIGRATIONS", store_module._MIGRATIONS[:1])
-        m.setattr(store_module, "SCHEMA_VERSION", 1)
+    with monkeypatch.context() as m:
+        m.setattr(store_module, "_MIGRATIONS", store_module._MIGRATIONS[:version])
+        m.setattr(store_module, "SCHEMA_VERSION", version)
         old = open_store(db_url)
-        first = old.add("1" * 64, None, "model-a", TOP)
-        with old._lock, old._transaction(write=True):
-            old._execute("UPDATE diagnoses SET feedback_label = 'a', feedback_at = 'x'")
-        assert old.schema_version() == 1
+        with old._lock, old._transaction(write=True):  # the INSERT of those versions
+            row = old._execute(
+                "INSERT INTO diagnoses (created_at, image_sha256, image_path, model_id, top_k, "
+                "feedback_label, feedback_at) VALUES ('t', ?, NULL, 'model-a', ?, 'a', 'x') "
+                "RETURNING id",
+                ("1" * 64, json.dumps(TOP)),
+            ).fetchone()
+        assert old.schema_version() == version
         old.close()
+    return row[0]
+
+
+def test_a_version_1_database_gains_the_reviewer_and_ood_columns(db_url, monkeypatch):
+    first = _old_database(db_url, monkeypatch, 1)
     store = open_store(db_url)
     try:
-        assert store.schema_version() == SCHEMA_VERSION == 2
-        kept = store.get(first.id)
+        assert store.schema_version() == SCHEMA_VERSION == 3
+        kept = store.get(first)
         assert kept.feedback_label == "a" and kept.feedback_by is None
-        assert store.set_feedback(first.id, "b", by="alice").feedback_by == "alice"
+        assert kept.recognized is None and kept.ood_score is None
+        assert store.set_feedback(first, "b", by="alice").feedback_by == "alice"
+    finally:
+        store.close()
+
+
+def test_a_version_2_database_gains_the_ood_columns(db_url, monkeypatch):
+    first = _old_database(db_url, monkeypatch, 2)
+    store = open_store(db_url)
+    try:
+        assert store.schema_version() == 3
+        kept = store.get(first)
+        assert kept.top_k == TOP and kept.feedback_label == "a"
+        assert kept.to_json()["recognized"] is None and kept.to_json()["ood_score"] is None
+        new = store.add("2" * 64, None, "model-a", TOP, recognized=False, ood_score=1.25)
+        again = store.get(new.id)
+        assert again.recognized is False and again.ood_score == 1.25
+        assert store.add("3" * 64, None, "m", TOP, recognized=True).recognized is True
+        assert store.get(new.id + 1).recognized is True and store.get(new.id + 1).ood_score is None
     finally:
         store.close()
 

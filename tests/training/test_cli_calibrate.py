@@ -12,11 +12,12 @@ from PIL import Image
 from purenn.cli.main import main
 from purenn.data import scan_image_folder
 from purenn.inference.calibration import calibration_summary, fit_temperature
-from purenn.io import load_model, save_model
+from purenn.inference.recognition import read_ood_test
+from purenn.io import load_model, load_model_arrays, save_model
 from purenn.io.header import header_metadata
 from purenn.kernels.ops import softmax
 from purenn.training import predict
-from purenn.training.evaluation import predict_logits
+from purenn.training.evaluation import predict_features, predict_logits
 from purenn.training.pipeline import load_training_data
 
 # Three close colours under heavy noise: a tiny CNN gets most, not all, right (T inside bounds).
@@ -41,10 +42,11 @@ def close_run(tmp_path_factory, close_folder, tiny_args):
 
 @pytest.fixture(scope="module")
 def legacy_model(close_run):
-    """The run's best.npz without its temperature, as purenn wrote model files before."""
+    """The run's best.npz without its temperature and OOD test, as purenn wrote model files
+    before (save_model without ``arrays`` leaves the OOD statistics out)."""
     model, header = load_model(close_run / "best.npz")
     metadata = header_metadata(header)
-    del metadata["temperature"]
+    del metadata["temperature"], metadata["ood"]
     return save_model(close_run.parent / "legacy.npz", model, metadata)
 
 
@@ -54,15 +56,25 @@ def model_copy(legacy_model, tmp_path):
     return shutil.copy(legacy_model, tmp_path / "best.npz")
 
 
-def val_logits(model_path, cache_dir):
-    """The model's logits and labels on its validation split, rebuilt from its metadata."""
+def _val_loader(model_path, cache_dir):
+    """The model and the batches of its validation split, rebuilt from its metadata."""
     model, meta = load_model(model_path)
     split = meta["split"]
     data = load_training_data(
         scan_image_folder(meta["data_dir"]), meta["image_size"], split["val_fraction"],
         split["test_fraction"], split["seed"], str(cache_dir), 1, False,
     )  # fmt: skip
-    return predict_logits(model, data.loader("val", 8))
+    return model, data.loader("val", 8)
+
+
+def val_logits(model_path, cache_dir):
+    """The model's logits and labels on its validation split."""
+    return predict_logits(*_val_loader(model_path, cache_dir))
+
+
+def val_features(model_path, cache_dir):
+    """The model's penultimate features, logits and labels on its validation split."""
+    return predict_features(*_val_loader(model_path, cache_dir))
 
 
 def test_training_fits_the_temperature_on_the_val_split(close_run, cache_dir):
@@ -82,11 +94,23 @@ def test_training_fits_the_temperature_on_the_val_split(close_run, cache_dir):
         assert png.format == "PNG" and png.width >= 600
 
 
-def test_calibrate_fits_the_val_split_and_rewrites_only_the_temperature(
+def test_training_fits_the_ood_test_and_reports_it_on_the_test_split(close_run, cache_dir):
+    _, meta = load_model(close_run / "best.npz")
+    test = read_ood_test(close_run / "best.npz", meta)
+    assert test.score == "knn" and test.temperature == meta["temperature"]
+    features, logits, _ = val_features(close_run / "best.npz", cache_dir)
+    assert (test.scores(features, logits) <= test.threshold).sum() == 12  # ceil(0.95 * 12)
+    ood = json.loads((close_run / "report.json").read_text())["ood"]
+    assert ood == {**meta["ood"], "test": ood["test"]}
+    assert ood["test"]["samples"] == 12 and 0 < ood["test"]["recognized"] <= 1
+
+
+def test_calibrate_fits_the_val_split_and_rewrites_the_temperature_and_ood_test(
     cli, model_copy, close_folder, cache_dir
 ):
     before_model, before = load_model(model_copy)
-    assert "temperature" not in before
+    assert "temperature" not in before and "ood" not in before
+    assert read_ood_test(model_copy, before) is None
     result = cli("calibrate", model_copy, close_folder, "--cache-dir", cache_dir)
     assert result.code == 0, result.err
     logits, labels = val_logits(model_copy, cache_dir)
@@ -94,7 +118,15 @@ def test_calibrate_fits_the_val_split_and_rewrites_only_the_temperature(
     assert 0.05 < temperature < 20  # a real minimum, not a bound
     after_model, after = load_model(model_copy)
     assert after["temperature"] == pytest.approx(temperature, rel=1e-9)
-    assert {k: v for k, v in after.items() if k != "temperature"} == before
+    assert {k: v for k, v in after.items() if k not in ("temperature", "ood")} == before
+    # The OOD test: the kNN bank of the 24 training images; its threshold keeps 95% of val.
+    test = read_ood_test(model_copy, after)
+    assert test.score == "knn" and test.statistics.bank.shape[0] == 24
+    assert sorted(load_model_arrays(model_copy)) == ["ood/bank"]
+    features, logits, _ = val_features(model_copy, cache_dir)
+    accepted = test.scores(features, logits) <= test.threshold
+    assert accepted.sum() == np.ceil(0.95 * len(accepted))
+    assert "OOD test: knn, k=10 fitted on the training split" in result.out
     for name, array in before_model.state_dict().items():
         np.testing.assert_array_equal(after_model.state_dict()[name], array)
     summary = calibration_summary(logits, labels, temperature)
@@ -164,6 +196,14 @@ def test_calibrate_a_safetensors_model_keeps_its_container(
     _, meta = load_model(exported)
     logits, labels = val_logits(model_copy, cache_dir)
     assert meta["temperature"] == pytest.approx(fit_temperature(logits, labels), rel=1e-6)
+    assert "ood" not in meta  # a .safetensors file holds weights only
+
+
+def test_export_leaves_the_ood_test_out(cli, close_run, tmp_path):
+    exported = tmp_path / "model.safetensors"
+    assert cli("export", close_run / "best.npz", exported).code == 0
+    _, meta = load_model(exported)
+    assert "ood" not in meta and read_ood_test(exported, meta) is None
 
 
 @pytest.mark.parametrize(
@@ -184,3 +224,15 @@ def test_calibrate_refuses_a_checkpoint(cli, legacy_model, close_folder, cache_d
     result = cli("calibrate", checkpoint, close_folder, "--cache-dir", cache_dir)
     assert result.code == 2 and "is a checkpoint, not a model file" in result.err
     assert checkpoint.read_bytes() == saved
+
+
+def test_calibrate_fits_the_ood_score_asked_for(cli, model_copy, close_folder, cache_dir):
+    args = ["calibrate", model_copy, close_folder, "--cache-dir", cache_dir, "--json"]
+    result = json.loads(cli(*args, "--ood-score", "mahalanobis").out)
+    assert result["ood"]["score"] == "mahalanobis"
+    assert sorted(load_model_arrays(model_copy)) == ["ood/means", "ood/whitening"]
+    result = json.loads(cli(*args, "--ood-score", "energy").out)
+    _, meta = load_model(model_copy)
+    assert result["ood"] == meta["ood"] and meta["ood"]["score"] == "energy"
+    assert meta["ood"]["temperature"] == meta["temperature"]
+    assert load_model_arrays(model_copy) == {}  # the Mahalanobis arrays are replaced, not kept

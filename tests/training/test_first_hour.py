@@ -282,6 +282,54 @@ def test_init_from_with_other_classes_replaces_the_output_layer(
     assert predicted.code == 0 and "my-" in predicted.out
 
 
+def test_init_from_a_resnet_with_other_classes_replaces_its_head_and_keeps_the_graph(
+    cli, colour_folder, tmp_path, tiny_args
+):
+    """plantvillage-resnet (a graph with BatchNorm) fine-tuned on 2 classes: the Dense after the
+    global average pooling is replaced; the topology and every other array (running statistics
+    included) are those of the source run's best model."""
+    args = list(tiny_args)
+    args[args.index("--preset") + 1] = "plantvillage-resnet"
+    args[args.index("--image-size") + 1] = "16"
+    source = tmp_path / "resnet"
+    result = cli("train", colour_folder, "--out", source, "--epochs", 1, *args)
+    assert result.code == 0, result.err
+    data = tmp_path / "two"
+    for name in ("blue", "red"):
+        shutil.copytree(colour_folder / name, data / f"my-{name}")
+    out = tmp_path / "tuned"
+    result = cli(
+        "train", data, "--init-from", source, "--epochs", 1, "--out", out,
+        *without(without(args, "--image-size"), "--preset"),
+    )  # fmt: skip
+    assert result.code == 0, result.err
+    assert "output layer replaced (3 -> 2 classes" in result.out
+    start, _ = load_model(out / "init.npz")
+    old, _ = load_model(source / "best.npz")
+    assert start.inputs == old.inputs and start.output_shapes((3, 16, 16))[-1] == (2,)
+    head = len(old.layers) - 1
+    assert type(start.layers[head]).__name__ == "Dense"
+    for key, value in old.state_dict().items():
+        if not key.startswith(f"{head}."):
+            np.testing.assert_array_equal(start.state_dict()[key], value, err_msg=key)
+    assert "1.running_mean" in old.state_dict()
+    predicted = cli("predict", out, data / "my-red" / "00.png", "--top-k", 1)
+    assert predicted.code == 0 and "my-" in predicted.out
+
+
+def test_init_from_a_graph_with_two_heads_and_other_classes_is_a_clear_error(tmp_path):
+    import purenn as pn
+    from purenn.training.config import ConfigError, make_config
+    from purenn.training.start import from_model
+
+    x = pn.Input((3, 8, 8))
+    pooled = pn.GlobalAvgPool2D()(pn.Conv2D(3, 4, 3, padding=1)(x))
+    model = pn.Model(x, pn.Add()([pn.Dense(4, 3)(pooled), pn.Dense(4, 3)(pooled)]))
+    config = make_config(overrides={"data_dir": str(tmp_path), "image_size": 8})
+    with pytest.raises(ConfigError, match="every path to the output must pass through it"):
+        from_model(model, {"class_names": list("abc")}, config, ["x", "y"], "two-heads.npz")
+
+
 def test_init_from_with_another_image_size_is_a_clear_error(
     cli, run, colour_folder, tmp_path, tiny_args
 ):

@@ -27,6 +27,12 @@ class ReLU(Layer):
         over_batch(len(x), relu, x.nbytes)
         return y
 
+    def infer(self, x: np.ndarray) -> np.ndarray:
+        x = as_float_array(x)
+        y = np.empty_like(x)
+        over_batch(len(x), lambda rows: np.maximum(x[rows], 0, out=y[rows]), x.nbytes)
+        return y
+
     def backward(self, grad_out: np.ndarray, input_grad: bool = True) -> np.ndarray:
         dx = np.empty_like(grad_out)
 
@@ -57,6 +63,10 @@ class LeakyReLU(Layer):
         self._mask = x > 0
         return np.where(self._mask, x, x * x.dtype.type(self.negative_slope))
 
+    def infer(self, x: np.ndarray) -> np.ndarray:
+        x = as_float_array(x)
+        return np.where(x > 0, x, x * x.dtype.type(self.negative_slope))
+
     def backward(self, grad_out: np.ndarray, input_grad: bool = True) -> np.ndarray:
         return np.where(self._mask, grad_out, grad_out * grad_out.dtype.type(self.negative_slope))
 
@@ -71,11 +81,14 @@ class Sigmoid(Layer):
     """``1 / (1 + exp(-x))``, computed without overflow; derivative ``y * (1 - y)``."""
 
     def forward(self, x: np.ndarray, training: bool = True) -> np.ndarray:
+        self._y = self.infer(x)
+        return self._y
+
+    def infer(self, x: np.ndarray) -> np.ndarray:
         x = as_float_array(x)
         # exp of a non-positive number never overflows: use exp(-|x|) for both signs.
         e = np.exp(-np.abs(x))
-        self._y = np.where(x >= 0, 1 / (1 + e), e / (1 + e)).astype(x.dtype, copy=False)
-        return self._y
+        return np.where(x >= 0, 1 / (1 + e), e / (1 + e)).astype(x.dtype, copy=False)
 
     def backward(self, grad_out: np.ndarray, input_grad: bool = True) -> np.ndarray:
         return grad_out * self._y * (1 - self._y)
@@ -88,8 +101,11 @@ class Tanh(Layer):
     """``tanh(x)``; derivative ``1 - y**2``."""
 
     def forward(self, x: np.ndarray, training: bool = True) -> np.ndarray:
-        self._y = np.tanh(as_float_array(x))
+        self._y = self.infer(x)
         return self._y
+
+    def infer(self, x: np.ndarray) -> np.ndarray:
+        return np.tanh(as_float_array(x))
 
     def backward(self, grad_out: np.ndarray, input_grad: bool = True) -> np.ndarray:
         return grad_out * (1 - np.square(self._y))
@@ -106,8 +122,11 @@ class Softmax(Layer):
     """
 
     def forward(self, x: np.ndarray, training: bool = True) -> np.ndarray:
-        self._y = softmax(as_float_array(x))
+        self._y = self.infer(x)
         return self._y
+
+    def infer(self, x: np.ndarray) -> np.ndarray:
+        return softmax(as_float_array(x))
 
     def backward(self, grad_out: np.ndarray, input_grad: bool = True) -> np.ndarray:
         y = self._y

@@ -5,7 +5,9 @@
 - ``dx = layer.backward(dy)`` returns the gradient with respect to the last forward's input and
   *overwrites* the parameter gradients in ``layer.grads`` (in place: the arrays live as long as
   the layer, so optimizers can hold them). ``backward(dy, input_grad=False)`` may skip the input
-  gradient and return None (a model's first layer: nobody needs dL/d(image)).
+  gradient and return None (a model's first layer: nobody needs dL/d(image)). ``dy`` is read
+  only: a layer never writes into it (the array it returns may be ``dy`` itself or a view of it,
+  as Flatten's and Add's are).
 - ``layer.params`` / ``layer.grads``: dicts from PyTorch's parameter names to arrays of PyTorch's
   shapes; ``layer.buffers``: non-trained state (BatchNorm's running statistics).
 - ``get_config()`` returns the constructor arguments (JSON-able), so a layer can be rebuilt
@@ -17,6 +19,8 @@ from __future__ import annotations
 import inspect
 
 import numpy as np
+
+from purenn.kernels.workspace import Workspace
 
 
 def check_dtype(dtype) -> np.dtype:
@@ -45,7 +49,7 @@ class Layer:
         self.params: dict[str, np.ndarray] = {}
         self.grads: dict[str, np.ndarray] = {}
         self.buffers: dict[str, np.ndarray] = {}
-        self._scratch: dict[str, np.ndarray] = {}
+        self._scratch = Workspace()
 
     # -- the protocol -------------------------------------------------------------------------
     def forward(self, x: np.ndarray, training: bool = True) -> np.ndarray:
@@ -53,6 +57,14 @@ class Layer:
 
     def backward(self, grad_out: np.ndarray, input_grad: bool = True) -> np.ndarray | None:
         raise NotImplementedError
+
+    def infer(self, x: np.ndarray) -> np.ndarray:
+        """Inference only: ``forward(x, training=False)``, keeping nothing for a backward.
+
+        The eval-mode fast path (``purenn.nn.inference``) runs it; layers whose forward keeps
+        arrays for their backward override it. Merge layers take a list of tensors.
+        """
+        return self.forward(x, training=False)
 
     #: True for layers whose input is a list of tensors (Add, Concatenate).
     merges = False
@@ -94,11 +106,7 @@ class Layer:
         Only for internal use: an array returned to the caller must be new. Its content on
         return is whatever the last user left there.
         """
-        array = self._scratch.get(name)
-        if array is None or array.shape != tuple(shape) or array.dtype != dtype:
-            array = np.empty(shape, dtype=dtype)
-            self._scratch[name] = array
-        return array
+        return self._scratch.get(name, shape, dtype)
 
     def zero_grad(self) -> None:
         for grad in self.grads.values():

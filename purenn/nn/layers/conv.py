@@ -3,8 +3,8 @@
 Shapes (N batch, C in channels, O out channels, kernel kh x kw, K = C*kh*kw, P = Ho*Wo), for
 each sample n:
 
-    col  = im2col(x[n])             (K, P)   every receptive field as a column (zero padding
-                                             implicit: no padded copy of x is made)
+    col  = im2col(x[n])             (K, P)   every receptive field as a column (forward pads a
+                                             copy of the sample; backward pads implicitly)
     y[n] = W.reshape(O, K) @ col    (O, P)   already NCHW: no transpose on the way out
 
 Backward, with dy reshaped to (N, O, P), recomputing col from the kept input:
@@ -18,13 +18,22 @@ each convolved with its own (O/G, C/G, kh, kw) filters, as PyTorch. im2col's row
 (c, i, j) with c outermost, so a group's rows are contiguous: ``col`` reshapes for free to
 (G, K/G, P) and the products above become one batched matmul over the groups,
 ``y[n].reshape(G, O/G, P) = W.reshape(G, O/G, K/G) @ col.reshape(G, K/G, P)`` (Chainer's scheme);
-likewise dW and dcol per group.
+likewise dW and dcol per group. For a depthwise layer dcol is an outer product per channel
+((kh*kw, 1) @ (1, P)), computed by broadcasting: NumPy's matmul is 13x slower with an inner
+dimension of 1. Measured against depthwise as kh*kw shifted multiply-adds and as ``as_strided``
+windows contracted by ``einsum`` (benchmarks/bench_grouped_conv.py, docs/RESULTS.md), this
+scheme was the fastest at every map size of plantvillage-resnet (1 thread, forward+backward,
+batch 32: 87 against 128 and 448 ms for 32 channels at 64x64).
 
-Each thread takes whole samples with single-threaded BLAS
-(``purenn.kernels.parallel.over_samples``), so a sample's column matrix (1-5 MB in the preset CNN)
-is written, multiplied and read back while it is in that core's cache, and no (N, K, P) matrix is
-ever stored: recomputing im2col in backward costs less than streaming the batch's column matrices
-(320 MB for the preset CNN at batch 32) to memory and back (docs/RESULTS.md, issue 13).
+Forward runs :func:`purenn.kernels.fused.conv2d`: per band of output rows of a sample, one
+im2col copy and one GEMM while the band's column matrix is in cache, the bands split over
+purenn's threads with single-threaded BLAS (the eval-mode fast path runs the same kernel with
+ReLU and pooling fused in). Backward takes whole samples per thread
+(``purenn.kernels.parallel.over_samples``), so a sample's column matrix (1-5 MB in the preset
+CNN) is written, multiplied and read back while it is in that core's cache, and no (N, K, P)
+matrix is ever stored: recomputing im2col in backward costs less than streaming the batch's
+column matrices (320 MB for the preset CNN at batch 32) to memory and back (docs/RESULTS.md,
+issue 13).
 
 ``algorithm="winograd"`` computes 3x3 stride-1 padding-1 layers with Winograd F(2x2, 3x3)
 instead (``purenn.kernels.winograd``, 16 multiplications per output 2x2 block and channel pair
@@ -39,9 +48,9 @@ from __future__ import annotations
 import numpy as np
 
 from purenn.checks import check_int
-from purenn.kernels import winograd
+from purenn.kernels import fused, winograd
 from purenn.kernels.ops import col2im, im2col, output_size, pair
-from purenn.kernels.parallel import over_batch, over_samples, sample_threads
+from purenn.kernels.parallel import over_samples, sample_threads
 from purenn.nn.layers.weighted import WeightedLayer
 
 #: Values of Conv2D's ``algorithm`` argument.
@@ -69,6 +78,16 @@ def resolve_padding(padding, kernel: tuple[int, int], stride: tuple[int, int]):
     if ph < 0 or pw < 0:
         raise ValueError(f"padding must be >= 0, received: padding={padding!r}")
     return (ph, ph, pw, pw)
+
+
+def _product(a: np.ndarray, b: np.ndarray, out: np.ndarray) -> None:
+    """``out = a @ b`` (2-D or stacked). With an inner dimension of 1 (a depthwise layer's
+    ``W^T dy``: (C, kh*kw, 1) @ (C, 1, P)) it is an outer product, computed by broadcasting:
+    NumPy's matmul took 1.31 ms there against 0.10 ms (C = 32, P = 64x64, one sample)."""
+    if a.shape[-1] == 1:
+        np.multiply(a, b, out=out)
+    else:
+        np.matmul(a, b, out=out)
 
 
 class Conv2D(WeightedLayer):
@@ -171,38 +190,52 @@ class Conv2D(WeightedLayer):
         )
 
     def forward(self, x: np.ndarray, training: bool = True) -> np.ndarray:
+        x = self._checked(x)
+        self._algorithm = self.algorithm_for(x.shape[1:])
+        self._w = self.weight()
+        self._x = x
+        return self._convolve(x, self._w, self._bias(), relu=False, pool=False)
+
+    def infer(
+        self,
+        x: np.ndarray,
+        weight: np.ndarray | None = None,
+        bias: np.ndarray | None = None,
+        relu: bool = False,
+        pool: bool = False,
+    ) -> np.ndarray:
+        """Inference: ``maxpool2x2(relu(conv(x) + bias))``, pooling and ReLU when asked; no caches.
+
+        Args:
+            x: (N, C, H, W).
+            weight, bias: (O, C/G, kh, kw) and (O,) used instead of the layer's own (the fast
+                path passes them with a BatchNorm folded in); None takes the layer's.
+            relu: apply ReLU. pool: 2x2 stride-2 max-pooling.
+        """
+        x = self._checked(x)
+        weight = self.weight() if weight is None else weight
+        return self._convolve(x, weight, self._bias() if bias is None else bias, relu, pool)
+
+    def _checked(self, x) -> np.ndarray:
         x = np.asarray(x, dtype=self.dtype)
         self.check_input(x, 4, 1, self.in_channels)
-        _, out_h, out_w = self.output_shape(x.shape[1:])
-        self._algorithm = self.algorithm_for(x.shape[1:])
-        n, c = x.shape[0], self.in_channels
-        self._w = self.weight()
-        if self._algorithm == "winograd":
+        self.output_shape(x.shape[1:])
+        return x
+
+    def _bias(self) -> np.ndarray | None:
+        return self.params["bias"] if self.use_bias else None
+
+    def _convolve(self, x, weight, bias, relu: bool, pool: bool) -> np.ndarray:
+        """The convolution of x with ``weight`` + ``bias``, then ReLU and 2x2 pooling if asked."""
+        if self.algorithm_for(x.shape[1:]) == "winograd":
+            _, out_h, out_w = self.output_shape(x.shape[1:])
             th, tw = winograd.tiles(out_h, out_w)
-            self._v = self.scratch("winograd_v", (16, c, n * th * tw), self.dtype)
-            y = winograd.conv3x3(x, winograd.transform_filter(self._w), v_out=self._v)
-            if self.use_bias:
-                bias = self.params["bias"][:, None, None]
-                over_batch(n, lambda rows: np.add(y[rows], bias, out=y[rows]), y.nbytes)
-            return y
-        self._x = x
-        y = np.empty((n, self.out_channels, out_h * out_w), dtype=self.dtype)
-        w = self._grouped_weight()
-        bias = self.params["bias"][:, None] if self.use_bias else None
-
-        cols = self._column_buffers(n, out_h * out_w)
-        grouped = self._grouped
-
-        def forward_samples(samples: slice, slot: int) -> None:
-            col = cols[slot : slot + 1]
-            for i in range(samples.start, samples.stop):
-                self._im2col(i, col)
-                np.matmul(w, grouped(col[0]), out=grouped(y[i]))  # (G, O/G, K/G) @ (G, K/G, P)
-                if bias is not None:
-                    y[i] += bias
-
-        over_samples(n, forward_samples)
-        return y.reshape(n, self.out_channels, out_h, out_w)
+            self._v = self.scratch("winograd_v", (16, self.in_channels, len(x) * th * tw), x.dtype)
+            y = winograd.conv3x3(x, winograd.transform_filter(weight), v_out=self._v)
+            return fused.finish(y, bias, relu, pool)
+        return fused.conv2d(
+            x, weight, bias, self.stride, self.pads, self.groups, relu, pool, self._scratch
+        )
 
     def backward(self, grad_out: np.ndarray, input_grad: bool = True) -> np.ndarray | None:
         n = grad_out.shape[0]
@@ -227,7 +260,7 @@ class Conv2D(WeightedLayer):
                 np.matmul(dy_i, np.swapaxes(grouped(col[0]), -1, -2), out=dw_per_sample[i])
                 if dx is not None:
                     # dcol = W^T dy per group, reusing col's buffer
-                    np.matmul(np.swapaxes(w, -1, -2), dy_i, out=grouped(col[0]))
+                    _product(np.swapaxes(w, -1, -2), dy_i, grouped(col[0]))
                     col2im(col, (1,) + self._x.shape[1:], *self._geometry, out=dx[i : i + 1])
 
         over_samples(n, backward_samples)

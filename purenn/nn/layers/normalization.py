@@ -11,6 +11,13 @@ and g = dL/dxhat = dy * gamma::
 
 (the two subtracted terms are the gradient flowing through the batch mean and variance).
 In evaluation mode the statistics are constants and ``dx = g / sqrt(running_var + eps)``.
+
+Both passes are per-channel affine maps, ``y = scale * x + shift`` and
+``dx = scale * dy + b * x + c``, and their statistics per-channel sums, computed by
+``purenn.kernels.normalization`` in few passes over memory, threaded over the batch: forward
+reads x twice (the mean; the centred squares, centred a cache-sized block at a time) and writes
+y; backward reads dy and x twice and writes dx. The layer keeps x (a reference, no copy) and the
+float64 per-channel mean and 1/std for backward; xhat is never stored.
 """
 
 from __future__ import annotations
@@ -18,6 +25,7 @@ from __future__ import annotations
 import numpy as np
 
 from purenn.checks import check_int
+from purenn.kernels.normalization import centred_dot, channel_affine, channel_moments
 from purenn.nn.layers.base import Layer, check_dtype
 
 
@@ -48,8 +56,8 @@ class _BatchNorm(Layer):
     def forward(self, x: np.ndarray, training: bool = True) -> np.ndarray:
         x = np.asarray(x, dtype=self.dtype)
         self.check_input(x, self.input_ndim, 1, self.num_features)
-        axes = (0,) + tuple(range(2, x.ndim))
-        shape = self._shape()
+        # (N, C, P) with P = H*W (1 for BatchNorm1D): the kernels' layout, a view of x
+        self._x = x.reshape(x.shape[0], self.num_features, -1)
         self._training = training
         if training:
             count = x.size // self.num_features
@@ -58,9 +66,7 @@ class _BatchNorm(Layer):
                     f"{self!r} needs more than one value per channel in training, "
                     f"received input of shape {tuple(x.shape)}"
                 )
-            mean = x.mean(axis=axes, dtype=self.dtype)
-            centered = x - mean.reshape(shape)
-            var = np.mean(np.square(centered), axis=axes, dtype=self.dtype)
+            mean, var = channel_moments(self._x)  # float64 (C,)
             m = self.momentum
             running_mean, running_var = self.buffers["running_mean"], self.buffers["running_var"]
             running_mean *= 1 - m
@@ -68,27 +74,56 @@ class _BatchNorm(Layer):
             running_var *= 1 - m
             running_var += m * var * (count / (count - 1))
         else:
-            centered = x - self.buffers["running_mean"].reshape(shape)
-            var = self.buffers["running_var"]
-        self._inv_std = (1.0 / np.sqrt(var + self.dtype.type(self.eps))).astype(self.dtype)
-        self._xhat = centered * self._inv_std.reshape(shape)
-        return self._xhat * self.params["weight"].reshape(shape) + self.params["bias"].reshape(
-            shape
-        )
+            mean = self.buffers["running_mean"].astype(np.float64)
+            var = self.buffers["running_var"].astype(np.float64)
+        self._mean, self._inv_std = mean, 1.0 / np.sqrt(var + self.eps)
+        # y = (x - mean) * inv_std * weight + bias = scale * x + shift: one pass over x
+        scale = self.params["weight"] * self._inv_std
+        y = np.empty_like(self._x)
+        channel_affine(y, self._x, scale, self.params["bias"] - self._mean * scale)
+        return y.reshape(x.shape)
 
-    def backward(self, grad_out: np.ndarray, input_grad: bool = True) -> np.ndarray:
-        dy = np.asarray(grad_out, dtype=self.dtype)
-        axes = (0,) + tuple(range(2, dy.ndim))
-        shape = self._shape()
-        np.sum(dy * self._xhat, axis=axes, out=self.grads["weight"])
-        np.sum(dy, axis=axes, out=self.grads["bias"])
-        scale = (self.params["weight"] * self._inv_std).reshape(shape)
+    def folded(self) -> tuple[np.ndarray, np.ndarray]:
+        """(scale, shift) per channel in float64: evaluation mode computes ``x * scale + shift``.
+
+        ``scale = gamma / sqrt(running_var + eps)``, ``shift = beta - running_mean * scale``; the
+        fast path folds them into a preceding convolution's or dense layer's weight and bias.
+        """
+        scale = self.params["weight"] / np.sqrt(
+            self.buffers["running_var"].astype(np.float64) + self.eps
+        )
+        return scale, self.params["bias"] - self.buffers["running_mean"] * scale
+
+    def infer(self, x: np.ndarray, relu: bool = False) -> np.ndarray:
+        """Inference: ``x * scale + shift`` per channel (see :meth:`folded`), then ReLU if asked."""
+        x = np.asarray(x, dtype=self.dtype)
+        self.check_input(x, self.input_ndim, 1, self.num_features)
+        rows = x.reshape(x.shape[0], self.num_features, -1)
+        y = np.empty_like(rows)
+        channel_affine(y, rows, *self.folded())
+        if relu:
+            np.maximum(y, 0, out=y)
+        return y.reshape(x.shape)
+
+    def backward(self, grad_out: np.ndarray, input_grad: bool = True) -> np.ndarray | None:
+        dy = np.ascontiguousarray(grad_out, dtype=self.dtype).reshape(self._x.shape)
+        inv_std = self._inv_std
+        # sum dy and sum dy * xhat, xhat = (x - mean) * inv_std, from one pass over dy and x
+        sum_dy, sum_dy_centred = centred_dot(dy, self._x, self._mean)
+        sum_dy_xhat = sum_dy_centred * inv_std
+        self.grads["bias"][...] = sum_dy
+        self.grads["weight"][...] = sum_dy_xhat
+        if not input_grad:
+            return None
+        scale = self.params["weight"] * inv_std
+        dx = np.empty_like(dy)
         if not self._training:
-            return dy * scale
+            return channel_affine(dx, dy, scale, np.zeros_like(scale)).reshape(grad_out.shape)
+        # dx = scale * (dy - mean(dy) - xhat * mean(dy * xhat)) = scale * dy + b * x + c
         count = dy.size // self.num_features
-        mean_dy = (self.grads["bias"] / count).reshape(shape)
-        mean_dy_xhat = (self.grads["weight"] / count).reshape(shape)
-        return (dy - mean_dy - self._xhat * mean_dy_xhat) * scale
+        b = -scale * inv_std * (sum_dy_xhat / count)
+        c = -scale * (sum_dy / count) - b * self._mean
+        return channel_affine(dx, self._x, b, c, dy=dy, dy_scale=scale).reshape(grad_out.shape)
 
     def output_shape(self, input_shape: tuple[int, ...]) -> tuple[int, ...]:
         if len(input_shape) != self.input_ndim - 1 or input_shape[0] != self.num_features:

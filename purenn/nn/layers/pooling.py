@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from purenn.kernels.fused import maxpool2x2
 from purenn.kernels.ops import output_size, pair, window_slices
 from purenn.kernels.parallel import over_batch
 from purenn.nn.layers.base import Layer, as_float_array
@@ -86,6 +87,20 @@ class MaxPool2D(_Pool2D):
             np.copyto(out, x[index], where=better)
             argmax[better] = k
         self._argmax = argmax
+        return out
+
+    def infer(self, x: np.ndarray) -> np.ndarray:
+        """The pooled maxima alone: no masks or argmax for a backward."""
+        x, out_h, out_w = self._prepare(x)
+        out = np.empty(x.shape[:2] + (out_h, out_w), dtype=x.dtype)
+        if self.kernel_size == (2, 2) and self.stride == (2, 2):
+            over_batch(len(x), lambda rows: maxpool2x2(x[rows], out[rows]), x.nbytes)
+            return out
+        offsets = self._offsets(out_h, out_w)
+        _, first = next(offsets)
+        out[...] = x[first]
+        for _, index in offsets:
+            np.maximum(out, x[index], out=out)
         return out
 
     def _forward_2x2(self, x: np.ndarray, out_h: int, out_w: int) -> np.ndarray:

@@ -2,6 +2,7 @@
 "use strict";
 
 const UNSURE_BELOW = 0.5; // a top probability below this shows the "not sure" message
+const NOT_A_LEAF = "not a leaf"; // the feedback label of a photo that is none of the classes
 const PAGE_SIZE = 10;
 // The access token, when the server asks for one (a 401), is kept in localStorage and sent as a
 // Bearer header: never in a cookie, so another site's form cannot act with it.
@@ -17,6 +18,8 @@ let thumbnailUrls = []; // blob: URLs of the history's thumbnails, released on e
 // "Pepper,_bell___Bacterial_spot" -> "Pepper, bell · Bacterial spot" (PlantVillage's plant___disease)
 const pretty = (name) => name.split("___").map((part) => part.replace(/_+/g, " ").trim()).join(" · ");
 const percent = (p) => (100 * p).toFixed(1) + "%";
+// The crops of the classes: the part before "___", each once, in the order of the classes.
+const crops = (names) => [...new Set(names.map((name) => pretty(name.split("___")[0])))];
 
 function setStatus(text, isError = false) {
   $("status").textContent = text;
@@ -74,12 +77,22 @@ async function loadModel() {
   const accuracy = model.test_accuracy == null ? "" :
     `, ${percent(model.test_accuracy)} accurate on held-out photos`;
   $("model-info").textContent = `${model.class_names.length} classes${accuracy}.`;
-  for (const name of model.class_names) {
+  $("known-crops").textContent = crops(model.class_names).join(", ");
+  for (const [value, text] of [...model.class_names.map((n) => [n, pretty(n)]),
+    [NOT_A_LEAF, "Not a leaf (none of these)"]]) {
     const option = document.createElement("option");
-    option.value = name;
-    option.textContent = pretty(name);
+    option.value = value;
+    option.textContent = text;
     $("feedback-label").append(option);
   }
+}
+
+// A photo the model does not recognize: the message and the crops it knows instead of the
+// disease bars, which the "show anyway" toggle brings back.
+function showGuesses() {
+  const unknown = current && current.recognized === false;
+  $("unknown").hidden = !unknown;
+  $("guesses").hidden = unknown && !$("show-anyway").checked;
 }
 
 function showResult(diagnosis) {
@@ -98,7 +111,10 @@ function showResult(diagnosis) {
     return li;
   }));
   $("feedback-status").textContent = "";
-  $("feedback-label").value = diagnosis.feedback || top.class;
+  const guess = diagnosis.recognized === false ? NOT_A_LEAF : top.class;
+  $("feedback-label").value = diagnosis.feedback || guess;
+  $("show-anyway").checked = false;
+  showGuesses();
   $("result").hidden = false;
 }
 
@@ -179,7 +195,7 @@ async function sendFeedback(event) {
       headers: { "Content-Type": "application/json" },
       body: JSON.stringify({ label }),
     });
-    $("feedback-status").textContent = `Thank you: saved as ${pretty(label)}.`;
+    $("feedback-status").textContent = `Thank you: saved as ${label === NOT_A_LEAF ? label : pretty(label)}.`;
     await loadHistory(true);
   } catch (err) {
     $("feedback-status").textContent = `Not saved: ${err.message}`;
@@ -202,9 +218,11 @@ function historyItem(d) {
   const text = document.createElement("div");
   text.className = "h-text";
   text.innerHTML = '<div class="h-class"></div><div class="h-meta"></div><div class="h-feedback"></div>';
-  text.querySelector(".h-class").textContent = `${pretty(top.class)} · ${percent(top.probability)}`;
+  text.querySelector(".h-class").textContent = d.recognized === false ?
+    "Not a leaf this model knows" : `${pretty(top.class)} · ${percent(top.probability)}`;
   text.querySelector(".h-meta").textContent = new Date(d.created_at).toLocaleString();
-  text.querySelector(".h-feedback").textContent = d.feedback ? `You said: ${pretty(d.feedback)}` : "";
+  const said = d.feedback === NOT_A_LEAF ? d.feedback : d.feedback && pretty(d.feedback);
+  text.querySelector(".h-feedback").textContent = d.feedback ? `You said: ${said}` : "";
   li.append(thumb, text);
   return li;
 }
@@ -250,6 +268,7 @@ function wireDrop() {
 $("file").addEventListener("change", (e) => diagnose(e.target.files[0]));
 $("feedback").addEventListener("submit", sendFeedback);
 $("explain-toggle").addEventListener("change", toggleExplanation);
+$("show-anyway").addEventListener("change", showGuesses);
 $("more").addEventListener("click", () => loadHistory(false));
 wireDrop();
 loadModel().catch((err) => setStatus(`The model is not available: ${err.message}`, true));

@@ -1,0 +1,203 @@
+"""The eval-mode fast path (purenn.nn.inference) gives what the layers' own forward gives.
+
+The reference is the layers' evaluation-mode forward (``forward(x, training=False,
+for_backward=True)``: Dropout off, BatchNorm on its running statistics), to 1e-5 relative in
+float32 and 1e-12 in float64, for every layer type, the fused patterns, both presets and graphs.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import purenn as pn
+from purenn.kernels.parallel import set_num_threads
+from purenn.nn.layers import LAYER_TYPES
+from purenn.presets import build_preset
+
+TOLERANCE = {np.float32: 1e-5, np.float64: 1e-12}
+
+
+def _randomise_statistics(model, seed: int = 0) -> None:
+    """Non-zero biases, and BatchNorm with non-trivial running statistics and affine
+    parameters (signs mixed)."""
+    rng = np.random.default_rng(seed)
+    for layer in model.layers:
+        if "bias" in layer.params:
+            layer.params["bias"][:] = rng.normal(0, 0.3, layer.params["bias"].shape)
+        if "running_mean" in layer.buffers:
+            c = len(layer.buffers["running_mean"])
+            layer.buffers["running_mean"][:] = rng.normal(0, 0.3, c)
+            layer.buffers["running_var"][:] = rng.uniform(0.2, 2.0, c)
+            layer.params["weight"][:] = rng.normal(0, 1.0, c)
+            layer.params["bias"][:] = rng.normal(0, 0.3, c)
+
+
+def assert_fast_path_matches(model, x: np.ndarray, label: str = "") -> None:
+    _randomise_statistics(model)
+    reference = model.forward(x, training=False, for_backward=True)
+    fast = model.eval()(x)
+    scale = max(float(np.abs(reference).max()), 1e-30)
+    error = float(np.abs(fast - reference).max()) / scale
+    assert fast.shape == reference.shape and fast.dtype == reference.dtype
+    assert error <= TOLERANCE[x.dtype.type], (label, error)
+
+
+def _stack(layers, shape):
+    return pn.Sequential(layers, input_shape=shape)
+
+
+def _models(dtype):
+    """(name, model, per-sample input shape, covered layer types) for each case."""
+    d = {"dtype": dtype}
+    conv = lambda c, o, k=3, **kw: pn.Conv2D(c, o, k, rng=1, **d, **kw)  # noqa: E731
+    dense = lambda i, o, **kw: pn.Dense(i, o, rng=2, **d, **kw)  # noqa: E731
+
+    def residual():
+        x = pn.Input((4, 9, 9))
+        h = pn.ReLU()(pn.BatchNorm2D(6, **d)(conv(4, 6, padding=1)(x)))
+        branch = pn.BatchNorm2D(6, **d)(conv(6, 6, padding=1, groups=3)(h))
+        side = conv(6, 6, padding=1, groups=6)(h)  # h fans out: computed on its own
+        y = pn.ReLU()(pn.Add()([branch, h, side]))
+        both = pn.Concatenate(axis=1)([pn.AvgPool2D(2)(y), pn.MaxPool2D(3, 2)(pn.Sigmoid()(h))])
+        return pn.Model(x, pn.Dense(192, 5, rng=3, **d)(pn.Flatten()(both)))
+
+    yield "residual graph", residual(), (4, 9, 9), {"Add", "Concatenate", "AvgPool2D"}
+    yield (
+        "conv-bn-relu-pool and friends",
+        _stack(
+            [
+                conv(3, 8, padding=1, bias=False),
+                pn.BatchNorm2D(8, **d),
+                pn.ReLU(),
+                pn.MaxPool2D(2),
+                conv(8, 8, padding=1, weight_norm=True),
+                pn.MaxPool2D(2),
+                pn.ReLU(),
+                conv(8, 6, 5, stride=2, padding=2),
+                pn.BatchNorm2D(6, **d),
+                pn.LeakyReLU(0.1),
+                conv(6, 6, padding=1, algorithm="winograd"),
+                pn.ReLU(),
+                pn.MaxPool2D(2),
+                pn.GlobalAvgPool2D(),
+                dense(6, 7, weight_norm=True),
+                pn.BatchNorm1D(7, **d),
+                pn.ReLU(),
+                pn.Dropout(0.5, rng=0),
+                dense(7, 6),
+                pn.Tanh(),
+                pn.Softmax(),
+            ],
+            (3, 19, 19),
+        ),
+        (3, 19, 19),
+        {"Conv2D", "BatchNorm2D", "ReLU", "MaxPool2D", "LeakyReLU", "GlobalAvgPool2D", "Dense"}
+        | {"BatchNorm1D", "Dropout", "Tanh", "Softmax"},
+    )
+    yield (
+        "flatten, pooling with odd borders, standalone BatchNorm",
+        _stack(
+            [
+                pn.BatchNorm2D(3, **d),
+                pn.ReLU(),
+                conv(3, 4, 3),
+                pn.MaxPool2D(2),
+                pn.Flatten(),
+                pn.Sigmoid(),
+                dense(4 * 3 * 3, 3, bias=False),
+            ],
+            (3, 9, 9),
+        ),
+        (3, 9, 9),
+        {"Flatten", "Sigmoid"},
+    )
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_every_layer_type_and_fused_pattern_matches_the_layers_forward(dtype):
+    covered = set()
+    for name, model, shape, types in _models(dtype):
+        x = np.random.default_rng(1).standard_normal((5, *shape)).astype(dtype)
+        assert_fast_path_matches(model, x, name)
+        covered |= types
+    assert covered == set(LAYER_TYPES)
+
+
+@pytest.mark.parametrize("preset", ["plantvillage-cnn", "plantvillage-resnet"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_both_presets_match_the_layers_forward(preset, dtype):
+    model = build_preset(preset, num_classes=34, image_size=64, seed=0).astype(dtype)
+    x = np.random.default_rng(2).standard_normal((3, 3, 64, 64)).astype(dtype)
+    assert_fast_path_matches(model, x)
+
+
+def test_the_presets_are_fused_into_few_steps():
+    cnn = build_preset("plantvillage-cnn", num_classes=34, image_size=64, seed=0).eval()
+    cnn(np.zeros((1, 3, 64, 64), np.float32))
+    # four conv+ReLU+pool steps, Flatten, Dense+ReLU+Dropout, Dense
+    assert [len(step.layers) for step in cnn.inference_plan().steps] == [3, 3, 3, 3, 1, 3, 1]
+    resnet = build_preset("plantvillage-resnet", num_classes=34, image_size=64, seed=0).eval()
+    resnet(np.zeros((1, 3, 64, 64), np.float32))
+    fused = [
+        [type(resnet.layers[k]).__name__ for k in step.layers]
+        for step in resnet.inference_plan().steps
+    ]
+    assert fused[0] == ["Conv2D", "BatchNorm2D", "ReLU"]
+    assert fused.count(["Add", "ReLU"]) == 4
+    assert ["BatchNorm2D"] not in fused
+
+
+def test_the_result_does_not_depend_on_the_thread_count():
+    model = build_preset("plantvillage-resnet", num_classes=5, image_size=32, seed=0).eval()
+    for batch in (1, 6):
+        x = np.random.default_rng(3).standard_normal((batch, 3, 32, 32)).astype(np.float32)
+        outputs = []
+        for threads in (1, 2):
+            set_num_threads(threads)
+            try:
+                outputs.append(model(x))
+            finally:
+                set_num_threads(None)
+        np.testing.assert_array_equal(outputs[0], outputs[1])
+
+
+def _train_steps(model, x, y, optimizer, steps: int, infer_between: bool) -> None:
+    for _ in range(steps):
+        loss = pn.losses.SoftmaxCrossEntropy()
+        loss.forward(model.train()(x), y)
+        model.backward(loss.backward())
+        optimizer.step()
+        if infer_between:
+            model.eval()(x)
+
+
+def test_folding_leaves_the_parameters_alone_and_training_continues_after_inference():
+    x = np.random.default_rng(4).standard_normal((4, 3, 32, 32)).astype(np.float32)
+    y = np.array([0, 1, 2, 1])
+    runs = []
+    for infer_between in (False, True):
+        model = build_preset("plantvillage-resnet", num_classes=3, image_size=32, seed=0)
+        optimizer = pn.Adam(model.parameters(), lr=1e-2)
+        before = model.state_dict()
+        model.eval()(x)
+        for key, value in model.state_dict().items():
+            np.testing.assert_array_equal(value, before[key])
+        _train_steps(model, x, y, optimizer, 3, infer_between)
+        runs.append(model)
+    for key, value in runs[0].state_dict().items():
+        np.testing.assert_array_equal(value, runs[1].state_dict()[key])
+    # the plan was rebuilt from the trained weights, not kept from before training
+    fresh = runs[1].eval()(x)
+    np.testing.assert_allclose(
+        fresh, runs[1].forward(x, training=False, for_backward=True), rtol=1e-5, atol=1e-6
+    )
+
+
+def test_backward_after_a_fast_path_forward_is_refused_clearly():
+    model = build_preset("demo-cnn", num_classes=3, image_size=8, in_channels=1, seed=0).eval()
+    logits = model(np.zeros((2, 1, 8, 8), np.float32))
+    with pytest.raises(RuntimeError, match="for_backward=True"):
+        model.backward(np.ones_like(logits))
+    logits = model.forward(np.zeros((2, 1, 8, 8), np.float32), for_backward=True)
+    assert model.backward(np.ones_like(logits)).shape == (2, 1, 8, 8)
