@@ -9,7 +9,7 @@ less like the training leaves.
 
 In the model file the scalars are the header's ``"ood"`` entry::
 
-    "ood": {"score": "knn", "k": 1, "threshold": 0.63, "keep": 0.95, "temperature": 1.0}
+    "ood": {"score": "knn", "k": 1, "threshold": 0.79, "keep": 0.95, "temperature": 1.0}
 
 and the statistics are arrays under ``ood/`` (``ood/bank`` for ``knn``; ``ood/means`` and
 ``ood/whitening`` for ``mahalanobis``; none for the scores of the logits). A model file without

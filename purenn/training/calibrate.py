@@ -196,8 +196,9 @@ def _ood_line(ood: dict | None) -> str:
             "\nOOD test: not fitted (it needs the model's validation split of the .npz model's "
             "training folder); the file's is unchanged"
         )
+    fitted = " fitted on the training split," if ood["score"] in FEATURE_SCORES else ","
     k = f", k={ood['k']}" if "k" in ood else ""
     return (
-        f"\nOOD test: {ood['score']}{k} fitted on the training split, threshold "
-        f"{ood['threshold']:.4g} keeping {100 * ood['keep']:.0f}% of the validation split"
+        f"\nOOD test: {ood['score']}{k}{fitted} threshold {ood['threshold']:.4g} keeping "
+        f"{100 * ood['keep']:.0f}% of the validation split"
     )
