@@ -40,7 +40,9 @@ def _normalised(images):
 def _fitted(model, score):
     features, logits = features_and_logits(model, _normalised(_images(60, 0)))
     labels = np.arange(60) % 3
-    return fit_ood_test(features[:40], labels[:40], features[40:], logits[40:], 1.3, score, k=5)
+    return fit_ood_test(
+        features[:40], labels[:40], features[40:], logits[40:], score, k=5, temperature=1.3
+    )
 
 
 @pytest.mark.parametrize("score", SCORES)

@@ -12,7 +12,7 @@ from purenn.cli.arguments import (
     add_model_argument,
     add_threads,
 )
-from purenn.inference.recognition import DEFAULT_SCORE, SCORES
+from purenn.inference.recognition import SCORES
 from purenn.kernels.runtime import limit_threads
 from purenn.training.calibrate import CALIBRATE_SPLITS, calibrate, format_calibration
 
@@ -61,8 +61,8 @@ def add_parser(commands) -> None:
     p.add_argument(
         "--ood-score",
         choices=SCORES,
-        default=DEFAULT_SCORE,
-        help=f"the OOD test's score (default: {DEFAULT_SCORE}, chosen by measurement)",
+        help="the OOD test's score (default, chosen by measurement: max_softmax for a model "
+        "trained with --outliers, knn for any other)",
     )
     add_batch_size(p)
     add_cache_dir(p)

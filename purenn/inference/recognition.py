@@ -9,7 +9,7 @@ less like the training leaves.
 
 In the model file the scalars are the header's ``"ood"`` entry::
 
-    "ood": {"score": "knn", "k": 10, "threshold": 0.71, "keep": 0.95, "temperature": 1.0}
+    "ood": {"score": "knn", "k": 1, "threshold": 0.79, "keep": 0.95, "temperature": 1.0}
 
 and the statistics are arrays under ``ood/`` (``ood/bank`` for ``knn``; ``ood/means`` and
 ``ood/whitening`` for ``mahalanobis``; none for the scores of the logits). A model file without
@@ -46,11 +46,18 @@ OOD_PREFIX = "ood/"
 # The scores a model file can carry; the first two need the penultimate features.
 SCORES = ("knn", "mahalanobis", "energy", "max_softmax")
 FEATURE_SCORES = ("knn", "mahalanobis")
-DEFAULT_SCORE = "knn"
 # The neighbour whose distance is the kNN score (chosen by benchmarks/ood_scores.py).
-DEFAULT_K = 10
+DEFAULT_K = 1
 # The share of the validation leaves the threshold accepts.
 KEEP = 0.95
+
+
+def default_score(meta: dict) -> str:
+    """The score a model's OOD test uses unless told otherwise, chosen by measurement
+    (benchmarks/ood_scores.py, docs/RESULTS.md): ``max_softmax`` for a model trained with
+    outlier exposure (which teaches exactly its softmax to spread out on outliers), ``knn``
+    for any other (the best separation without outlier exposure)."""
+    return "max_softmax" if meta.get("outlier_exposure") else "knn"
 
 
 @dataclass(frozen=True)
@@ -61,8 +68,8 @@ class OODTest:
         score: one of :data:`SCORES`.
         threshold: images scoring at most this are recognized.
         keep: the share of the validation split the threshold accepts.
-        temperature: the temperature of ``energy`` and ``max_softmax`` (the model's, when
-            fitted; kept so that a later temperature does not move the scores).
+        temperature: the temperature of ``energy`` and ``max_softmax`` (1 when fitted: the
+            raw softmax, as outlier exposure trains it; not the calibration temperature).
         statistics: the fitted :class:`NearestNeighbours` or :class:`Mahalanobis`, or None for
             a score of the logits.
     """
@@ -106,25 +113,25 @@ class OODTest:
 
 
 def fit_ood_test(
-    train_features: np.ndarray,
-    train_labels: np.ndarray,
-    val_features: np.ndarray,
+    train_features: np.ndarray | None,
+    train_labels: np.ndarray | None,
+    val_features: np.ndarray | None,
     val_logits: np.ndarray,
-    temperature: float,
-    score: str = DEFAULT_SCORE,
+    score: str,
     k: int = DEFAULT_K,
     keep: float = KEEP,
+    temperature: float = 1.0,
 ) -> OODTest:
     """Fit ``score`` on the training split and set its threshold on the validation split.
 
     Args:
         train_features: ``(N, D)`` penultimate features of the training split (unaugmented),
-            ``train_labels`` their ``(N,)`` classes.
-        val_features, val_logits: ``(M, D)`` features and ``(M, K)`` logits of the validation
-            split.
-        temperature: the model's calibration temperature (for the scores of the logits).
+            ``train_labels`` their ``(N,)`` classes (None for a score of the logits).
+        val_features, val_logits: ``(M, D)`` features (None for a score of the logits) and
+            ``(M, K)`` logits of the validation split.
         score: one of :data:`SCORES`; ``k``: the neighbour of ``knn`` (capped at N).
         keep: the share of the validation split to accept.
+        temperature: of ``energy`` and ``max_softmax``.
 
     Raises:
         ValueError: an unknown score, or inputs the score's ``fit`` refuses.

@@ -12,59 +12,89 @@ from pathlib import Path
 
 import numpy as np
 
-from purenn.data import DataError, DataLoader, scan_image_folder
+from purenn.data import DataError, DataLoader, ImageCache, scan_image_folder
 from purenn.inference.calibration import ECE_BINS, calibration_summary, fit_temperature
 from purenn.inference.prediction import INFERENCE_KEYS
 from purenn.inference.probabilities import model_temperature
-from purenn.inference.recognition import DEFAULT_SCORE, OOD_KEY, OOD_PREFIX, OODTest, fit_ood_test
+from purenn.inference.recognition import (
+    FEATURE_SCORES,
+    OOD_KEY,
+    OOD_PREFIX,
+    OODTest,
+    default_score,
+    fit_ood_test,
+)
 from purenn.io import load_model, model_file, update_model_metadata
 from purenn.nn.network import Network
-from purenn.training.evaluation import check_split, predict_features, score_folder
+from purenn.training.evaluation import (
+    check_split,
+    predict_features,
+    predict_logits,
+    score_folder,
+)
 from purenn.training.pipeline import open_cache, split_indices
 
 # "auto": the model's validation split on the folder it was trained on, all images of another.
 CALIBRATE_SPLITS = ("auto", "val", "all")
 
 
+def split_outputs(
+    model: Network,
+    cache: ImageCache,
+    indices: np.ndarray,
+    mean: np.ndarray,
+    std: np.ndarray,
+    batch_size: int,
+    features: bool,
+) -> tuple[np.ndarray | None, np.ndarray, np.ndarray]:
+    """``(features or None, logits, labels)`` of ``cache.images[indices]`` (eval mode).
+
+    ``cache``: anything with ``images`` and ``labels`` (as the model's classes): an
+    ``ImageCache``, or a run's ``TrainingData``, whose arrays hold a replay run's images too.
+    """
+    loader = DataLoader(cache.images, cache.labels, indices, batch_size, mean, std)
+    if features:
+        return predict_features(model, loader)
+    return None, *predict_logits(model, loader)
+
+
 def fit_ood(
     model: Network,
-    images: np.ndarray,
-    labels: np.ndarray,
+    cache: ImageCache,
     splits: dict[str, np.ndarray],
     mean: np.ndarray,
     std: np.ndarray,
-    temperature: float,
+    score: str,
     batch_size: int = 64,
-    score: str = DEFAULT_SCORE,
 ) -> OODTest:
     """The OOD test of a trained model: statistics of its training split, threshold on val.
 
     Args:
         model: the trained model (run in eval mode).
-        images, labels: uint8 (N, 3, S, S) images it was trained on and int64 (N,) labels as
-            the model's classes; ``splits`` their ``"train"`` and ``"val"`` indices, as split in
-            training.
+        cache: the images it was trained on (labels as the model's classes); ``splits`` their
+            ``"train"`` and ``"val"`` indices, as split in training.
         mean, std: the model's normalisation.
-        temperature: its calibration temperature.
+        score: one of :data:`purenn.inference.recognition.SCORES` (the training split is
+            run only for a score of the features).
         batch_size: images per forward pass.
-        score: one of :data:`purenn.inference.recognition.SCORES`.
 
     Raises:
         DataError: an empty training or validation split.
     """
     for name in ("train", "val"):
         if not len(splits[name]):
-            raise DataError(f"the {name} split is empty: no OOD test to fit")
+            raise DataError(f"the {name} split of {cache.root} is empty: no OOD test to fit")
 
-    def features(split: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        loader = DataLoader(images, labels, splits[split], batch_size, mean, std)
-        return predict_features(model, loader)
-
-    train_features, _, train_labels = features("train")
-    val_features, val_logits, _ = features("val")
-    return fit_ood_test(
-        train_features, train_labels, val_features, val_logits, temperature, score=score
+    needs = score in FEATURE_SCORES
+    train_features = train_labels = val_features = None
+    if needs:
+        train_features, _, train_labels = split_outputs(
+            model, cache, splits["train"], mean, std, batch_size, True
+        )
+    val_features, val_logits, _ = split_outputs(
+        model, cache, splits["val"], mean, std, batch_size, needs
     )
+    return fit_ood_test(train_features, train_labels, val_features, val_logits, score)
 
 
 def calibrate(
@@ -75,12 +105,13 @@ def calibrate(
     cache_dir: str | None = None,
     workers: int | None = None,
     progress: bool = True,
-    ood_score: str = DEFAULT_SCORE,
+    ood_score: str | None = None,
 ) -> dict:
     """Fit the temperature of a model file on labelled images and store it in the file.
 
     On the model's validation split (the folder it was trained on) of an ``.npz`` model file,
-    its OOD test is fitted too (:func:`fit_ood`, score ``ood_score``) and stored with it,
+    its OOD test is fitted too (:func:`fit_ood`, score ``ood_score``, by default
+    :func:`purenn.inference.recognition.default_score`) and stored with it,
     replacing any it had; otherwise the file's OOD test is left as it was.
 
     The images are chosen as :func:`purenn.training.evaluate` chooses them, except that
@@ -132,8 +163,8 @@ def calibrate(
         s = meta["split"]
         splits = split_indices(cache, s["val_fraction"], s["test_fraction"], s["seed"])
         test = fit_ood(
-            model, cache.images, cache.labels, splits, np.array(meta["mean"]),
-            np.array(meta["std"]), temperature, batch_size, ood_score,
+            model, cache, splits, np.array(meta["mean"]), np.array(meta["std"]),
+            ood_score or default_score(meta), batch_size,
         )  # fmt: skip
         ood, arrays = test.to_file()
         changes[OOD_KEY] = ood
@@ -169,8 +200,9 @@ def _ood_line(ood: dict | None) -> str:
             "\nOOD test: not fitted (it needs the model's validation split of the .npz model's "
             "training folder); the file's is unchanged"
         )
+    fitted = " fitted on the training split," if ood["score"] in FEATURE_SCORES else ","
     k = f", k={ood['k']}" if "k" in ood else ""
     return (
-        f"\nOOD test: {ood['score']}{k} fitted on the training split, threshold "
-        f"{ood['threshold']:.4g} keeping {100 * ood['keep']:.0f}% of the validation split"
+        f"\nOOD test: {ood['score']}{k}{fitted} threshold {ood['threshold']:.4g} keeping "
+        f"{100 * ood['keep']:.0f}% of the validation split"
     )

@@ -21,7 +21,7 @@ import numpy as np
 from threadpoolctl import threadpool_info
 
 import purenn
-from purenn.data import DataError, DataLoader, FolderScan, scan_image_folder
+from purenn.data import DataError, FolderScan, scan_image_folder
 from purenn.distributed import abort_on_error, world
 from purenn.inference.calibration import (
     ECE_BINS,
@@ -31,7 +31,7 @@ from purenn.inference.calibration import (
     scaled_logits,
 )
 from purenn.inference.ood import ends_in_dense
-from purenn.inference.recognition import OOD_KEY, OODTest
+from purenn.inference.recognition import FEATURE_SCORES, OOD_KEY, OODTest, default_score
 from purenn.io import load_checkpoint, save_checkpoint, save_model
 from purenn.kernels.ops import softmax
 from purenn.kernels.runtime import limit_threads, peak_memory_mb, retain_freed_memory
@@ -39,7 +39,7 @@ from purenn.nn.losses import SoftmaxCrossEntropy
 from purenn.nn.sequential import Sequential
 from purenn.optim.optimizers import SGD, Adam, AdamW, Optimizer
 from purenn.optim.schedules import Constant, CosineWarmup, Schedule, StepDecay
-from purenn.training.calibrate import fit_ood
+from purenn.training.calibrate import fit_ood, split_outputs
 from purenn.training.callbacks import EarlyStopping
 from purenn.training.config import (
     ConfigError,
@@ -48,7 +48,7 @@ from purenn.training.config import (
     make_config,
     validate,
 )
-from purenn.training.evaluation import predict_features, write_report
+from purenn.training.evaluation import write_report
 from purenn.training.metrics import classification_report, format_report, recognition_summary
 from purenn.training.outliers import OutlierExposure, check_outlier_folder, outlier_exposure
 from purenn.training.pipeline import TrainingData, load_training_data
@@ -548,18 +548,11 @@ def _finish(
     temperature = fit_temperature(*predicted["val"]) if "val" in predicted else 1.0
     metadata = {**metadata, "epoch": early_stopping.best_epoch, "temperature": temperature}
     ood_test = ood_arrays = None
-    if writes and "val" in predicted and len(data.splits["train"]) and ends_in_dense(model):
-        progress.info("fitting the OOD test (features of the training and validation splits)")
-        ood_test = fit_ood(
-            model,
-            data.images,
-            data.labels,
-            data.splits,
-            data.mean,
-            data.std,
-            temperature,
-            config.batch_size,
-        )
+    score = default_score(metadata)
+    fits = score not in FEATURE_SCORES or (len(data.splits["train"]) and ends_in_dense(model))
+    if writes and "val" in predicted and fits:
+        progress.info(f"fitting the OOD test ({score})")
+        ood_test = fit_ood(model, data, data.splits, data.mean, data.std, score, config.batch_size)
         metadata[OOD_KEY], ood_arrays = ood_test.to_file()
     if writes:
         save_model(run / RunDir.BEST, model, metadata, arrays=ood_arrays)
@@ -654,10 +647,10 @@ def _replay_line(replayed: dict) -> str:
 
 def _ood_report(model, data: TrainingData, test: OODTest, batch_size: int) -> dict:
     """The OOD test's header entry and how it filters the test split (``recognition_summary``)."""
-    loader = DataLoader(
-        data.images, data.labels, data.splits["test"], batch_size, data.mean, data.std
-    )
-    features, logits, labels = predict_features(model, loader)
+    features, logits, labels = split_outputs(
+        model, data, data.splits["test"], data.mean, data.std, batch_size,
+        test.needs_features,
+    )  # fmt: skip
     scores = test.scores(features, logits)
     correct = logits.argmax(axis=1) == labels
     return {**test.to_file()[0], "test": recognition_summary(scores, test.threshold, correct)}

@@ -161,10 +161,10 @@ def plot_risk_coverage(
             c, r = marked[label]
             ax.plot([c], [100 * r], "o", color=line.get_color())
     ax.set_xlabel("coverage (share of images answered, lowest OOD score first)")
-    ax.set_ylabel("risk (% of answered images wrong) ")
+    ax.set_ylabel("risk (% of answered images wrong)")
     ax.set_xlim(0, 1)
     ax.set_ylim(bottom=0)
-    ax.set_title(f"risk-coverage by the {score} score (dots: the model's threshold)")
+    ax.set_title(f"risk-coverage, OOD score {score} (dots: the model's threshold)", fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend()
     return _save(fig, path)

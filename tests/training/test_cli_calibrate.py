@@ -97,7 +97,7 @@ def test_training_fits_the_temperature_on_the_val_split(close_run, cache_dir):
 def test_training_fits_the_ood_test_and_reports_it_on_the_test_split(close_run, cache_dir):
     _, meta = load_model(close_run / "best.npz")
     test = read_ood_test(close_run / "best.npz", meta)
-    assert test.score == "knn" and test.temperature == meta["temperature"]
+    assert test.score == "knn" and test.statistics.k == 1  # trained without --outliers
     features, logits, _ = val_features(close_run / "best.npz", cache_dir)
     assert (test.scores(features, logits) <= test.threshold).sum() == 12  # ceil(0.95 * 12)
     ood = json.loads((close_run / "report.json").read_text())["ood"]
@@ -126,7 +126,7 @@ def test_calibrate_fits_the_val_split_and_rewrites_the_temperature_and_ood_test(
     features, logits, _ = val_features(model_copy, cache_dir)
     accepted = test.scores(features, logits) <= test.threshold
     assert accepted.sum() == np.ceil(0.95 * len(accepted))
-    assert "OOD test: knn, k=10 fitted on the training split" in result.out
+    assert "OOD test: knn, k=1 fitted on the training split" in result.out
     for name, array in before_model.state_dict().items():
         np.testing.assert_array_equal(after_model.state_dict()[name], array)
     summary = calibration_summary(logits, labels, temperature)
@@ -234,5 +234,5 @@ def test_calibrate_fits_the_ood_score_asked_for(cli, model_copy, close_folder, c
     result = json.loads(cli(*args, "--ood-score", "energy").out)
     _, meta = load_model(model_copy)
     assert result["ood"] == meta["ood"] and meta["ood"]["score"] == "energy"
-    assert meta["ood"]["temperature"] == meta["temperature"]
+    assert meta["ood"]["temperature"] == 1.0  # the raw softmax, not the calibrated one
     assert load_model_arrays(model_copy) == {}  # the Mahalanobis arrays are replaced, not kept

@@ -10,7 +10,7 @@ import pytest
 
 from purenn.data import scan_outlier_folder
 from purenn.inference.prediction import predict
-from purenn.io import load_model
+from purenn.io import load_model, load_model_arrays
 from purenn.training.outliers import outlier_exposure
 
 # Colours that are none of the classes (blue, green, red) of the colour folder.
@@ -74,6 +74,10 @@ def test_outlier_exposure_spreads_the_outliers_probabilities_and_is_recorded(
         "folder": str(outlier_folder), "images": 18, "weight": 1.0, "batch_size": 4,
     }  # fmt: skip
     assert load_model(plain / "best.npz")[1]["outlier_exposure"] is None
+    # The OOD test: the maximum softmax probability with outlier exposure, kNN without.
+    assert meta["ood"]["score"] == "max_softmax" and meta["ood"]["temperature"] == 1.0
+    assert load_model_arrays(exposed / "best.npz") == {}
+    assert load_model(plain / "best.npz")[1]["ood"]["score"] == "knn"
     # The classes are still learnt; the outliers get spread-out answers (1/3 is uniform).
     report = json.loads((exposed / "report.json").read_text())
     assert report["accuracy"] == 1.0

@@ -77,7 +77,11 @@ async function loadModel() {
   const accuracy = model.test_accuracy == null ? "" :
     `, ${percent(model.test_accuracy)} accurate on held-out photos`;
   $("model-info").textContent = `${model.class_names.length} classes${accuracy}.`;
-  $("known-crops").textContent = crops(model.class_names).join(", ");
+  $("known-crops").replaceChildren(...crops(model.class_names).map((crop) => {
+    const li = document.createElement("li");
+    li.textContent = crop;
+    return li;
+  }));
   for (const [value, text] of [...model.class_names.map((n) => [n, pretty(n)]),
     [NOT_A_LEAF, "Not a leaf (none of these)"]]) {
     const option = document.createElement("option");
