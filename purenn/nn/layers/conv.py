@@ -222,9 +222,6 @@ class Conv2D(WeightedLayer):
         self.output_shape(x.shape[1:])
         return x
 
-    def _bias(self) -> np.ndarray | None:
-        return self.params["bias"] if self.use_bias else None
-
     def _convolve(self, x, weight, bias, relu: bool, pool: bool) -> np.ndarray:
         """The convolution of x with ``weight`` + ``bias``, then ReLU and 2x2 pooling if asked."""
         if self.algorithm_for(x.shape[1:]) == "winograd":

@@ -65,9 +65,6 @@ class Dense(WeightedLayer):
         self.check_input(x, 2, 1, self.in_features)
         return x
 
-    def _bias(self) -> np.ndarray | None:
-        return self.params["bias"] if self.use_bias else None
-
     @staticmethod
     def _affine(x, weight, bias, relu: bool) -> np.ndarray:
         # y = x W^T computed as (W x^T)^T: split over threads by rows of W (each reads half the

@@ -69,6 +69,10 @@ class WeightedLayer(Layer):
         self._v_norm = self._unit_norms(v)
         return v * (self.params["weight_g"] / self._v_norm)
 
+    def _bias(self) -> np.ndarray | None:
+        """The bias (out,), or None for a layer built with ``bias=False``."""
+        return self.params["bias"] if self.use_bias else None
+
     def weight_grad_buffer(self) -> np.ndarray:
         """Where backward writes dL/dw: the weight's own gradient, or a scratch for weight norm."""
         if not self.weight_norm:
