@@ -154,7 +154,7 @@ def conv2d(
     def run(chunks: slice, slot: int) -> None:
         col_flat = workspace.get(("col", slot), (k * rows * out_w,), x.dtype)
         acc_flat = workspace.get(("acc", slot), (o * rows * out_w,), x.dtype) if pool else None
-        row_max = workspace.get(("row_max", slot), (o, rows // 2, out_w), x.dtype)
+        row_max = workspace.get(("row_max", slot), (o, rows // 2, out_w), x.dtype) if pool else None
         for i in range(chunks.start // bands, (chunks.stop - 1) // bands + 1):
             first = max(chunks.start - i * bands, 0)
             last = min(chunks.stop - i * bands, bands)  # this thread's bands of sample i

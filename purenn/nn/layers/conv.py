@@ -194,7 +194,7 @@ class Conv2D(WeightedLayer):
         self._algorithm = self.algorithm_for(x.shape[1:])
         self._w = self.weight()
         self._x = x
-        return self._convolve(x, self._w, self._bias(), relu=False, pool=False)
+        return self._convolve(x, self._w, self._bias(), False, False, self._algorithm)
 
     def infer(
         self,
@@ -214,7 +214,8 @@ class Conv2D(WeightedLayer):
         """
         x = self._checked(x)
         weight = self.weight() if weight is None else weight
-        return self._convolve(x, weight, self._bias() if bias is None else bias, relu, pool)
+        bias = self._bias() if bias is None else bias
+        return self._convolve(x, weight, bias, relu, pool, self.algorithm_for(x.shape[1:]))
 
     def _checked(self, x) -> np.ndarray:
         x = np.asarray(x, dtype=self.dtype)
@@ -222,9 +223,10 @@ class Conv2D(WeightedLayer):
         self.output_shape(x.shape[1:])
         return x
 
-    def _convolve(self, x, weight, bias, relu: bool, pool: bool) -> np.ndarray:
-        """The convolution of x with ``weight`` + ``bias``, then ReLU and 2x2 pooling if asked."""
-        if self.algorithm_for(x.shape[1:]) == "winograd":
+    def _convolve(self, x, weight, bias, relu: bool, pool: bool, algorithm: str) -> np.ndarray:
+        """The convolution of x with ``weight`` + ``bias``, then ReLU and 2x2 pooling if asked;
+        ``algorithm`` is what :meth:`algorithm_for` chose for x."""
+        if algorithm == "winograd":
             _, out_h, out_w = self.output_shape(x.shape[1:])
             th, tw = winograd.tiles(out_h, out_w)
             self._v = self.scratch("winograd_v", (16, self.in_channels, len(x) * th * tw), x.dtype)
