@@ -30,7 +30,7 @@ from purenn.kernels import parallel
 from purenn.kernels.ops import _offset_windows
 from purenn.nn.layers import conv as conv_module
 
-SHAPES = [(32, 64), (64, 32), (128, 16), (256, 8)]  # (C, H = W)
+SHAPES = [(32, 32), (64, 16), (128, 8), (256, 4)]  # (C, H = W)
 PADS = (1, 1, 1, 1)
 
 

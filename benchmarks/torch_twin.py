@@ -121,7 +121,7 @@ class TorchResNet(nn.Module):
         self.fc = nn.Linear(self.widths[-1], num_classes)
 
     def forward(self, x):
-        x = torch.relu(self.bn1(self.conv1(x)))
+        x = torch.max_pool2d(torch.relu(self.bn1(self.conv1(x))), 2)
         x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
         return self.fc(x.mean(dim=(2, 3)))
 

@@ -240,9 +240,9 @@ def test_resnet_preset_loads_its_torch_twin_and_trains_like_it_on_the_same_batch
     # the mapping of docs/EXPORT.md
     assert {k: names[k] for k in ("conv1", "layer1.0.conv1", "layer2.0.downsample.0", "fc")} == {
         "conv1": 0,
-        "layer1.0.conv1": 3,
-        "layer2.0.downsample.0": 15,
-        "fc": 38,
+        "layer1.0.conv1": 4,
+        "layer2.0.downsample.0": 16,
+        "fc": 39,
     }
     assert load_torch_state(path, model, names) is model
     rng = np.random.default_rng(0)

@@ -143,7 +143,7 @@ def test_the_presets_are_fused_into_few_steps():
         [type(resnet.layers[k]).__name__ for k in step.layers]
         for step in resnet.inference_plan().steps
     ]
-    assert fused[0] == ["Conv2D", "BatchNorm2D", "ReLU"]
+    assert fused[0] == ["Conv2D", "BatchNorm2D", "ReLU", "MaxPool2D"]
     assert fused.count(["Add", "ReLU"]) == 4
     assert ["BatchNorm2D"] not in fused
 

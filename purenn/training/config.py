@@ -16,7 +16,7 @@ from typing import Any
 
 from purenn.checks import require
 from purenn.data.decode import MIN_IMAGE_SIZE
-from purenn.presets import PRESETS
+from purenn.presets import PRESETS, RECIPES
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULES = ("cosine", "step", "constant")
@@ -38,6 +38,8 @@ class TrainConfig:
     Adam (0.9, 0.999, 1e-8) at lr 1e-3, cosine annealing with 2 warmup epochs stepped per batch,
     label smoothing 0.1, global gradient-norm clipping at 1.0, early stopping on validation loss
     with patience 5 (best weights restored), augmentation factor 2, He initialisation (presets).
+    A preset may carry its own defaults (``purenn.presets.RECIPES``), used for the keys a config
+    file or the arguments leave unset.
     """
 
     data_dir: str | None = _key("image folder: DATA_DIR/<class>/<image> or DATA_DIR/<split>/...")
@@ -284,4 +286,8 @@ def make_config(
                 raise ConfigError(f"{err} (in {file})") from None
     overrides = dict(overrides or {})
     check_keys(overrides, "the arguments")
-    return validate(TrainConfig(**{**table, **overrides}))
+    given = {**table, **overrides}
+    preset = given.get("preset", KEYS["preset"].default)
+    # The preset's own recipe replaces the seed's defaults, never a value the user gave.
+    recipe = RECIPES.get(preset, {}) if isinstance(preset, str) else {}
+    return validate(TrainConfig(**{**recipe, **given}))

@@ -122,19 +122,21 @@ def test_grad_cam_equals_torch_autograd_on_the_plantvillage_cnn():
 
 
 def test_grad_cam_on_the_resnet_reads_the_last_map_every_path_passes_through():
-    """The last Conv2D of plantvillage-resnet is a shortcut's 1x1 projection (node 33), which the
-    main path bypasses; the default is the ReLU after the last Add (node 36), the maps the global
+    """The last Conv2D of plantvillage-resnet is a shortcut's 1x1 projection (node 34), which the
+    main path bypasses; the default is the ReLU after the last Add (node 37), the maps the global
     average pooling reads. Checked against torch autograd on TorchResNet at layer4's output, and
     against CAM (Zhou et al. 2016): with GAP and one Dense, ReLU(sum_k W[t, k] A_k) / (H*W)."""
     torch = pytest.importorskip("torch")
     from torch_twin import resnet_twin  # benchmarks/torch_twin.py
 
-    model = build_preset("plantvillage-resnet", num_classes=5, image_size=32, dtype=np.float64)
+    model = build_preset("plantvillage-resnet", num_classes=5, image_size=64, dtype=np.float64)
     passed = model.dominating()
-    assert [k for k, p in enumerate(passed) if p] == [0, 1, 2, 8, 9, 17, 18, 26, 27, 35, 36, 37, 38]
-    assert type(model.layers[33]).__name__ == "Conv2D" and not passed[33]
-    assert conv_layer(model) == 36 and type(model.layers[36]).__name__ == "ReLU"
-    x = _images(2, (3, 32, 32))
+    assert [k for k, p in enumerate(passed) if p] == [
+        *(0, 1, 2, 3, 9, 10, 18, 19, 27, 28, 36, 37, 38, 39)
+    ]
+    assert type(model.layers[34]).__name__ == "Conv2D" and not passed[34]
+    assert conv_layer(model) == 37 and type(model.layers[37]).__name__ == "ReLU"
+    x = _images(2, (3, 64, 64))
     targets = np.array([1, 4])
     raw = grad_cam(model, x, targets, upsampled=False, normalize=False)
 
@@ -148,7 +150,7 @@ def test_grad_cam_on_the_resnet_reads_the_last_map_every_path_passes_through():
     expected = np.maximum(np.einsum("nk,nkhw->nhw", g.mean(axis=(2, 3)), a), 0)
     assert raw.shape == (2, 2, 2) and expected.max() > 0
     assert relative_error(raw, expected) < 1e-6  # the maps are float32
-    weights = model.layers[38].params["weight"][targets]  # (N, K)
+    weights = model.layers[39].params["weight"][targets]  # (N, K)
     cam = np.maximum(np.einsum("nk,nkhw->nhw", weights, a), 0) / 4
     assert relative_error(raw, cam) < 1e-6
 

@@ -40,6 +40,16 @@ def test_overrides_win_over_the_file(tmp_path):
     assert (c.epochs, c.seed) == (2, 3)
 
 
+def test_a_preset_carries_its_recipe_and_what_the_user_gives_wins(tmp_path):
+    resnet = make_config(overrides={"preset": "plantvillage-resnet"})
+    assert (resnet.epochs, resnet.patience, resnet.lr) == (20, 0, 1e-3)
+    assert make_config(overrides={"preset": "plantvillage-resnet", "patience": 3}).patience == 3
+    (tmp_path / "a.json").write_text(json.dumps({"preset": "plantvillage-resnet", "epochs": 4}))
+    from_file = make_config(tmp_path / "a.json")
+    assert (from_file.epochs, from_file.patience) == (4, 0)
+    assert (make_config().epochs, make_config().patience) == (30, 5)  # the seed's recipe
+
+
 def test_a_value_fixed_by_an_override_is_not_an_error_in_the_file(tmp_path):
     """Cross-key checks run on the merged config: the file alone may not satisfy them."""
     (tmp_path / "a.json").write_text(json.dumps({"min_lr": 0.01}))
