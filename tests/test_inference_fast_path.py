@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 import purenn as pn
+from purenn.kernels import fused
 from purenn.kernels.parallel import set_num_threads
 from purenn.nn.layers import LAYER_TYPES
 from purenn.presets import build_preset
@@ -146,6 +147,53 @@ def test_the_presets_are_fused_into_few_steps():
     assert fused[0] == ["Conv2D", "BatchNorm2D", "ReLU", "MaxPool2D"]
     assert fused.count(["Add", "ReLU"]) == 4
     assert ["BatchNorm2D"] not in fused
+
+
+@pytest.mark.parametrize(
+    ("n", "c", "o", "side", "stride", "pad", "groups", "relu", "pool", "whole_samples"),
+    [
+        (11, 8, 6, 4, 1, 1, 1, True, False, True),  # 4x4 maps: bands of whole samples
+        (9, 6, 6, 5, 1, 1, 3, False, True, True),  # grouped, an odd map pooled to 2x2
+        (7, 4, 8, 8, 2, 0, 1, True, True, True),  # strided, unpadded
+        (3, 3, 4, 24, 1, 1, 1, True, True, False),  # bands of rows of one sample
+        (2, 4, 4, 9, 2, 1, 4, False, False, False),  # depthwise, one image split in rows
+    ],
+)
+def test_the_fused_kernel_is_the_convolution_then_relu_then_pooling(
+    n, c, o, side, stride, pad, groups, relu, pool, whole_samples
+):
+    """Both band shapes (rows of a sample; several whole samples of a small map, remainder
+    included) against the loop convolution, ReLU and 2x2 pooling written from the definition."""
+    from naive_conv import naive_conv2d
+
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal((n, c, side, side))
+    weight = rng.standard_normal((o, c // groups, 3, 3))
+    bias = rng.standard_normal(o)
+    out_side = (side + 2 * pad - 3) // stride + 1
+    group = fused.samples_per_band(c * 9 + o, out_side**2, n, 8)
+    assert (group > 1) == whole_samples and group < n
+    ci, co = c // groups, o // groups  # each group: its own input and output channels
+    expected = np.concatenate(
+        [
+            naive_conv2d(
+                x[:, g * ci : (g + 1) * ci],
+                weight[g * co : (g + 1) * co],
+                bias[g * co : (g + 1) * co],
+                (stride, stride),
+                (pad,) * 4,
+            )
+            for g in range(groups)
+        ],
+        axis=1,
+    )
+    if relu:
+        expected = np.maximum(expected, 0)
+    if pool:
+        h = out_side // 2 * 2
+        expected = expected[:, :, :h, :h].reshape(n, o, h // 2, 2, h // 2, 2).max(axis=(3, 5))
+    y = fused.conv2d(x, weight, bias, (stride,) * 2, (pad,) * 4, groups, relu, pool)
+    np.testing.assert_allclose(y, expected, rtol=1e-12, atol=1e-12)
 
 
 def test_the_result_does_not_depend_on_the_thread_count():

@@ -15,6 +15,12 @@ and ReLU run on the pooled quarter of the elements. A band's column matrix is ke
 ``BAND_BYTES``, so it is written, multiplied and read while in the core's cache; the bands of
 the batch are split over purenn's threads, so one image keeps both cores busy too. Nothing is
 kept for a backward pass.
+
+A small map makes a thin GEMM: at 4x4 a sample's band has P = 16 columns, and BLAS multiplies
+such a product at a third of its speed on 128 columns. Where a whole sample's band has fewer
+than ``GROUP_COLUMNS`` columns, a band takes several whole samples instead: col is (K, S, P)
+for S samples, one GEMM gives acc (O, S, P), and the pooling (or a copy) writes it back as
+(S, O, ...).
 """
 
 from __future__ import annotations
@@ -30,6 +36,8 @@ from purenn.kernels.workspace import Workspace
 BAND_BYTES = 1 << 19
 #: A batch is cut into at least this many bands (when it has the rows): 2 per core of 2 cores.
 MIN_BANDS = 4
+#: Whole samples share a band until it has this many GEMM columns (small maps).
+GROUP_COLUMNS = 128
 
 
 def band_rows(k: int, out_w: int, out_h: int, n: int, itemsize: int, pool: bool) -> int:
@@ -45,6 +53,18 @@ def band_rows(k: int, out_w: int, out_h: int, n: int, itemsize: int, pool: bool)
     if pool:
         rows = max(2, rows + rows % 2)
     return min(rows, out_h)
+
+
+def samples_per_band(k: int, positions: int, n: int, itemsize: int) -> int:
+    """Whole samples per band for a map of ``positions`` outputs a sample (1: bands of rows).
+
+    Enough samples for ``GROUP_COLUMNS`` GEMM columns, within ``BAND_BYTES`` (k: im2col rows
+    plus output channels) and leaving the batch at least ``MIN_BANDS`` bands where it has them;
+    like the bands, independent of the thread count.
+    """
+    wanted = -(-GROUP_COLUMNS // positions)
+    fitting = BAND_BYTES // (k * positions * itemsize)
+    return max(1, min(wanted, fitting, -(-n // MIN_BANDS)))
 
 
 def maxpool2x2(x: np.ndarray, out: np.ndarray, row_max: np.ndarray | None = None) -> np.ndarray:
@@ -91,18 +111,15 @@ def finish(y: np.ndarray, bias: np.ndarray | None, relu: bool, pool: bool) -> np
     return out
 
 
-def padded_sample(
-    sample: np.ndarray, pads: tuple[int, int, int, int], workspace: Workspace, name
-) -> np.ndarray:
-    """(C, H, W) -> (C, H + top + bottom, W + left + right) with zero borders, in the workspace."""
+def padded(samples: np.ndarray, pads: tuple[int, int, int, int], out: np.ndarray) -> np.ndarray:
+    """(..., H, W) -> ``out`` (..., H + top + bottom, W + left + right) with zero borders."""
     top, bottom, left, right = pads
-    c, h, w = sample.shape
-    out = workspace.get(name, (c, h + top + bottom, w + left + right), sample.dtype)
-    out[:, :top] = 0
-    out[:, top + h :] = 0
-    out[:, :, :left] = 0
-    out[:, :, left + w :] = 0
-    out[:, top : top + h, left : left + w] = sample
+    h, w = samples.shape[-2:]
+    out[..., :top, :] = 0
+    out[..., top + h :, :] = 0
+    out[..., :left] = 0
+    out[..., left + w :] = 0
+    out[..., top : top + h, left : left + w] = samples
     return out
 
 
@@ -140,38 +157,51 @@ def conv2d(
     rows_needed = 2 * (out_h // 2) if pool else out_h  # an odd last row is pooled away
     k = c * kh * kw
     rows = band_rows(k + o, out_w, rows_needed, n, x.itemsize, pool)
-    bands = -(-rows_needed // rows)
+    group = 1
+    if rows == rows_needed:
+        group = samples_per_band(k + o, rows_needed * out_w, n, x.itemsize)
+    bands = -(-rows_needed // rows)  # per sample; or, with group > 1, one per `group` samples
     y_h, y_w = (out_h // 2, out_w // 2) if pool else (out_h, out_w)
     y = np.empty((n, o, y_h, y_w), dtype=x.dtype)
     matrix = weight.reshape(o, k // groups)
     if groups > 1:
         matrix = matrix.reshape(groups, o // groups, k // groups)
-    padded = any(pads)
+    pad_shape = (group, c, h + top + bottom, w + left + right)
 
     def grouped(block: np.ndarray) -> np.ndarray:
         return block if groups == 1 else block.reshape(groups, -1, block.shape[-1])
 
-    def run(chunks: slice, slot: int) -> None:
+    def columns(source: np.ndarray, start: int, stop: int, out: np.ndarray) -> np.ndarray:
+        """im2col of output rows [start, stop) of the (S, C, H', W') source: (K, S * P) in out."""
+        # windows[c, a, b, s, p, q] = source[s, c, sh * p + a, sw * q + b]
+        sn, sc, sy, sx = source.strides
+        windows = as_strided(
+            source,
+            (c, kh, kw, len(source), out_h, out_w),
+            (sc, sy, sx, sn, stride[0] * sy, stride[1] * sx),
+            writeable=False,
+        )
+        col = out[: k * len(source) * (stop - start) * out_w]
+        np.copyto(
+            col.reshape(c, kh, kw, len(source), stop - start, out_w), windows[..., start:stop, :]
+        )
+        return col.reshape(k, -1)
+
+    def run_rows(chunks: slice, slot: int) -> None:
+        """Bands of rows of one sample each, the GEMM straight into y unless pooled."""
         col_flat = workspace.get(("col", slot), (k * rows * out_w,), x.dtype)
         acc_flat = workspace.get(("acc", slot), (o * rows * out_w,), x.dtype) if pool else None
         row_max = workspace.get(("row_max", slot), (o, rows // 2, out_w), x.dtype) if pool else None
         for i in range(chunks.start // bands, (chunks.stop - 1) // bands + 1):
             first = max(chunks.start - i * bands, 0)
             last = min(chunks.stop - i * bands, bands)  # this thread's bands of sample i
-            source = padded_sample(x[i], pads, workspace, ("pad", slot)) if padded else x[i]
-            # windows[c, a, b, p, q] = source[c, sh * p + a, sw * q + b]: im2col's rows, a view
-            sc, sy, sx = source.strides
-            windows = as_strided(
-                source,
-                (c, kh, kw, out_h, out_w),
-                (sc, sy, sx, stride[0] * sy, stride[1] * sx),
-                writeable=False,
-            )
+            source = x[i : i + 1]
+            if any(pads):
+                source = padded(source, pads, workspace.get(("pad", slot), pad_shape, x.dtype))
             for band in range(first, last):
                 start, stop = band * rows, min(band * rows + rows, rows_needed)
                 p = (stop - start) * out_w
-                col = col_flat[: k * p].reshape(k, p)
-                np.copyto(col.reshape(c, kh, kw, stop - start, out_w), windows[:, :, :, start:stop])
+                col = columns(source, start, stop, col_flat)
                 if pool:
                     acc = acc_flat[: o * p].reshape(o, stop - start, out_w)
                     np.matmul(matrix, grouped(col), out=grouped(acc.reshape(o, p)))
@@ -187,5 +217,30 @@ def conv2d(
                 low, high = low // 2, high // 2
             channel_bias_relu(y[i, :, low:high], bias, relu)
 
-    over_parts(n * bands, num_threads(), run)
+    def run_samples(chunks: slice, slot: int) -> None:
+        """Bands of ``group`` whole samples: (O, S, P) out of one GEMM, written as (S, O, P)."""
+        p = rows_needed * out_w
+        col_flat = workspace.get(("col", slot), (k * group * p,), x.dtype)
+        acc_flat = workspace.get(("acc", slot), (o * group * p,), x.dtype)
+        row_max = workspace.get(("row_max", slot), (o, group, rows // 2, out_w), x.dtype)
+        for band in range(chunks.start, chunks.stop):
+            first, last = band * group, min(band * group + group, n)
+            source = x[first:last]
+            if any(pads):
+                pad = workspace.get(("pad", slot), pad_shape, x.dtype)[: last - first]
+                source = padded(source, pads, pad)
+            col = columns(source, 0, rows_needed, col_flat)
+            acc = acc_flat[: o * col.shape[1]].reshape(o, last - first, rows_needed, out_w)
+            np.matmul(matrix, grouped(col), out=grouped(acc.reshape(o, -1)))
+            target = y[first:last].transpose(1, 0, 2, 3)  # (O, S, ...): y's own memory
+            if pool:
+                maxpool2x2(acc, target, row_max[:, : last - first])
+            else:
+                np.copyto(target, acc)
+            channel_bias_relu(target, bias, relu)
+
+    if group > 1:
+        over_parts(-(-n // group), num_threads(), run_samples)
+    else:
+        over_parts(n * bands, num_threads(), run_rows)
     return y
