@@ -21,7 +21,8 @@ import purenn as pn
     ],
 )
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
-@pytest.mark.parametrize("batch", [2, 5])  # 5: samples split over threads (over_samples)
+# 5 and 11: samples split over threads, small maps taken several samples per product
+@pytest.mark.parametrize("batch", [2, 5, 11])
 def test_conv_matches_naive_loops(in_ch, out_ch, kernel, stride, padding, hw, dtype, batch):
     rng = np.random.default_rng(0)
     layer = pn.Conv2D(in_ch, out_ch, kernel, stride=stride, padding=padding, rng=1, dtype=dtype)

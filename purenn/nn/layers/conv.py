@@ -33,7 +33,8 @@ ReLU and pooling fused in). Backward takes whole samples per thread
 CNN) is written, multiplied and read back while it is in that core's cache, and no (N, K, P)
 matrix is ever stored: recomputing im2col in backward costs less than streaming the batch's
 column matrices (320 MB for the preset CNN at batch 32) to memory and back (docs/RESULTS.md,
-issue 13).
+issue 13). On a small map, where the forward's bands hold several samples, the backward's
+products take the same samples together: col (K, S * P) and dy (O, S * P).
 
 ``algorithm="winograd"`` computes 3x3 stride-1 padding-1 layers with Winograd F(2x2, 3x3)
 instead (``purenn.kernels.winograd``, 16 multiplications per output 2x2 block and channel pair
@@ -244,26 +245,48 @@ class Conv2D(WeightedLayer):
             return self._winograd_backward(dy.reshape(grad_out.shape), dw, input_grad)
         w = self._grouped_weight()
         grouped = self._grouped
-        # One (G, O/G, K/G) product per sample, summed afterwards in sample order: the same sum
+        k, positions = w.shape[-1] * self.groups, dy.shape[2]
+        # Whole samples per product, as the forward's bands (several only on small maps).
+        group = fused.samples_per_band(k + self.out_channels, positions, n, self.dtype.itemsize)
+        bands = -(-n // group)
+        # One (G, O/G, K/G) product per band, summed afterwards in band order: the same sum
         # whatever the thread count.
-        dw_per_sample = self.scratch("dw_per_sample", (n,) + w.shape, self.dtype)
+        dw_per_band = self.scratch("dw_per_band", (bands,) + w.shape, self.dtype)
         dx = np.empty(self._x.shape, dtype=self.dtype) if input_grad else None
+        threads = sample_threads(bands)
+        cols = self.scratch("col", (threads, k * group * positions), self.dtype)
+        dys = self.scratch("dy_band", (threads, self.out_channels * group * positions), self.dtype)
 
-        cols = self._column_buffers(n, dy.shape[2])
-
-        def backward_samples(samples: slice, slot: int) -> None:
-            col = cols[slot : slot + 1]
-            for i in range(samples.start, samples.stop):
-                self._im2col(i, col)
-                dy_i = grouped(dy[i])
-                np.matmul(dy_i, np.swapaxes(grouped(col[0]), -1, -2), out=dw_per_sample[i])
+        def backward_bands(part: slice, slot: int) -> None:
+            for band in range(part.start, part.stop):
+                first, last = band * group, min(band * group + group, n)
+                columns = (last - first) * positions
+                col = cols[slot, : k * columns].reshape(k, columns)  # (K, S * P)
+                per_sample = col.reshape(k, last - first, positions)
+                for i in range(first, last):
+                    self._im2col(i, per_sample[:, i - first][None])
+                if group == 1:
+                    dy_band = dy[first]
+                else:  # (S, O, P) -> (O, S * P)
+                    dy_band = dys[slot, : self.out_channels * columns].reshape(-1, columns)
+                    np.copyto(
+                        dy_band.reshape(-1, last - first, positions), dy[first:last].swapaxes(0, 1)
+                    )
+                dy_band = grouped(dy_band)
+                np.matmul(dy_band, np.swapaxes(grouped(col), -1, -2), out=dw_per_band[band])
                 if dx is not None:
                     # dcol = W^T dy per group, reusing col's buffer
-                    _product(np.swapaxes(w, -1, -2), dy_i, grouped(col[0]))
-                    col2im(col, (1,) + self._x.shape[1:], *self._geometry, out=dx[i : i + 1])
+                    _product(np.swapaxes(w, -1, -2), dy_band, grouped(col))
+                    for i in range(first, last):
+                        col2im(
+                            per_sample[:, i - first][None],
+                            (1,) + self._x.shape[1:],
+                            *self._geometry,
+                            out=dx[i : i + 1],
+                        )
 
-        over_samples(n, backward_samples)
-        np.sum(dw_per_sample, axis=0, out=dw.reshape(w.shape))
+        over_samples(bands, backward_bands)
+        np.sum(dw_per_band, axis=0, out=dw.reshape(w.shape))
         self.finish_weight_grad(dw)
         if self.use_bias:
             np.sum(dy, axis=(0, 2), out=self.grads["bias"])
@@ -289,11 +312,6 @@ class Conv2D(WeightedLayer):
     def _im2col(self, sample: int, col: np.ndarray) -> None:
         """Fill col (1, K, P) with the columns of the kept input's sample ``sample``."""
         im2col(self._x[sample : sample + 1], *self._geometry, out=col)
-
-    def _column_buffers(self, n: int, columns: int) -> np.ndarray:
-        """(threads, K, P): one column matrix per thread of ``over_samples(n, ...)``."""
-        k = self.in_channels * self.kernel_size[0] * self.kernel_size[1]
-        return self.scratch("col", (sample_threads(n), k, columns), self.dtype)
 
     def _winograd_backward(self, dy: np.ndarray, dw: np.ndarray, input_grad: bool):
         """dW through the Winograd domain, dx as the Winograd convolution of dy with W flipped."""
