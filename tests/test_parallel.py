@@ -188,3 +188,23 @@ def test_use_fast_path_sets_purenn_train_s_threads_and_allocator(monkeypatch):
             pn.use_fast_path(threads=0)
     finally:
         parallel.set_num_threads(None)
+
+
+def test_serving_threads_gives_purenn_the_threads_and_blas_one_set_from_the_main_thread():
+    """The server's forwards run on the batcher's thread, where OpenBLAS ignores a limit once
+    the main thread has set one; so the main thread sets BLAS to one thread for the server."""
+    from threadpoolctl import threadpool_info
+
+    from purenn.kernels.runtime import serving_threads
+
+    def blas_threads() -> list[int]:
+        return [pool["num_threads"] for pool in threadpool_info() if pool["user_api"] == "blas"]
+
+    before, purenn_before = blas_threads(), parallel.num_threads()
+    try:
+        with serving_threads(3):
+            assert parallel.num_threads() == 3
+            assert blas_threads() and set(blas_threads()) == {1}
+        assert blas_threads() == before and parallel.num_threads() == purenn_before
+    finally:
+        parallel.set_num_threads(None)

@@ -107,7 +107,7 @@ def _cmd_serve(args: argparse.Namespace, progress) -> int:
             f"purenn serve needs the serve extra ({err.name} is missing): "
             'pip install "purenn[serve]"'
         ) from None
-    from purenn.kernels.runtime import limit_threads
+    from purenn.kernels.runtime import serving_threads
     from purenn.serve.images import ImageStore
     from purenn.serve.model import ServedModel
     from purenn.serve.store import open_store
@@ -148,7 +148,7 @@ def _cmd_serve(args: argparse.Namespace, progress) -> int:
         f"{f'{rate_limit}/min' if rate_limit else 'off'}; test-time augmentation: "
         f"{f'{args.tta} views' if args.tta > 1 else 'off'})"
     )
-    with limit_threads(args.threads):
+    with serving_threads(args.threads):
         uvicorn.run(
             create_app(settings),
             host=args.host,

@@ -85,6 +85,30 @@ def limit_threads(threads: int | None) -> Iterator[None]:
         parallel.set_num_threads(previous)
 
 
+@contextlib.contextmanager
+def serving_threads(threads: int | None) -> Iterator[None]:
+    """Within the block, purenn's own work uses ``threads`` threads (None: every core) and BLAS
+    one, set from the calling (main) thread: for a process whose forward passes run on another
+    thread, as the server's batcher does.
+
+    The eval-mode plan splits its products over purenn's threads and asks BLAS for one thread
+    (:func:`purenn.kernels.parallel.single_threaded_blas`). OpenBLAS 0.3.31 ignores a thread
+    count set from a thread other than the main one once the main thread has set one, so from
+    the batcher's thread BLAS kept its threads and oversubscribed the cores: plantvillage-cnn at
+    batch 32 took 312-393 ms from a second thread against 195 ms from the main one, and 194 ms
+    from a second thread once the main thread had set BLAS to one thread.
+    """
+    from threadpoolctl import threadpool_limits
+
+    previous = parallel.num_threads()
+    parallel.set_num_threads(threads)
+    try:
+        with threadpool_limits(1, user_api="blas"):
+            yield
+    finally:
+        parallel.set_num_threads(previous)
+
+
 def peak_memory_mb() -> float | None:
     """This process's peak resident memory so far, in MB (2**20 bytes); None if unknown.
 
