@@ -249,7 +249,12 @@ def add_parser(commands) -> None:
                        help="keep accepted uploads here (default: 'images' beside a SQLite "
                        "database; none with PostgreSQL)")  # fmt: skip
     store.add_argument("--no-store-images", action="store_true", help="keep no uploads")
-    p.add_argument("--threads", type=positive_int, metavar="N", help="BLAS threads")
+    p.add_argument(
+        "--threads",
+        type=positive_int,
+        metavar="N",
+        help="threads of the forward pass (default: all cores; BLAS runs one per thread)",
+    )
     add_tta(p)
     p.add_argument(
         "--tokens",
