@@ -2,12 +2,13 @@
 
 Times each augmentation on a batch of ``--batch`` random ``--image-size`` float32 images (the
 median of ``--repeats`` calls, a new rng state each), with BLAS limited to ``--threads`` as in
-`purenn train`. With ``--step``, also the plantvillage-cnn training step (forward, loss,
+`purenn train`. With ``--step``, also a preset's training step (``--preset``; forward, loss,
 backward, clipping, Adam) on batches from a prefetching DataLoader without augmentation, with
 the standard one and with the field one (factor 2): the step time includes the contention of
 the loader's thread, which must also keep up with the step.
 
     python benchmarks/bench_augment.py --step
+    python benchmarks/bench_augment.py --step --preset plantvillage-resnet --rounds 3
 """
 
 from __future__ import annotations
@@ -32,8 +33,8 @@ def median_ms(augmentation, batch: np.ndarray, repeats: int) -> float:
     return 1000 * statistics.median(times)
 
 
-def step_ms(batches, threads: int, steps: int) -> float:
-    """Median time of a plantvillage-cnn training step (after one warm-up) over ``steps``.
+def step_ms(batches, preset: str, threads: int, steps: int) -> float:
+    """Median time of ``preset``'s training step (after one warm-up) over ``steps``.
 
     ``batches``: an iterator of ``(x, y)``; with a prefetching DataLoader the next batch is
     augmented in its thread during the step, so the step's time includes that contention.
@@ -47,7 +48,7 @@ def step_ms(batches, threads: int, steps: int) -> float:
     model, times = None, []
     for r, (x, y) in zip(range(steps + 1), batches, strict=False):
         if model is None:
-            model = build_preset("plantvillage-cnn", image_size=x.shape[2], seed=0)
+            model = build_preset(preset, image_size=x.shape[2], seed=0)
             params = model.parameters()
             optimizer, loss_fn = Adam(params, lr=1e-4), SoftmaxCrossEntropy(label_smoothing=0.1)
         start = time.perf_counter()
@@ -78,6 +79,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--step", action="store_true", help="also time the training step")
     parser.add_argument("--steps", type=int, default=6, help="timed steps per loader (--step)")
+    parser.add_argument("--preset", default="plantvillage-cnn", help="the model of --step")
+    parser.add_argument("--rounds", type=int, default=1, help="--step: alternations of loaders")
     args = parser.parse_args()
     threadpool_limits(args.threads)
     size = args.image_size
@@ -90,13 +93,19 @@ def main() -> None:
     for name, augmentation in rows:
         print(f"  {name:28s} {median_ms(augmentation, batch, args.repeats):8.1f} ms")
     if args.step:
-        print(f"plantvillage-cnn train step, batch {args.batch}, median of {args.steps}:")
-        for name, augmentation in [
+        print(f"{args.preset} train step, batch {args.batch}, median of {args.steps}, rounds:")
+        recipes = [
             ("no augmentation", None), ("standard x2", Augmentation()),
             ("field x2", FieldAugmentation()),
-        ]:  # fmt: skip
-            batches = loader_steps(augmentation, args.batch, size)
-            print(f"  {name:28s} {step_ms(batches, args.threads, args.steps):8.1f} ms")
+        ]  # fmt: skip
+        times = {name: [] for name, _ in recipes}
+        for _ in range(args.rounds):
+            for name, augmentation in recipes:
+                batches = loader_steps(augmentation, args.batch, size)
+                times[name].append(step_ms(batches, args.preset, args.threads, args.steps))
+        for name, measured in times.items():
+            rounds = " ".join(f"{t:7.1f}" for t in measured)
+            print(f"  {name:28s} {rounds}  median {statistics.median(measured):7.1f} ms")
 
 
 if __name__ == "__main__":
