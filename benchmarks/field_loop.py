@@ -40,8 +40,8 @@ from timing import machine_header
 
 from purenn.data import load_image, normalize_batch, scan_image_folder
 from purenn.inference import predict
+from purenn.inference.ood import features_and_logits
 from purenn.io import atomic_write, load_model, model_file
-from purenn.nn.sequential import Sequential
 from purenn.training import Progress, evaluate, make_config, train
 
 # What a fold's run folder loses after its report is read (about 200 MB for the CNN).
@@ -130,18 +130,11 @@ def base_field_scores(model: Path, photos: dict[str, list[Path]]) -> dict[Path, 
     return scores
 
 
-def head_features(model_path: Path, files: list[Path]) -> dict[Path, np.ndarray] | None:
-    """Each photo's input to the model's last layer (its Dense head), unit length; None for a
-    model that is not a stack of layers."""
+def head_features(model_path: Path, files: list[Path]) -> dict[Path, np.ndarray]:
+    """Each photo's input to the model's last layer (its Dense head), unit length."""
     model, meta = load_model(model_path)
-    if not isinstance(model, Sequential):
-        return None
-    model.eval()
     images = np.stack([load_image(p, meta["image_size"]) for p in files])
-    h = normalize_batch(images, meta["mean"], meta["std"])
-    for layer in model.layers[:-1]:
-        h = layer.forward(h, training=False)
-    h = h.reshape(len(files), -1).astype(np.float64)
+    h, _ = features_and_logits(model.eval(), normalize_batch(images, meta["mean"], meta["std"]))
     return dict(zip(files, h / np.linalg.norm(h, axis=1, keepdims=True), strict=True))
 
 
@@ -245,10 +238,9 @@ def main() -> None:
             row = {"k": k, "fold": f, **fine_tune(args, data, args.out / f"k{k}-fold{f}" / "run")}
             tested = [p for files in rest.values() for p in files]
             row["field_before"] = float(np.mean([scores[p][0] for p in tested]))
-            if features is not None:
-                row["nearest_mean"] = nearest_mean_accuracy(features, corrections, rest)
+            row["nearest_mean"] = nearest_mean_accuracy(features, corrections, rest)
             rows.append(row)
-            probe = f", nearest mean {100 * row['nearest_mean']:.1f}%" if features else ""
+            probe = f", nearest mean {100 * row['nearest_mean']:.1f}%"
             print(f"k={k:2d} fold {f}: field {100 * row['field_before']:5.1f}% -> "
                   f"{100 * row['field_accuracy']:5.1f}% ({row['field_samples']} photos{probe}), "
                   f"lab {100 * row['lab_accuracy']:.2f}% ({row['replayed']} replayed, "
@@ -262,7 +254,7 @@ def main() -> None:
     for k in args.ks:
         mine = [r for r in rows if r["k"] == k]
         before, after, probe, lab_after = (
-            mean_sd([100 * r.get(key, np.nan) for r in mine])
+            mean_sd([100 * r[key] for r in mine])
             for key in ("field_before", "field_accuracy", "nearest_mean", "lab_accuracy")
         )
         print(f"| {k} | {len(mine)} | {mine[0]['field_samples']} | {before[0]:.1f}% | "
