@@ -16,6 +16,7 @@ from typing import Any
 
 from purenn.checks import require
 from purenn.data.decode import MIN_IMAGE_SIZE
+from purenn.inference.recognition import SCORES
 from purenn.presets import PRESETS, RECIPES
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
@@ -91,6 +92,11 @@ class TrainConfig:
         "outlier exposure: a folder of photos that are none of the classes "
         "(OUTLIERS/<group>/<image>, or images directly); a batch of them beside each training "
         "batch, their predictions pulled toward uniform (never the photos you evaluate on)"
+    )
+    ood_score: str | None = _key(
+        "score of the OOD test fitted at the end (default: max_softmax with --outliers, else "
+        "knn, or the preset's own)",
+        SCORES,
     )
     outlier_weight: float = _key(
         "outlier exposure: weight of the cross-entropy to uniform beside the training loss",
@@ -288,6 +294,9 @@ def make_config(
     check_keys(overrides, "the arguments")
     given = {**table, **overrides}
     preset = given.get("preset", KEYS["preset"].default)
-    # The preset's own recipe replaces the seed's defaults, never a value the user gave.
-    recipe = RECIPES.get(preset, {}) if isinstance(preset, str) else {}
+    # The preset's own recipe replaces the seed's defaults, never a value the user gave; its
+    # OOD score is for a run without outlier exposure, which picks max_softmax itself.
+    recipe = dict(RECIPES.get(preset, {})) if isinstance(preset, str) else {}
+    if given.get("outliers"):
+        recipe.pop("ood_score", None)
     return validate(TrainConfig(**{**recipe, **given}))

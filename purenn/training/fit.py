@@ -548,7 +548,7 @@ def _finish(
     temperature = fit_temperature(*predicted["val"]) if "val" in predicted else 1.0
     metadata = {**metadata, "epoch": early_stopping.best_epoch, "temperature": temperature}
     ood_test = ood_arrays = None
-    score = default_score(metadata)
+    score = config.ood_score or default_score(metadata)
     fits = score not in FEATURE_SCORES or (len(data.splits["train"]) and ends_in_dense(model))
     if writes and "val" in predicted and fits:
         progress.info(f"fitting the OOD test ({score})")

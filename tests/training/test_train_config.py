@@ -43,6 +43,9 @@ def test_overrides_win_over_the_file(tmp_path):
 def test_a_preset_carries_its_recipe_and_what_the_user_gives_wins(tmp_path):
     resnet = make_config(overrides={"preset": "plantvillage-resnet"})
     assert (resnet.epochs, resnet.patience, resnet.lr) == (20, 0, 1e-3)
+    assert resnet.ood_score == "mahalanobis" and make_config().ood_score is None
+    exposed = make_config(overrides={"preset": "plantvillage-resnet", "outliers": "not-leaves"})
+    assert exposed.ood_score is None  # outlier exposure picks max_softmax itself
     assert make_config(overrides={"preset": "plantvillage-resnet", "patience": 3}).patience == 3
     (tmp_path / "a.json").write_text(json.dumps({"preset": "plantvillage-resnet", "epochs": 4}))
     from_file = make_config(tmp_path / "a.json")
