@@ -290,7 +290,7 @@ def test_init_from_a_resnet_with_other_classes_replaces_its_head_and_keeps_the_g
     included) are those of the source run's best model."""
     args = list(tiny_args)
     args[args.index("--preset") + 1] = "plantvillage-resnet"
-    args[args.index("--image-size") + 1] = "16"
+    args[args.index("--image-size") + 1] = "32"
     source = tmp_path / "resnet"
     result = cli("train", colour_folder, "--out", source, "--epochs", 1, *args)
     assert result.code == 0, result.err
@@ -306,7 +306,7 @@ def test_init_from_a_resnet_with_other_classes_replaces_its_head_and_keeps_the_g
     assert "output layer replaced (3 -> 2 classes" in result.out
     start, _ = load_model(out / "init.npz")
     old, _ = load_model(source / "best.npz")
-    assert start.inputs == old.inputs and start.output_shapes((3, 16, 16))[-1] == (2,)
+    assert start.inputs == old.inputs and start.output_shapes((3, 32, 32))[-1] == (2,)
     head = len(old.layers) - 1
     assert type(start.layers[head]).__name__ == "Dense"
     for key, value in old.state_dict().items():

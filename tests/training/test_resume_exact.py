@@ -177,7 +177,7 @@ def test_a_graph_model_killed_mid_run_resumes_to_identical_weights(
     # plantvillage-resnet: a graph (residual Adds, projection shortcuts) with BatchNorm buffers.
     args = checkpointing_run_args(2)
     args[args.index("--preset") + 1] = "plantvillage-resnet"
-    args[args.index("--image-size") + 1] = "16"  # the preset halves the image 4 times
+    args[args.index("--image-size") + 1] = "32"  # the preset halves the image 5 times
     reference = tmp_path / "reference"
     finish(purenn_subprocess(*args, "--out", reference))
     out = tmp_path / "run"
