@@ -201,6 +201,8 @@ def test_rate_limit_through_uvicorn_trusts_no_forwarded_header_by_default(model_
     try:
         start = time.monotonic()
         answers = [post(server.url, image_bytes(i)) for i in range(6)]
+        if time.monotonic() - start >= 15:  # seen once under heavy load
+            pytest.skip("six uploads took 15 s or more: the bucket refilled one request meanwhile")
         assert [r.status_code for r in answers] == [200] * 4 + [429] * 2
         assert int(answers[-1].headers["retry-after"]) == 15  # one request per 15 s
         spoofed = httpx.post(
