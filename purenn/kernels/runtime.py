@@ -66,6 +66,22 @@ def use_fast_path(threads: int | None = None) -> bool:
 
 
 @contextlib.contextmanager
+def _thread_counts(threads: int | None, blas: int, user_api: str | None) -> Iterator[None]:
+    """purenn's own work on ``threads`` threads (None: every core) and the ``user_api``
+    thread pools (None: BLAS and OpenMP) limited to ``blas``, both restored afterwards."""
+    # Imported here, so that `import purenn` needs only NumPy and Pillow.
+    from threadpoolctl import threadpool_limits
+
+    previous = parallel.num_threads()
+    parallel.set_num_threads(threads)
+    try:
+        with threadpool_limits(blas, user_api=user_api):
+            yield
+    finally:
+        parallel.set_num_threads(previous)
+
+
+@contextlib.contextmanager
 def limit_threads(threads: int | None) -> Iterator[None]:
     """Within the block, BLAS and purenn's own batch-parallel work use ``threads`` threads.
 
@@ -74,15 +90,8 @@ def limit_threads(threads: int | None) -> Iterator[None]:
     if threads is None:
         yield
         return
-    from threadpoolctl import threadpool_limits
-
-    previous = parallel.num_threads()
-    parallel.set_num_threads(threads)
-    try:
-        with threadpool_limits(threads):
-            yield
-    finally:
-        parallel.set_num_threads(previous)
+    with _thread_counts(threads, threads, None):
+        yield
 
 
 @contextlib.contextmanager
@@ -98,15 +107,8 @@ def serving_threads(threads: int | None) -> Iterator[None]:
     batch 32 took 312-393 ms from a second thread against 195 ms from the main one, and 194 ms
     from a second thread once the main thread had set BLAS to one thread.
     """
-    from threadpoolctl import threadpool_limits
-
-    previous = parallel.num_threads()
-    parallel.set_num_threads(threads)
-    try:
-        with threadpool_limits(1, user_api="blas"):
-            yield
-    finally:
-        parallel.set_num_threads(previous)
+    with _thread_counts(threads, 1, "blas"):
+        yield
 
 
 def peak_memory_mb() -> float | None:
