@@ -95,6 +95,19 @@ def checkpointing_run_args(colour_folder, tiny_args):
     return run_args
 
 
+@pytest.fixture(scope="session")
+def train_quietly(tiny_args):
+    """``train_quietly(folder, out, epochs)``: a tiny ``purenn train`` run without early stopping,
+    in this process, asserted to succeed; returns ``out``."""
+
+    def run(folder: Path, out: Path, epochs: int) -> Path:
+        args = ["train", folder, "--out", out, "--epochs", epochs, "--patience", 0, "-q"]
+        assert main([str(a) for a in [*args, *tiny_args]]) == 0
+        return out
+
+    return run
+
+
 @pytest.fixture
 def cli(capsys):
     """``cli(*args) -> Outcome(code, out, err)``: run ``purenn`` in this process."""

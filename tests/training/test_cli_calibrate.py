@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from purenn.cli.main import main
 from purenn.data import scan_image_folder
 from purenn.inference.calibration import calibration_summary, fit_temperature
 from purenn.inference.recognition import read_ood_test
@@ -32,12 +31,9 @@ def close_folder(tmp_path_factory, colour_folder_writer):
 
 
 @pytest.fixture(scope="module")
-def close_run(tmp_path_factory, close_folder, tiny_args):
+def close_run(tmp_path_factory, close_folder, train_quietly):
     """A run folder trained on the close colours (do not modify)."""
-    run = tmp_path_factory.mktemp("run") / "run"
-    args = ["train", close_folder, "--out", run, "--epochs", 3, "--patience", 0, "-q"]
-    assert main([str(a) for a in [*args, *tiny_args]]) == 0
-    return run
+    return train_quietly(close_folder, tmp_path_factory.mktemp("run") / "run", 3)
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from purenn.cli.main import main
 from purenn.io import load_model, save_model
 from purenn.io.header import header_metadata
 
@@ -25,11 +24,8 @@ def colour_folder(tmp_path_factory, colour_folder_writer):
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory, colour_folder, tiny_args):
-    run_dir = tmp_path_factory.mktemp("ood") / "run"
-    args = ["train", colour_folder, "--out", run_dir, "--epochs", 6, "--patience", 0, "-q"]
-    assert main([str(a) for a in [*args, *tiny_args]]) == 0
-    return run_dir
+def run(tmp_path_factory, colour_folder, train_quietly):
+    return train_quietly(colour_folder, tmp_path_factory.mktemp("ood") / "run", 6)
 
 
 @pytest.fixture(scope="module")
