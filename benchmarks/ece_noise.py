@@ -17,6 +17,7 @@ import argparse
 import numpy as np
 
 from purenn.inference.calibration import expected_calibration_error, scaled_logits
+from purenn.inference.probabilities import model_temperature
 from purenn.io import load_model
 from purenn.kernels.ops import softmax
 from purenn.training.evaluation import score_folder
@@ -31,7 +32,7 @@ def main() -> None:
     args = parser.parse_args()
     model, meta = load_model(args.model)
     scored = score_folder(model, meta, args.data_dir, "test", progress=False)
-    p = softmax(scaled_logits(scored.logits, meta.get("temperature", 1.0)).astype(np.float64))
+    p = softmax(scaled_logits(scored.logits, model_temperature(meta)).astype(np.float64))
     labels = scored.labels
     observed = expected_calibration_error(p, labels)
     rng = np.random.default_rng(args.seed)
