@@ -47,10 +47,11 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-from torch_twin import torch_twin
+from torch_twin import resnet_twin, torch_twin
 
 from purenn.data import DataLoader, scan_image_folder
 from purenn.nn.losses import SoftmaxCrossEntropy
+from purenn.nn.graph import Model
 from purenn.nn.sequential import Sequential
 from purenn.optim.optimizers import Optimizer, clip_grad_norm
 from purenn.optim.schedules import Schedule
@@ -83,8 +84,12 @@ class SameMaskDropout(torch.nn.Module):
         return x * torch.from_numpy(keep) * (1.0 / (1.0 - self.p))
 
 
-def twin_with_same_masks(model) -> torch.nn.Sequential:
-    """The torch twin of ``model`` whose Dropout layers replay ``model``'s initial RNG states."""
+def twin_with_same_masks(model) -> torch.nn.Module:
+    """The torch twin of ``model`` whose Dropout layers replay ``model``'s initial RNG states: for
+    a Sequential, its layer-by-layer twin; for the plantvillage-resnet graph (no Dropout), the
+    ResNet as torch users write it."""
+    if not isinstance(model, Sequential):
+        return resnet_twin(model)
     twin = torch_twin(model)
     for index, layer in enumerate(model.layers):
         if hasattr(layer, "rng"):
@@ -107,7 +112,7 @@ def torch_logits(model, batches) -> tuple[np.ndarray, np.ndarray]:
 
 def replay(
     config, data, epochs: int = 1, steps: int | None = None, dtype: str = "float32", log=None
-) -> tuple[list[tuple[int, int, float, float]], Sequential, torch.nn.Module]:
+) -> tuple[list[tuple[int, int, float, float]], Sequential | Model, torch.nn.Module]:
     """Train purenn and PyTorch side by side, step by step, from identical weights and batches,
     in ``dtype`` ("float32" or "float64"): ``epochs`` epochs of at most ``steps`` steps each,
     no validation or early stopping. ``log(line)``, if given, gets each epoch's mean losses.
@@ -176,7 +181,7 @@ class Twins:
     (same weights and dropout masks), each framework's optimizer, purenn's schedule and the torch
     ``LambdaLR`` replaying it, and the run's training loader."""
 
-    ours: Sequential
+    ours: Sequential | Model
     optimizer: Optimizer
     schedule: Schedule
     theirs: torch.nn.Module
