@@ -50,8 +50,8 @@ import torch  # noqa: E402
 from torch_twin import resnet_twin, torch_twin
 
 from purenn.data import DataLoader, scan_image_folder
-from purenn.nn.losses import SoftmaxCrossEntropy
 from purenn.nn.graph import Model
+from purenn.nn.losses import SoftmaxCrossEntropy
 from purenn.nn.sequential import Sequential
 from purenn.optim.optimizers import Optimizer, clip_grad_norm
 from purenn.optim.schedules import Schedule
