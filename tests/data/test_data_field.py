@@ -164,9 +164,9 @@ def test_jpeg_round_trip_loses_more_at_low_quality():
     y, x = np.mgrid[0:32, 0:32] / 32
     image = np.stack([0.2 + 0.5 * x, 0.3 + 0.4 * y, 0.5 + 0.3 * x * y]).astype(np.float32)
     image[:, 10:20, 12:22] = 0.8  # an edge for the low qualities to ring at
-    errors = [np.abs(jpeg_round_trip(image, q) - image).mean() for q in (10, 50, 95)]
+    errors = [np.abs(jpeg_round_trip(image[None], [q])[0] - image).mean() for q in (10, 50, 95)]
     assert errors[0] > errors[1] > errors[2] and errors[2] < 0.02
-    assert jpeg_round_trip(image, 50).dtype == np.float32
+    assert jpeg_round_trip(image[None], [50]).dtype == np.float32
 
 
 def test_background_replaces_around_the_leaf_and_keeps_the_leaf():
