@@ -5,7 +5,10 @@ median of ``--repeats`` calls, a new rng state each), with BLAS limited to ``--t
 `purenn train`. With ``--step``, also a preset's training step (``--preset``; forward, loss,
 backward, clipping, Adam) on batches from a prefetching DataLoader without augmentation, with
 the standard one and with the field one (factor 2): the step time includes the contention of
-the loader's thread, which must also keep up with the step.
+the loader's thread, which must also keep up with the step. The field step's ratio to the
+standard one is taken within each round (the machine's speed drifts between rounds), and its
+median over the rounds is the figure to quote. Runs twice: with the environment's OpenBLAS
+variables and with them unset (``timing.under_both_blas_settings``).
 
     python benchmarks/bench_augment.py --step
     python benchmarks/bench_augment.py --step --preset plantvillage-resnet --rounds 3
@@ -19,6 +22,7 @@ import time
 
 import numpy as np
 from threadpoolctl import threadpool_limits
+from timing import machine_header, under_both_blas_settings
 
 from purenn.data import Augmentation, DataLoader, FieldAugmentation
 
@@ -82,6 +86,9 @@ def main() -> None:
     parser.add_argument("--preset", default="plantvillage-cnn", help="the model of --step")
     parser.add_argument("--rounds", type=int, default=1, help="--step: alternations of loaders")
     args = parser.parse_args()
+    if under_both_blas_settings():
+        return
+    print(machine_header(), flush=True)
     threadpool_limits(args.threads)
     size = args.image_size
     batch = np.random.default_rng(0).random((args.batch, 3, size, size), dtype=np.float32)
@@ -106,6 +113,10 @@ def main() -> None:
         for name, measured in times.items():
             rounds = " ".join(f"{t:7.1f}" for t in measured)
             print(f"  {name:28s} {rounds}  median {statistics.median(measured):7.1f} ms")
+        # The machine's speed drifts between rounds; within a round the loaders ran back to back.
+        ratios = [f / s for f, s in zip(times["field x2"], times["standard x2"], strict=True)]
+        rounds = " ".join(f"{r:7.3f}" for r in ratios)
+        print(f"  {'field x2 / standard x2':28s} {rounds}  median {statistics.median(ratios):7.3f}")
 
 
 if __name__ == "__main__":

@@ -30,6 +30,7 @@ MIN_BLUR_SIGMA = 0.3
 BACKGROUND_KINDS = ("soil", "foliage", "sky")
 _NOISE_GRIDS = (3, 5, 9, 17, 33)  # octaves of the smooth-noise fields of the backgrounds
 _ELLIPSES = 14  # leaf-like shapes painted over the foliage background
+CHUNK_IMAGES = 4  # images augmented together (``FieldAugmentation.apply``)
 
 
 @dataclass(frozen=True)
@@ -172,34 +173,61 @@ class FieldAugmentation:
         if keep is not None and len(keep) != n_images:
             raise ValueError(f"keep must have {n_images} entries, received: {len(keep)}")
 
-        def mine(values: np.ndarray) -> np.ndarray:
-            return values if keep is None else values[keep]
+        drawn = self._draws(rng, n, height, width)
+        if keep is not None:
+            drawn = {name: value[keep] for name, value in drawn.items()}
+        # A few images at a time: their temporaries stay in the core's cache, which makes the
+        # element-wise passes about 20% faster than over the whole batch.
+        for start in range(0, n_images, CHUNK_IMAGES):
+            rows = slice(start, start + CHUNK_IMAGES)
+            self._augment(batch[rows], {name: value[rows] for name, value in drawn.items()})
+        return batch
 
-        dtype = batch.dtype
-        flip = mine(rng.random(n) < 0.5) if self.hflip else np.zeros(n_images, bool)
-        window = [mine(v) for v in self._windows(rng, n, height, width)] if self.crop else None
-        angle = mine(rng.uniform(-self.rotate, self.rotate, n)) if self.rotate else None
+    def _draws(
+        self, rng: np.random.Generator, n: int, height: int, width: int
+    ) -> dict[str, np.ndarray]:
+        """Every random number of ``n`` images, in a fixed order: arrays of n rows, by name."""
+        draws = {"flip": rng.random(n) < 0.5 if self.hflip else np.zeros(n, bool)}
+        if self.crop:
+            draws["window"] = np.stack(self._windows(rng, n, height, width), axis=1)
+        if self.rotate:
+            draws["angle"] = rng.uniform(-self.rotate, self.rotate, n)
         if self.background:
-            replaced = mine(rng.random(n) < self.background)
-            kinds = BACKGROUND_KINDS + (("photo",) if self.background_dir else ())
-            kind = mine(rng.integers(0, len(kinds), n))
-            params = mine(rng.random((n, 8 + 6 * _ELLIPSES)))
-            grids = mine(rng.standard_normal((n, 2, sum(g * g for g in _NOISE_GRIDS))))
-        hue = mine(rng.uniform(-self.hue, self.hue, n)) if self.hue else None
-        saturation = mine(_factors(rng, self.saturation, n)) if self.saturation else None
-        brightness = mine(_factors(rng, self.brightness, n)) if self.brightness else None
-        sigma = mine(rng.uniform(0, self.blur, n)) if self.blur else None
+            draws["replaced"] = rng.random(n) < self.background
+            draws["kind"] = rng.integers(0, len(self._background_kinds), n)
+            draws["params"] = rng.random((n, 8 + 6 * _ELLIPSES))
+            draws["grids"] = rng.standard_normal((n, 2, sum(g * g for g in _NOISE_GRIDS)))
+        if self.hue:
+            draws["hue"] = rng.uniform(-self.hue, self.hue, n)
+        if self.saturation:
+            draws["saturation"] = _factors(rng, self.saturation, n)
+        if self.brightness:
+            draws["brightness"] = _factors(rng, self.brightness, n)
+        if self.blur:
+            draws["sigma"] = rng.uniform(0, self.blur, n)
         if self.noise:
-            noise_sigma = mine(rng.uniform(0, self.noise, n))
-            noise_start = mine(rng.random(n))
-        quality = mine(rng.integers(self.jpeg[0], self.jpeg[1] + 1, n)) if self.jpeg else None
+            draws["noise_sigma"] = rng.uniform(0, self.noise, n)
+            draws["noise_start"] = rng.random(n)
+        if self.jpeg:
+            draws["quality"] = rng.integers(self.jpeg[0], self.jpeg[1] + 1, n)
+        return draws
 
-        alpha = None
-        if self.background and replaced.any():
-            alpha = np.zeros((n_images, height, width), dtype)
+    @property
+    def _background_kinds(self) -> tuple[str, ...]:
+        return BACKGROUND_KINDS + (("photo",) if self.background_dir else ())
+
+    def _augment(self, batch: np.ndarray, draws: dict[str, np.ndarray]) -> None:
+        """Augment ``batch`` (N, 3, H, W) in place with ``draws`` (``_draws``, N rows each)."""
+        n, _, height, width = batch.shape
+        dtype = batch.dtype
+        flip = draws["flip"]
+        alpha, replaced = None, draws.get("replaced")
+        if replaced is not None and replaced.any():
+            alpha = np.zeros((n, height, width), dtype)
             alpha[replaced] = soft_mask(leaf_mask(batch[replaced]))
         if self.crop or self.rotate:
-            grid = _window_grid(n_images, height, width, window, angle, flip)
+            window = draws["window"].T if self.crop else None
+            grid = _window_grid(n, height, width, window, draws.get("angle"), flip)
             if alpha is None:
                 batch[...] = resample(batch, *grid)
             else:  # one pass for both; the mask is then cut to the image
@@ -213,24 +241,30 @@ class FieldAugmentation:
         if alpha is not None:
             chosen = np.flatnonzero(replaced)
             backdrop = self._backgrounds(
-                kinds, kind[chosen], params[chosen], grids[chosen], height, width, dtype
+                draws["kind"][chosen],
+                draws["params"][chosen],
+                draws["grids"][chosen],
+                height,
+                width,
+                dtype,
             )
             a = alpha[chosen, None]
             batch[chosen] = a * batch[chosen] + (1 - a) * backdrop
-        if hue is not None or saturation is not None or brightness is not None:
-            jitter_hsv(batch, hue, saturation, brightness)
-        if sigma is not None:
+        colour = [draws.get(name) for name in ("hue", "saturation", "brightness")]
+        if any(c is not None for c in colour):
+            jitter_hsv(batch, *colour)
+        if "sigma" in draws:
+            sigma = draws["sigma"]
             # Each image's kernel reaches 3 sigma (99.7% of its weight): images by radius.
             radius = np.ceil(3 * sigma).astype(int)
             for r in np.unique(radius[sigma >= MIN_BLUR_SIGMA]):
                 blurred = np.flatnonzero((radius == r) & (sigma >= MIN_BLUR_SIGMA))
                 batch[blurred] = gaussian_blur(batch[blurred], sigma[blurred], int(r))
-        if self.noise:
-            add_sensor_noise(batch, noise_sigma, noise_start)
+        if "noise_sigma" in draws:
+            add_sensor_noise(batch, draws["noise_sigma"], draws["noise_start"])
         np.clip(batch, 0, 1, out=batch)
-        if quality is not None:
-            batch[...] = jpeg_round_trip(batch, quality)
-        return batch
+        if "quality" in draws:
+            batch[...] = jpeg_round_trip(batch, draws["quality"])
 
     def _windows(
         self, rng: np.random.Generator, n: int, height: int, width: int
@@ -257,7 +291,6 @@ class FieldAugmentation:
 
     def _backgrounds(
         self,
-        kinds: tuple[str, ...],
         kind: np.ndarray,
         params: np.ndarray,
         grids: np.ndarray,
@@ -268,7 +301,7 @@ class FieldAugmentation:
         """``(M, 3, H, W)`` backgrounds, image m of kind ``kinds[kind[m]]``."""
         out = np.empty((len(kind), 3, height, width), dtype)
         params = params.astype(np.float32)
-        for k, name in enumerate(kinds):
+        for k, name in enumerate(self._background_kinds):
             members = np.flatnonzero(kind == k)
             if not members.size:
                 continue
@@ -312,22 +345,27 @@ def affine_grid(
     scale: tuple[np.ndarray, np.ndarray],
     degrees: np.ndarray,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Source coordinates (pixel indices) of every output pixel, float64 (N, H, W) each.
+    """Source coordinates (pixel indices) of every output pixel, float32 (N, H, W) each.
 
     Output pixel (i, j) is offset ``(j - (W-1)/2, i - (H-1)/2)`` from the output centre; the
     offset is scaled by ``scale = (sx, sy)`` (source pixels per output pixel; sx < 0 mirrors),
     rotated by ``degrees`` (clockwise on screen: 90 is ``np.rot90(k=-1)``) and added to
     ``centre = (cx, cy)`` (source pixel indices). Each argument has shape (N,).
     """
-    dx = (np.arange(width) - (width - 1) / 2)[None, None, :]
-    dy = (np.arange(height) - (height - 1) / 2)[None, :, None]
-    theta = np.deg2rad(np.asarray(degrees, dtype=np.float64))[:, None, None]
+    dx = (np.arange(width) - (width - 1) / 2).astype(np.float32)
+    dy = (np.arange(height) - (height - 1) / 2).astype(np.float32)
+    theta = np.deg2rad(np.asarray(degrees, dtype=np.float64))
     cos, sin = np.cos(theta), np.sin(theta)
-    sx, sy = (np.asarray(s, dtype=np.float64)[:, None, None] for s in scale)
-    cx, cy = (np.asarray(c, dtype=np.float64)[:, None, None] for c in centre)
+    sx, sy = (np.asarray(s, dtype=np.float64) for s in scale)
+    cx, cy = (np.asarray(c, dtype=np.float64) for c in centre)
+
+    def column(a: np.ndarray) -> np.ndarray:  # (N,) float64 -> (N, 1) float32
+        return a.astype(np.float32)[:, None]
+
     # The output offset turned by -theta in (x, y); rows grow downwards, so clockwise on screen.
-    src_x = cx + cos * sx * dx + sin * sy * dy
-    src_y = cy - sin * sx * dx + cos * sy * dy
+    # Each coordinate is a row term (N, W) plus a column term (N, H): one full-size sum.
+    src_x = (column(cx) + column(cos * sx) * dx)[:, None, :] + (column(sin * sy) * dy)[:, :, None]
+    src_y = (column(cy) - column(sin * sx) * dx)[:, None, :] + (column(cos * sy) * dy)[:, :, None]
     return src_x, src_y
 
 
@@ -335,7 +373,7 @@ def _window_grid(
     n: int,
     height: int,
     width: int,
-    window: list[np.ndarray] | None,
+    window: np.ndarray | None,
     angle: np.ndarray | None,
     flip: np.ndarray,
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -353,6 +391,8 @@ def _reflect(coord: np.ndarray, size: int) -> np.ndarray:
     """Coordinates folded into [0, size - 1] by mirroring at the edge pixels (period 2(size-1))."""
     if size == 1:
         return np.zeros_like(coord)
+    if coord.min() >= 0 and coord.max() <= size - 1:
+        return coord
     period = 2 * (size - 1)
     folded = coord - period * np.floor(coord / period)  # in [0, period); np.mod is slower
     return (size - 1) - np.abs(folded - (size - 1))
@@ -371,8 +411,8 @@ def resample(batch: np.ndarray, src_x: np.ndarray, src_y: np.ndarray) -> np.ndar
     ``batch``'s dtype.
     """
     n, c, height, width = batch.shape
-    src_x, src_y = src_x.astype(np.float32), src_y.astype(np.float32)
-    src_x, src_y = _reflect(src_x, width), _reflect(src_y, height)
+    src_x = _reflect(src_x.astype(np.float32, copy=False), width)
+    src_y = _reflect(src_y.astype(np.float32, copy=False), height)
     # Corner (x0, y0) of each sample's pixel square, kept inside so that x0 + 1, y0 + 1 are too.
     x0 = np.minimum(np.floor(src_x), max(width - 2, 0)).astype(np.intp)
     y0 = np.minimum(np.floor(src_y), max(height - 2, 0)).astype(np.intp)
@@ -401,40 +441,50 @@ def resample(batch: np.ndarray, src_x: np.ndarray, src_y: np.ndarray) -> np.ndar
 
 
 # -- colour -----------------------------------------------------------------------------------
-def rgb_to_hsv(batch: np.ndarray) -> np.ndarray:
-    """(N, 3, H, W) RGB in [0, 1] to HSV, hue in [0, 1) (a fraction of the circle); same dtype."""
+def _hue_value_chroma(batch: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Hue in [0, 1), value (the largest channel), chroma (largest - smallest): (N, H, W) each."""
     r, g, b = batch[:, 0], batch[:, 1], batch[:, 2]
     value = np.maximum(np.maximum(r, g), b)
-    delta = value - np.minimum(np.minimum(r, g), b)
-    tiny = np.finfo(batch.dtype).tiny  # 0 / tiny = 0: grey pixels get s = 0 and h = 0
-    saturation = delta / np.maximum(value, tiny)
+    chroma = value - np.minimum(np.minimum(r, g), b)
     # The hue sector is set by the largest channel: red (0), green (1/3), blue (2/3); within it
     # the hue moves by the difference of the other two over the spread. Masks multiply rather
     # than np.where, which is several times slower.
     red_max = value == r
     green_max = (value == g) & ~red_max
     blue_max = ~(red_max | green_max)
-    hue = red_max * (g - b) + green_max * (b - r + 2 * delta) + blue_max * (r - g + 4 * delta)
-    hue /= 6 * np.maximum(delta, tiny)
+    hue = red_max * (g - b) + green_max * (b - r + 2 * chroma) + blue_max * (r - g + 4 * chroma)
+    hue /= 6 * np.maximum(chroma, np.finfo(batch.dtype).tiny)  # grey pixels: 0 / tiny = 0
     hue -= np.floor(hue)
-    return np.stack([hue, saturation, value], axis=1).astype(batch.dtype, copy=False)
+    return hue.astype(batch.dtype, copy=False), value, chroma
 
 
-def hsv_to_rgb(hsv: np.ndarray) -> np.ndarray:
-    """Inverse of ``rgb_to_hsv``.
+def _rgb_from_hue(
+    hue: np.ndarray, value: np.ndarray, chroma: np.ndarray, out: np.ndarray
+) -> np.ndarray:
+    """(N, 3, H, W) RGB into ``out`` from hue, value and chroma (N, H, W).
 
-    Channel k is v - v s clip(min(t, 4 - t), 0, 1) with t = (n_k + 6h) mod 6, n = 5, 3, 1 for
+    Channel k is v - c clip(min(t, 4 - t), 0, 1) with t = (n_k + 6h) mod 6, n = 5, 3, 1 for
     red, green, blue: branch-free, the same as the six-sector table.
     """
-    sixths = 6 * hsv[:, 0]
-    chroma = hsv[:, 2] * hsv[:, 1]
-    out = np.empty_like(hsv)
+    sixths = 6 * hue
     for channel, n_k in enumerate((5, 3, 1)):  # red, green, blue
         t = sixths + n_k  # in [0, 11): one wrap is (n_k + 6h) mod 6
         t -= 6 * (t >= 6)
         np.clip(np.minimum(t, 4 - t, out=t), 0, 1, out=t)
-        np.subtract(hsv[:, 2], chroma * t, out=out[:, channel])
+        np.subtract(value, chroma * t, out=out[:, channel])
     return out
+
+
+def rgb_to_hsv(batch: np.ndarray) -> np.ndarray:
+    """(N, 3, H, W) RGB in [0, 1] to HSV, hue in [0, 1) (a fraction of the circle); same dtype."""
+    hue, value, chroma = _hue_value_chroma(batch)
+    saturation = chroma / np.maximum(value, np.finfo(batch.dtype).tiny)  # grey: s = 0
+    return np.stack([hue, saturation, value], axis=1).astype(batch.dtype, copy=False)
+
+
+def hsv_to_rgb(hsv: np.ndarray) -> np.ndarray:
+    """Inverse of ``rgb_to_hsv``."""
+    return _rgb_from_hue(hsv[:, 0], hsv[:, 2], hsv[:, 2] * hsv[:, 1], np.empty_like(hsv))
 
 
 def jitter_hsv(
@@ -450,10 +500,10 @@ def jitter_hsv(
     c' = v - f (v - c), and scaling v by b is scaling every channel by b.
     """
     if hue is not None:
-        hsv = rgb_to_hsv(batch)
-        hsv[:, 0] += hue.astype(batch.dtype)[:, None, None]
-        hsv[:, 0] -= np.floor(hsv[:, 0])
-        batch[...] = hsv_to_rgb(hsv)
+        turned, value, chroma = _hue_value_chroma(batch)
+        turned += hue.astype(batch.dtype)[:, None, None]
+        turned -= np.floor(turned)
+        _rgb_from_hue(turned, value, chroma, out=batch)
     if saturation is not None:
         value = batch.max(axis=1, keepdims=True)
         spread = value - batch.min(axis=1, keepdims=True)
@@ -589,9 +639,10 @@ def leaf_mask(batch: np.ndarray) -> np.ndarray:
     backgrounds are not. Then an opening removes specks, a closing joins the leaf across
     lesions and veins, and enclosed holes (lesions, glare) are filled.
     """
-    hue, saturation, value = np.moveaxis(rgb_to_hsv(batch), 1, 0)
+    hue, value, chroma = _hue_value_chroma(batch)
     excess_green = 2 * batch[:, 1] - batch[:, 0] - batch[:, 2]
-    coloured = (saturation > MIN_SATURATION) & (hue > LEAF_HUES[0]) & (hue < LEAF_HUES[1])
+    saturated = chroma > MIN_SATURATION * value  # saturation chroma / value above the minimum
+    coloured = saturated & (hue > LEAF_HUES[0]) & (hue < LEAF_HUES[1])
     mask = (value > MIN_VALUE) & ((excess_green > MIN_EXCESS_GREEN) | coloured)
     mask = _dilate(_erode(mask, OPEN_SIZE), OPEN_SIZE)
     mask = _erode(_dilate(mask, CLOSE_SIZE), CLOSE_SIZE)
@@ -621,23 +672,36 @@ def _smooth_upsample(nodes: np.ndarray, size: int, axis: int) -> np.ndarray:
     return lo + t * (hi - lo)
 
 
-def smooth_noise(grids: np.ndarray, height: int, width: int) -> np.ndarray:
-    """Fractal value noise: (M, F, sum g^2) normal draws -> (M, F, H, W) float32, std about 1.
+def _midpoint_upsample(nodes: np.ndarray) -> np.ndarray:
+    """(..., g, g) node values to the (..., 2g - 1, 2g - 1) grid with a node between each pair."""
+    *lead, g, _ = nodes.shape
+    out = np.empty((*lead, 2 * g - 1, 2 * g - 1), nodes.dtype)
+    out[..., ::2, ::2] = nodes
+    out[..., 1::2, ::2] = (nodes[..., :-1, :] + nodes[..., 1:, :]) / 2
+    out[..., :, 1::2] = (out[..., :, :-2:2] + out[..., :, 2::2]) / 2
+    return out
 
-    Octave g (``_NOISE_GRIDS``) interpolates a g x g grid smoothly over the image, with
-    amplitude 1/g relative to the coarsest.
+
+def smooth_noise(grids: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Fractal value noise: (M, F, sum g^2) normal draws -> (M, F, H, W) float32, std about 0.7.
+
+    Octave g (``_NOISE_GRIDS``, each 2g - 1 after the one before) is a g x g grid of draws
+    with amplitude 1/g relative to the coarsest. The octaves are summed on the finest grid,
+    each coarser one carried there by midpoint interpolation (small arrays), and that sum is
+    interpolated smoothly over the image once. The sum has unit variance at the nodes;
+    interpolation between them lowers it.
     """
     m, f, _ = grids.shape
-    out = np.zeros((m, f, height, width), np.float32)
-    start, total = 0, 0.0
+    total, start, variance = None, 0, 0.0
     for g in _NOISE_GRIDS:
         nodes = grids[:, :, start : start + g * g].reshape(m, f, g, g).astype(np.float32)
         start += g * g
         amplitude = _NOISE_GRIDS[0] / g
-        field_ = _smooth_upsample(_smooth_upsample(nodes, height, 2), width, 3)
-        out += np.float32(amplitude) * field_
-        total += amplitude**2
-    return out / np.float32(np.sqrt(total))
+        nodes *= np.float32(amplitude)
+        total = nodes if total is None else _midpoint_upsample(total) + nodes
+        variance += amplitude**2
+    field_ = _smooth_upsample(_smooth_upsample(total, height, 2), width, 3)
+    return field_ / np.float32(np.sqrt(variance))
 
 
 def _lerp(lo: float, hi: float, u: np.ndarray) -> np.ndarray:
@@ -658,16 +722,24 @@ def foliage(params: np.ndarray, noise: np.ndarray) -> np.ndarray:
     """Out-of-focus leaves: dark mottled green with leaf-like ellipses of other greens on top."""
     m, _, height, width = noise.shape
     shapes = params[:, 8:].reshape(m, _ELLIPSES, 6)
-    y, x = (np.mgrid[0:height, 0:width] / max(height, width)).astype(np.float32)
+    scale = np.float32(max(height, width))
+    x, y = np.arange(width, dtype=np.float32) / scale, np.arange(height, dtype=np.float32) / scale
     label = np.zeros((m, height, width), np.intp)  # 0: the base, k + 1: ellipse k
     for k in range(_ELLIPSES):  # painted in order: later leaves cover earlier ones
-        cx, cy, length, ratio, turn, _ = (shapes[:, k, j][:, None, None] for j in range(6))
-        dx, dy = x - (1.2 * cx - 0.1), y - (1.2 * cy - 0.1)
+        cx, cy, length, ratio, turn, _ = (shapes[:, k, j, None] for j in range(6))
+        dx, dy = x - (1.2 * cx - 0.1), y - (1.2 * cy - 0.1)  # (m, W), (m, H)
         cos, sin = np.cos(np.pi * turn), np.sin(np.pi * turn)
-        length = 0.1 + 0.35 * length
-        width_ = length * (0.25 + 0.3 * ratio)
-        inside = ((dx * cos + dy * sin) / length) ** 2 + ((dy * cos - dx * sin) / width_) ** 2 < 1
-        label[inside] = k + 1
+        along = 1 / (0.1 + 0.35 * length) ** 2  # 1 / semi-axis^2, along the leaf and across
+        across = along / (0.25 + 0.3 * ratio) ** 2
+        # ((dx cos + dy sin)^2 along + (dy cos - dx sin)^2 across) < 1, expanded so that only
+        # the cross term needs the full (H, W) grid.
+        xx = (cos**2 * along + sin**2 * across) * dx**2
+        yy = (sin**2 * along + cos**2 * across) * dy**2
+        xy = 2 * cos * sin * (along - across) * dy
+        inside = xy[:, :, None] * dx[:, None, :]
+        inside += xx[:, None, :]
+        inside += yy[:, :, None]
+        np.putmask(label, inside < 1, k + 1)
     shade = np.concatenate([np.full((m, 1), 0.2, np.float32), shapes[:, :, 5]], axis=1)
     greens = np.stack([0.1 + 0.3 * shade**2, 0.25 + 0.45 * shade, 0.05 + 0.15 * shade**2], 1)
     greens[:, :, 0] = (0.08, 0.2, 0.06)  # the base: dark green
