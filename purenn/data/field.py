@@ -575,13 +575,13 @@ def jpeg_round_trip(batch: np.ndarray, quality: np.ndarray) -> np.ndarray:
 
     Returns a new array of ``batch``'s dtype.
     """
-    pixels = (batch.transpose(0, 2, 3, 1) * 255 + 0.5).astype(np.uint8)
+    pixels = (batch.transpose(0, 2, 3, 1) * 255 + 0.5).astype(np.uint8, order="C")
     for image, q in zip(pixels, quality, strict=True):
         buffer = io.BytesIO()
         Image.fromarray(image).save(buffer, format="JPEG", quality=int(q))
         buffer.seek(0)
-        with Image.open(buffer) as decoded:
-            image[...] = np.asarray(decoded.convert("RGB"))
+        with Image.open(buffer, formats=("JPEG",)) as decoded:
+            image[...] = np.asarray(decoded if decoded.mode == "RGB" else decoded.convert("RGB"))
     return np.multiply(pixels.transpose(0, 3, 1, 2), 1 / 255, dtype=batch.dtype)
 
 
@@ -599,16 +599,20 @@ def _box(mask: np.ndarray, size: int, combine: np.ufunc) -> np.ndarray:
     Edges replicated; separable: the box along rows, then along columns. Returns a new array.
     """
     half = size // 2
-    out = mask
+    source = mask
     for axis in (1, 2):
-        length = out.shape[axis]
-        pad = [(0, 0)] * 3
-        pad[axis] = (half, half)
-        padded = np.pad(out, pad, mode="edge")
-        out = _window(padded, axis, 0, length).copy()
-        for k in range(1, size):
-            combine(out, _window(padded, axis, k, length), out=out)
-    return out
+        out, length = source.copy(), source.shape[axis]
+
+        for d in range(1, half + 1):
+            # (target start, count, source start, count): the neighbour d after, the one d
+            # before, and beyond each edge the edge pixel (no padded copy; a no-op for and, or).
+            pieces = ((0, length - d, d, length - d), (d, length - d, 0, length - d))
+            pieces += ((0, d, 0, 1), (length - d, d, length - 1, 1))
+            for start, count, from_start, from_count in pieces:
+                target = _window(out, axis, start, count)
+                combine(target, _window(source, axis, from_start, from_count), out=target)
+        source = out
+    return source
 
 
 def _erode(mask: np.ndarray, size: int) -> np.ndarray:
@@ -621,13 +625,14 @@ def _dilate(mask: np.ndarray, size: int) -> np.ndarray:
 
 def _fill_holes(mask: np.ndarray) -> np.ndarray:
     """Add the pixels that have the mask on their left, right, above and below (holes)."""
-
-    def seen(axis: int, backwards: bool) -> np.ndarray:
-        m = np.flip(mask, axis) if backwards else mask
-        cumulative = np.maximum.accumulate(m, axis=axis)
-        return np.flip(cumulative, axis) if backwards else cumulative
-
-    enclosed = seen(1, False) & seen(1, True) & seen(2, False) & seen(2, True)
+    enclosed = np.ones_like(mask)
+    for axis in (1, 2):
+        # Between the first and the last mask pixel of each row (axis 2) or column (axis 1).
+        length = mask.shape[axis]
+        first = np.expand_dims(np.argmax(mask, axis=axis), axis)
+        last = length - 1 - np.expand_dims(np.argmax(np.flip(mask, axis), axis=axis), axis)
+        position = np.arange(length).reshape([-1 if a == axis else 1 for a in range(3)])
+        enclosed &= (position >= first) & (position <= last) & mask.any(axis=axis, keepdims=True)
     return mask | enclosed
 
 
