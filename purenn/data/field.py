@@ -727,24 +727,36 @@ def foliage(params: np.ndarray, noise: np.ndarray) -> np.ndarray:
     """Out-of-focus leaves: dark mottled green with leaf-like ellipses of other greens on top."""
     m, _, height, width = noise.shape
     shapes = params[:, 8:].reshape(m, _ELLIPSES, 6)
-    scale = np.float32(max(height, width))
+    cx, cy, length, ratio, turn = (shapes[:, :, j] for j in range(5))  # (m, ellipses) each
+    cx, cy = 1.2 * cx - 0.1, 1.2 * cy - 0.1
+    cos, sin = np.cos(np.pi * turn), np.sin(np.pi * turn)
+    along = 1 / (0.1 + 0.35 * length) ** 2  # 1 / semi-axis^2, along the leaf and across
+    across = along / (0.25 + 0.3 * ratio) ** 2
+    # ((dx cos + dy sin)^2 along + (dy cos - dx sin)^2 across) < 1 is a dx^2 + b dx dy + c dy^2
+    # < 1, inside the box |dx| <= sqrt(c / det), |dy| <= sqrt(a / det), det = a c - b^2 / 4.
+    a = cos**2 * along + sin**2 * across
+    b = 2 * cos * sin * (along - across)
+    c = sin**2 * along + cos**2 * across
+    det = a * c - b**2 / 4
+    scale = max(height, width)  # coordinates are fractions of the longer side
+    reach_x, reach_y = np.sqrt(c / det), np.sqrt(a / det)
+    x0 = np.clip(np.ceil((cx - reach_x) * scale), 0, width).astype(int)
+    x1 = np.clip(np.floor((cx + reach_x) * scale) + 1, 0, width).astype(int)
+    y0 = np.clip(np.ceil((cy - reach_y) * scale), 0, height).astype(int)
+    y1 = np.clip(np.floor((cy + reach_y) * scale) + 1, 0, height).astype(int)
     x, y = np.arange(width, dtype=np.float32) / scale, np.arange(height, dtype=np.float32) / scale
     label = np.zeros((m, height, width), np.intp)  # 0: the base, k + 1: ellipse k
-    for k in range(_ELLIPSES):  # painted in order: later leaves cover earlier ones
-        cx, cy, length, ratio, turn, _ = (shapes[:, k, j, None] for j in range(6))
-        dx, dy = x - (1.2 * cx - 0.1), y - (1.2 * cy - 0.1)  # (m, W), (m, H)
-        cos, sin = np.cos(np.pi * turn), np.sin(np.pi * turn)
-        along = 1 / (0.1 + 0.35 * length) ** 2  # 1 / semi-axis^2, along the leaf and across
-        across = along / (0.25 + 0.3 * ratio) ** 2
-        # ((dx cos + dy sin)^2 along + (dy cos - dx sin)^2 across) < 1, expanded so that only
-        # the cross term needs the full (H, W) grid.
-        xx = (cos**2 * along + sin**2 * across) * dx**2
-        yy = (sin**2 * along + cos**2 * across) * dy**2
-        xy = 2 * cos * sin * (along - across) * dy
-        inside = xy[:, :, None] * dx[:, None, :]
-        inside += xx[:, None, :]
-        inside += yy[:, :, None]
-        np.putmask(label, inside < 1, k + 1)
+    for i in range(m):
+        for k in range(_ELLIPSES):  # painted in order: later leaves cover earlier ones
+            if x0[i, k] >= x1[i, k] or y0[i, k] >= y1[i, k]:
+                continue
+            dx = x[x0[i, k] : x1[i, k]] - cx[i, k]
+            dy = (y[y0[i, k] : y1[i, k]] - cy[i, k])[:, None]
+            q = (b[i, k] * dy) * dx
+            q += a[i, k] * dx**2
+            q += c[i, k] * dy**2
+            box = label[i, y0[i, k] : y1[i, k], x0[i, k] : x1[i, k]]
+            box[q < 1] = k + 1
     shade = np.concatenate([np.full((m, 1), 0.2, np.float32), shapes[:, :, 5]], axis=1)
     greens = np.stack([0.1 + 0.3 * shade**2, 0.25 + 0.45 * shade, 0.05 + 0.15 * shade**2], 1)
     greens[:, :, 0] = (0.08, 0.2, 0.06)  # the base: dark green
