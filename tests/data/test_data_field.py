@@ -11,6 +11,9 @@ from PIL import Image
 
 from purenn.data import FieldAugmentation
 from purenn.data.field import (
+    _dilate,
+    _erode,
+    _fill_holes,
     affine_grid,
     gaussian_blur,
     hsv_to_rgb,
@@ -19,6 +22,7 @@ from purenn.data.field import (
     leaf_mask,
     resample,
     rgb_to_hsv,
+    soft_mask,
 )
 
 SHARED = Path(__file__).resolve().parents[2] / ".." / "shared" / "data"
@@ -227,6 +231,33 @@ def test_bad_batches_and_pieces():
 def _load(files: list[Path], size: int = 128) -> np.ndarray:
     images = [np.asarray(Image.open(f).convert("RGB").resize((size, size))) for f in files]
     return (np.stack(images).transpose(0, 3, 1, 2) / 255).astype(np.float32)
+
+
+def _sliding_boxes(mask: np.ndarray, size: int) -> np.ndarray:
+    """(N, H, W, size, size): each pixel's box, the edges replicated (the definition)."""
+    half = size // 2
+    padded = np.pad(mask, ((0, 0), (half, half), (half, half)), mode="edge")
+    return np.lib.stride_tricks.sliding_window_view(padded, (size, size), axis=(1, 2))
+
+
+@pytest.mark.parametrize("shape", [(2, 9, 13), (1, 24, 24), (3, 7, 30)])
+def test_box_filters_and_hole_filling_match_their_definitions(shape):
+    rng = np.random.default_rng(sum(shape))
+    for density in (0.05, 0.5, 0.9):
+        mask = rng.random(shape) < density
+        for size in (3, 7):
+            boxes = _sliding_boxes(mask, size)
+            np.testing.assert_array_equal(_erode(mask, size), boxes.all(axis=(3, 4)))
+            np.testing.assert_array_equal(_dilate(mask, size), boxes.any(axis=(3, 4)))
+        box_mean = _sliding_boxes(mask.astype(np.float64), 3).mean(axis=(3, 4))
+        np.testing.assert_allclose(soft_mask(mask), box_mean, atol=1e-6)
+        # A pixel is filled when some mask pixel is at or before it, and at or after it, along
+        # its row and along its column.
+        seen = []
+        for axis in (1, 2):
+            seen.append(np.maximum.accumulate(mask, axis=axis))
+            seen.append(np.flip(np.maximum.accumulate(np.flip(mask, axis), axis=axis), axis))
+        np.testing.assert_array_equal(_fill_holes(mask), mask | np.logical_and.reduce(seen))
 
 
 @pytest.mark.skipif(not PLANTVILLAGE.is_dir(), reason=f"no real images at {PLANTVILLAGE}")
