@@ -3,20 +3,21 @@
 Times each augmentation on a batch of ``--batch`` random ``--image-size`` float32 images (the
 median of ``--repeats`` calls, a new rng state each), with BLAS limited to ``--threads`` as in
 `purenn train`. With ``--step``, also a preset's training step (``--preset``; forward, loss,
-backward, clipping, Adam) on batches from a prefetching DataLoader without augmentation, with
-the standard one and with the field one (factor 2): the step time includes the contention of
-the loader's thread, which must also keep up with the step. The field step's ratio to the
-standard one is taken within each round (the machine's speed drifts between rounds), and its
-median over the rounds is the figure to quote. Runs twice: with the environment's OpenBLAS
-variables and with them unset (``timing.under_both_blas_settings``).
+backward, clipping, Adam) on batches from prefetching DataLoaders without augmentation, with
+the standard one and with the field one (factor 2), taken in turn a few steps at a time by one
+model (``interleaved_steps``): the step time includes the contention of the loader's thread,
+which must also keep up with the step. The field step's ratio to the standard one is taken
+within each round, and its median over the rounds is the figure to quote. Runs twice: with
+the environment's OpenBLAS variables and with them unset (``timing.under_both_blas_settings``).
 
     python benchmarks/bench_augment.py --step
-    python benchmarks/bench_augment.py --step --preset plantvillage-resnet --rounds 3
+    python benchmarks/bench_augment.py --step --preset plantvillage-resnet --rounds 30
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import statistics
 import time
 
@@ -37,11 +38,16 @@ def median_ms(augmentation, batch: np.ndarray, repeats: int) -> float:
     return 1000 * statistics.median(times)
 
 
-def step_ms(batches, preset: str, threads: int, steps: int) -> float:
-    """Median time of ``preset``'s training step (after one warm-up) over ``steps``.
+def interleaved_steps(
+    recipes: dict, preset: str, threads: int, rounds: int, steps: int, batch: int, size: int
+) -> dict[str, list[float]]:
+    """Per round and recipe, the median ms of ``steps`` training steps of ``preset``.
 
-    ``batches``: an iterator of ``(x, y)``; with a prefetching DataLoader the next batch is
-    augmented in its thread during the step, so the step's time includes that contention.
+    One model trains on batches from one endless prefetching DataLoader per recipe (an
+    augmentation or None); the rounds take the loaders in turn, a few steps each, so that the
+    machine's drift hits all alike. Each turn's first step is not timed: the loader used
+    before it may still be preparing its next batch. During a step the loader prepares the
+    next batch in its thread, so the step's time includes that contention.
     """
     from purenn.kernels import parallel
     from purenn.nn.losses import SoftmaxCrossEntropy
@@ -49,30 +55,36 @@ def step_ms(batches, preset: str, threads: int, steps: int) -> float:
     from purenn.presets import build_preset
 
     parallel.set_num_threads(threads)
-    model, times = None, []
-    for r, (x, y) in zip(range(steps + 1), batches, strict=False):
-        if model is None:
-            model = build_preset(preset, image_size=x.shape[2], seed=0)
-            params = model.parameters()
-            optimizer, loss_fn = Adam(params, lr=1e-4), SoftmaxCrossEntropy(label_smoothing=0.1)
-        start = time.perf_counter()
-        loss_fn.forward(model.forward(x, training=True), y % 38)
-        model.backward(loss_fn.backward(), input_grad=False)
-        clip_grad_norm(params, 1.0)
-        optimizer.step()
-        if r:  # the first step warms up
-            times.append(time.perf_counter() - start)
-    return 1000 * statistics.median(times)
+    model = build_preset(preset, image_size=size, seed=0)
+    params = model.parameters()
+    optimizer, loss_fn = Adam(params, lr=1e-4), SoftmaxCrossEntropy(label_smoothing=0.1)
+    streams = {
+        name: endless_batches(augmentation, batch, size) for name, augmentation in recipes.items()
+    }
+    times: dict[str, list[float]] = {name: [] for name in recipes}
+    for _ in range(rounds):
+        for name, stream in streams.items():
+            turn = []
+            for _ in range(steps + 1):
+                x, y = next(stream)
+                start = time.perf_counter()
+                loss_fn.forward(model.forward(x, training=True), y % 38)
+                model.backward(loss_fn.backward(), input_grad=False)
+                clip_grad_norm(params, 1.0)
+                optimizer.step()
+                turn.append(time.perf_counter() - start)
+            times[name].append(1000 * statistics.median(turn[1:]))
+    return times
 
 
-def loader_steps(augmentation, batch: int, size: int):
+def endless_batches(augmentation, batch: int, size: int):
     """Training batches of 512 random uint8 images, augmented x2 in the prefetch thread."""
     images = np.random.default_rng(1).integers(0, 256, (512, 3, size, size), dtype=np.uint8)
     loader = DataLoader(
         images, np.arange(512), np.arange(512), batch, shuffle=True,
         augmentation=augmentation, augment_factor=2 if augmentation else 1,
     )  # fmt: skip
-    return loader.epoch(0)
+    return (pair for epoch in itertools.count() for pair in loader.epoch(epoch))
 
 
 def main() -> None:
@@ -82,9 +94,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--step", action="store_true", help="also time the training step")
-    parser.add_argument("--steps", type=int, default=6, help="timed steps per loader (--step)")
+    parser.add_argument("--steps", type=int, default=3, help="--step: timed steps per turn")
     parser.add_argument("--preset", default="plantvillage-cnn", help="the model of --step")
-    parser.add_argument("--rounds", type=int, default=1, help="--step: alternations of loaders")
+    parser.add_argument("--rounds", type=int, default=10, help="--step: turns of each loader")
     args = parser.parse_args()
     if under_both_blas_settings():
         return
@@ -100,16 +112,16 @@ def main() -> None:
     for name, augmentation in rows:
         print(f"  {name:28s} {median_ms(augmentation, batch, args.repeats):8.1f} ms")
     if args.step:
-        print(f"{args.preset} train step, batch {args.batch}, median of {args.steps}, rounds:")
-        recipes = [
-            ("no augmentation", None), ("standard x2", Augmentation()),
-            ("field x2", FieldAugmentation()),
-        ]  # fmt: skip
-        times = {name: [] for name, _ in recipes}
-        for _ in range(args.rounds):
-            for name, augmentation in recipes:
-                batches = loader_steps(augmentation, args.batch, size)
-                times[name].append(step_ms(batches, args.preset, args.threads, args.steps))
+        print(
+            f"{args.preset} train step, batch {args.batch}, per round the median of {args.steps}:"
+        )
+        recipes = {
+            "no augmentation": None, "standard x2": Augmentation(),
+            "field x2": FieldAugmentation(),
+        }  # fmt: skip
+        times = interleaved_steps(
+            recipes, args.preset, args.threads, args.rounds, args.steps, args.batch, size
+        )
         for name, measured in times.items():
             rounds = " ".join(f"{t:7.1f}" for t in measured)
             print(f"  {name:28s} {rounds}  median {statistics.median(measured):7.1f} ms")
