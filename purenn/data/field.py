@@ -1,8 +1,9 @@
 """Field-photo augmentation: lab leaves made to look like photos taken on the plant.
 
 Every operation works on a float batch ``(N, 3, H, W)`` in [0, 1] (float32 or float64, kept) and
-is vectorised over the batch; only the JPEG round trip (Pillow) and the per-image sensor-noise
-generators loop over images.
+is vectorised over the batch; ``apply`` runs them ``CHUNK_IMAGES`` images at a time, and only
+the JPEG round trip (Pillow), the sensor noise's slices of its bank and the foliage ellipses'
+boxes loop over images.
 """
 
 from __future__ import annotations
@@ -50,7 +51,7 @@ class FieldAugmentation:
         hue: h; shift the hue by U(-h, h) of the colour circle (at most 0.5).
         saturation, brightness: s; multiply the HSV saturation (value) by U(1 - s, 1 + s).
         blur: b; Gaussian blur with sigma from U(0, b) pixels (separable, reflected edges).
-        noise: n; add Gaussian sensor noise with sigma from U(0, n).
+        noise: n; add Gaussian sensor noise with sigma from U(0, n) (``add_sensor_noise``).
         jpeg: ``(lo, hi)``; re-encode as JPEG at a quality from lo..hi (Pillow).
 
     Order: the leaf mask (on the lab image), one bilinear warp for flip, crop and rotation (the
