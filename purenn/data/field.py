@@ -258,8 +258,9 @@ class FieldAugmentation:
             sigma = draws["sigma"]
             # Each image's kernel reaches 3 sigma (99.7% of its weight): images by radius.
             radius = np.ceil(3 * sigma).astype(int)
-            for r in np.unique(radius[sigma >= MIN_BLUR_SIGMA]):
-                blurred = np.flatnonzero((radius == r) & (sigma >= MIN_BLUR_SIGMA))
+            visible = sigma >= MIN_BLUR_SIGMA
+            for r in np.unique(radius[visible]):
+                blurred = np.flatnonzero((radius == r) & visible)
                 batch[blurred] = gaussian_blur(batch[blurred], sigma[blurred], int(r))
         if "noise_sigma" in draws:
             add_sensor_noise(batch, draws["noise_sigma"], draws["noise_start"])
@@ -299,7 +300,7 @@ class FieldAugmentation:
         width: int,
         dtype: np.dtype,
     ) -> np.ndarray:
-        """``(M, 3, H, W)`` backgrounds, image m of kind ``kinds[kind[m]]``."""
+        """``(M, 3, H, W)`` backgrounds, image m of kind ``self._background_kinds[kind[m]]``."""
         out = np.empty((len(kind), 3, height, width), dtype)
         params = params.astype(np.float32)
         for k, name in enumerate(self._background_kinds):
