@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import purenn as pn
-from purenn.kernels import fused
+from purenn.kernels import banded, channels_last
 from purenn.kernels.parallel import set_num_threads
 from purenn.nn.layers import LAYER_TYPES
 from purenn.presets import build_preset
@@ -149,32 +149,24 @@ def test_the_presets_are_fused_into_few_steps():
     assert ["BatchNorm2D"] not in fused
 
 
-@pytest.mark.parametrize(
-    ("n", "c", "o", "side", "stride", "pad", "groups", "relu", "pool", "whole_samples"),
-    [
-        (11, 8, 6, 4, 1, 1, 1, True, False, True),  # 4x4 maps: bands of whole samples
-        (9, 6, 6, 5, 1, 1, 3, False, True, True),  # grouped, an odd map pooled to 2x2
-        (7, 4, 8, 8, 2, 0, 1, True, True, True),  # strided, unpadded
-        (3, 3, 4, 24, 1, 1, 1, True, True, False),  # bands of rows of one sample
-        (2, 4, 4, 9, 2, 1, 4, False, False, False),  # depthwise, one image split in rows
-    ],
-)
-def test_the_fused_kernel_is_the_convolution_then_relu_then_pooling(
-    n, c, o, side, stride, pad, groups, relu, pool, whole_samples
-):
-    """Both band shapes (rows of a sample; several whole samples of a small map, remainder
-    included) against the loop convolution, ReLU and 2x2 pooling written from the definition."""
+CASES = ("n", "c", "o", "side", "stride", "pad", "groups", "relu", "pool", "whole_samples")
+#: the last flag: whether the channels-first kernel takes bands of whole samples
+KERNEL_CASES = [
+    (11, 8, 6, 4, 1, 1, 1, True, False, True),  # 4x4 maps
+    (9, 6, 6, 5, 1, 1, 3, False, True, True),  # grouped, an odd map pooled to 2x2
+    (7, 4, 8, 8, 2, 0, 1, True, True, True),  # strided, unpadded
+    (3, 3, 4, 24, 1, 1, 1, True, True, False),  # a larger map
+    (2, 4, 4, 9, 2, 1, 4, False, False, False),  # depthwise, one image split in rows
+]
+
+
+def _convolution_relu_pooling(x, weight, bias, stride, pad, groups, relu, pool):
+    """The loop convolution, ReLU and 2x2 pooling, written from the definition (float64)."""
     from naive_conv import naive_conv2d
 
-    rng = np.random.default_rng(7)
-    x = rng.standard_normal((n, c, side, side))
-    weight = rng.standard_normal((o, c // groups, 3, 3))
-    bias = rng.standard_normal(o)
-    out_side = (side + 2 * pad - 3) // stride + 1
-    group = fused.samples_per_band(c * 9 + o, out_side**2, n, 8)
-    assert (group > 1) == whole_samples and group < n
-    ci, co = c // groups, o // groups  # each group: its own input and output channels
-    expected = np.concatenate(
+    o, ci = len(weight), x.shape[1] // groups
+    co = o // groups  # each group: its own input and output channels
+    y = np.concatenate(
         [
             naive_conv2d(
                 x[:, g * ci : (g + 1) * ci],
@@ -188,12 +180,78 @@ def test_the_fused_kernel_is_the_convolution_then_relu_then_pooling(
         axis=1,
     )
     if relu:
-        expected = np.maximum(expected, 0)
+        y = np.maximum(y, 0)
     if pool:
-        h = out_side // 2 * 2
-        expected = expected[:, :, :h, :h].reshape(n, o, h // 2, 2, h // 2, 2).max(axis=(3, 5))
-    y = fused.conv2d(x, weight, bias, (stride,) * 2, (pad,) * 4, groups, relu, pool)
+        h, w = y.shape[2] // 2 * 2, y.shape[3] // 2 * 2
+        y = y[:, :, :h, :w].reshape(len(x), o, h // 2, 2, w // 2, 2).max(axis=(3, 5))
+    return y
+
+
+def _kernel_case(n, c, o, side, groups, seed=7):
+    rng = np.random.default_rng(seed)
+    return (
+        rng.standard_normal((n, c, side, side)),
+        rng.standard_normal((o, c // groups, 3, 3)),
+        rng.standard_normal(o),
+    )
+
+
+@pytest.mark.parametrize(CASES, KERNEL_CASES)
+def test_the_banded_kernel_is_the_convolution(
+    n, c, o, side, stride, pad, groups, relu, pool, whole_samples
+):
+    """Conv2D's forward kernel (channels-first; no ReLU or pooling of its own), both band
+    shapes (rows of a sample; several whole samples of a small map, remainder included),
+    against the definition."""
+    x, weight, bias = _kernel_case(n, c, o, side, groups)
+    expected = _convolution_relu_pooling(x, weight, bias, stride, pad, groups, False, False)
+    out_side = (side + 2 * pad - 3) // stride + 1
+    group = banded.samples_per_band(c * 9 + o, out_side**2, n, 8)
+    assert (group > 1) == whole_samples and group < n
+    y = banded.conv2d(x, weight, bias, (stride,) * 2, (pad,) * 4, groups)
     np.testing.assert_allclose(y, expected, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize(CASES, KERNEL_CASES)
+@pytest.mark.parametrize(
+    ("band_bytes", "least_parallel_flops"),
+    [(1 << 12, 0), (1 << 22, 0), (1 << 22, 1 << 40)],
+    ids=["bands of a few rows", "bands for the threads", "one band"],
+)
+def test_the_channels_last_kernel_is_the_convolution_then_relu_then_pooling(
+    n, c, o, side, stride, pad, groups, relu, pool, whole_samples, band_bytes,
+    least_parallel_flops, monkeypatch,
+):  # fmt: skip
+    """From a channels-last and from a channels-first input, against the definition."""
+    monkeypatch.setattr(channels_last, "BAND_BYTES", band_bytes)
+    monkeypatch.setattr(channels_last, "MIN_PARALLEL_FLOPS", least_parallel_flops)
+    x, weight, bias = _kernel_case(n, c, o, side, groups)
+    expected = _convolution_relu_pooling(x, weight, bias, stride, pad, groups, relu, pool)
+    for channels_last_input in (True, False):
+        given = channels_last.to_channels_last(x) if channels_last_input else x
+        matrix = channels_last.weight_matrix(weight, groups, channels_last_input)
+        geometry = ((3, 3), (stride,) * 2, (pad,) * 4)
+        y = channels_last.conv2d(given, matrix, bias, *geometry, relu, pool, channels_last_input)
+        np.testing.assert_allclose(
+            channels_last.to_channels_first(y), expected, rtol=1e-12, atol=1e-12
+        )
+
+
+def test_the_channels_last_bands():
+    """(rows, samples) per band: under BAND_BYTES, at least MIN_BANDS when split over threads."""
+    float32 = 4
+    # plantvillage-resnet's 32x32 layer at batch 32 (K + O = 320): three samples per band
+    assert channels_last.bands(320, 32, 32, 32, float32, False, True) == (32, 3)
+    # its 4x4 layer (K + O = 2560): 8 samples per band, so 4 bands
+    assert channels_last.bands(2560, 4, 4, 32, float32, False, True) == (4, 8)
+    # the CNN's first layer for one image: 4 bands of 32 rows, or one band in one thread
+    assert channels_last.bands(59, 128, 128, 1, float32, True, True) == (32, 1)
+    assert channels_last.bands(59, 128, 128, 1, float32, True, False) == (128, 1)
+    # a sample larger than BAND_BYTES is cut into bands of rows, an even count when pooled
+    # (up to one row more than fits)
+    rows, samples = channels_last.bands(59, 128, 128, 32, 8, True, True)
+    assert samples == 1 and rows % 2 == 0 and rows < 128
+    assert (rows - 1) * 128 * 59 * 8 <= channels_last.BAND_BYTES < (rows + 1) * 128 * 59 * 8
 
 
 def test_the_result_does_not_depend_on_the_thread_count():

@@ -186,6 +186,18 @@ def col2im(
     return grad
 
 
+def maxpool2x2(x: np.ndarray, out: np.ndarray) -> np.ndarray:
+    """2x2 stride-2 max-pooling of (..., H, W) into ``out`` (..., H // 2, W // 2), x's dtype.
+
+    First the maximum of row pairs (whole contiguous rows), then of column pairs on the
+    half-height result; an odd last row or column is outside every window, as in PyTorch.
+    """
+    h, w = out.shape[-2] * 2, out.shape[-1] * 2
+    row_max = np.empty(x.shape[:-2] + (h // 2, x.shape[-1]), dtype=x.dtype)
+    np.maximum(x[..., 0:h:2, :], x[..., 1:h:2, :], out=row_max)
+    return np.maximum(row_max[..., 0:w:2], row_max[..., 1:w:2], out=out)
+
+
 def softmax(x: np.ndarray, axis: int = -1) -> np.ndarray:
     """Softmax along ``axis``, shifted by the maximum so ``exp`` cannot overflow; keeps dtype."""
     e = np.exp(x - x.max(axis=axis, keepdims=True))

@@ -7,8 +7,13 @@
   ``bn(W x + b) = (s W) x + (s (b - mean) + beta)`` with ``s = gamma / sqrt(var + eps)`` per
   output channel (computed in float64, then cast);
 - the ReLU, 2x2 max-pooling and Dropout (the identity in evaluation) that follow a Conv2D, a
-  Dense, a BatchNorm or an Add run inside that step (:func:`purenn.kernels.fused.conv2d`: one
-  pass per band of output rows, in cache);
+  Dense, a BatchNorm or an Add run inside that step (one pass per band of output rows, in
+  cache);
+- the maps between convolutions are channels-last, (N, H, W, C): every convolution runs
+  :func:`purenn.kernels.channels_last.conv2d` and writes channels-last; Add and the
+  element-wise activations take the layout they are given; GlobalAvgPool2D averages either
+  layout; every other layer is given channels-first maps (one transpose where a channels-last
+  map meets it, as at the CNN's Flatten), and so is the caller;
 - every other layer runs its ``infer``: nothing is kept for a backward pass.
 
 A layer is absorbed into the step before it only if that step's output feeds it alone (in a
@@ -26,7 +31,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from purenn.kernels import channels_last
 from purenn.kernels.parallel import num_threads, single_threaded_blas
+from purenn.kernels.workspace import Workspace
 from purenn.nn.layers import (
     Add,
     BatchNorm1D,
@@ -34,20 +41,33 @@ from purenn.nn.layers import (
     Conv2D,
     Dense,
     Dropout,
+    GlobalAvgPool2D,
     Layer,
+    LeakyReLU,
     MaxPool2D,
     ReLU,
+    Sigmoid,
+    Tanh,
 )
+
+#: Layers whose evaluation is the same per element in any layout.
+ELEMENTWISE = (Add, ReLU, LeakyReLU, Sigmoid, Tanh, Dropout)
 
 
 @dataclass
 class Step:
-    """One fused step: reads the tensors ``inputs`` (0 = the model input), writes ``output``."""
+    """One fused step: reads the tensors ``inputs`` (0 = the model input), writes ``output``.
+
+    ``run`` takes the input tensors in the layouts the plan keeps them in and returns the
+    output in the layout ``channels_last`` says (4-D maps only; other tensors are as the
+    layers give them).
+    """
 
     layers: list[int]
     inputs: list[int]
     output: int
     run: Callable[[list[np.ndarray]], np.ndarray]
+    channels_last: bool = False
 
 
 def _is_pool2x2(layer: Layer) -> bool:
@@ -70,33 +90,66 @@ def _absorbable(head: Layer, taken: list[Layer], layer: Layer) -> bool:
 
 
 def _folded(head: Conv2D | Dense, taken: list[Layer]):
-    """(weight, bias) for ``head.infer``: with an absorbed BatchNorm folded in (new arrays).
+    """(weight, bias) of ``head`` with an absorbed BatchNorm folded in (new arrays).
 
-    (None, None), the layer's own arrays, when there is nothing to fold.
+    With nothing to fold, the layer's own: its live weight (or weight norm's g * v / ||v||,
+    computed once) and its bias (None without one).
     """
     norm = next((t for t in taken if isinstance(t, BatchNorm1D | BatchNorm2D)), None)
     if norm is None:
-        # the live weight, or weight norm's g * v / ||v|| computed once
-        return (head.weight(), None) if head.weight_norm else (None, None)
+        return head.weight(), head.params["bias"] if head.use_bias else None
     scale, shift = norm.folded()
     weight = head.weight() * scale.reshape((-1,) + (1,) * (head.weight().ndim - 1))
     bias = shift if not head.use_bias else shift + scale * head.params["bias"]
     return weight.astype(head.dtype), bias.astype(head.dtype)
 
 
-def _fused_run(head: Layer, taken: list[Layer]) -> Callable[[list[np.ndarray]], np.ndarray]:
-    """The function computing ``head`` followed by the absorbed ``taken`` layers."""
+def _conv_run(head: Conv2D, taken: list[Layer], channels_last_input: bool):
+    """The function computing the convolution ``head`` and the absorbed ``taken`` layers from an
+    (N, H, W, C) map, or from an (N, C, H, W) one (checked as the layer checks its input), to an
+    (N, H', W', O) map."""
+    weight, bias = _folded(head, taken)
+    matrix = channels_last.weight_matrix(weight, head.groups, channels_last_input)
     relu = any(type(t) is ReLU for t in taken)
-    if isinstance(head, Conv2D):
-        weight, bias = _folded(head, taken)
-        pool = any(_is_pool2x2(t) for t in taken)
-        return lambda args: head.infer(args[0], weight, bias, relu=relu, pool=pool)
+    pool = any(_is_pool2x2(t) for t in taken)
+    workspace = Workspace()
+
+    def run(args: list[np.ndarray]) -> np.ndarray:
+        x = args[0] if channels_last_input else head.checked_input(args[0])
+        geometry = (head.kernel_size, head.stride, head.pads)
+        return channels_last.conv2d(
+            x, matrix, bias, *geometry, relu, pool, channels_last_input, workspace
+        )
+
+    return run
+
+
+def _fused_run(head: Layer, taken: list[Layer]) -> Callable[[list[np.ndarray]], np.ndarray]:
+    """The function computing ``head`` followed by the absorbed ``taken`` layers, on
+    channels-first maps (a convolution: :func:`_conv_run`)."""
+    relu = any(type(t) is ReLU for t in taken)
     if isinstance(head, Dense):
         weight, bias = _folded(head, taken)
         return lambda args: head.infer(args[0], weight, bias, relu=relu)
     if isinstance(head, BatchNorm1D | BatchNorm2D | Add):
         return lambda args: head.infer(args if head.merges else args[0], relu=relu)
     return lambda args: head.infer(args if head.merges else args[0])
+
+
+def _arranged(run, given: list[bool], wanted: bool):
+    """``run`` given its input maps in the layout ``wanted`` (True: channels-last), whatever
+    the layouts ``given`` (per input) they come in; tensors that are not maps pass as they are."""
+    convert = channels_last.to_channels_last if wanted else channels_last.to_channels_first
+
+    def arranged(args: list[np.ndarray]) -> np.ndarray:
+        return run(
+            [
+                convert(x) if layout != wanted and x.ndim == 4 else x
+                for x, layout in zip(args, given, strict=True)
+            ]
+        )
+
+    return arranged
 
 
 class InferencePlan:
@@ -115,6 +168,7 @@ class InferencePlan:
                 readers.setdefault(i, []).append(k)
         self.output = len(layers)
         self.steps: list[Step] = []
+        self._channels_last = {0: False}  # per tensor: a channels-last map
         k = 0
         while k < len(layers):
             head, chain = layers[k], [k]
@@ -129,10 +183,29 @@ class InferencePlan:
                 ):
                     break
                 chain.append(nxt)
-            run = _fused_run(head, [layers[j] for j in chain[1:]])
-            self.steps.append(Step(chain, inputs[k], chain[-1] + 1, run))
+            step = self._step(head, [layers[j] for j in chain[1:]], chain, inputs[k])
+            self._channels_last[step.output] = step.channels_last
+            self.steps.append(step)
             k = chain[-1] + 1
         self._last_read = {i: s for s, step in enumerate(self.steps) for i in step.inputs}
+
+    def _step(self, head: Layer, taken: list[Layer], chain: list[int], reads: list[int]) -> Step:
+        """The step running ``head`` and ``taken``, in the layout its inputs come in where it can
+        take it; a channels-last map for a layer that cannot is transposed first."""
+        given = [self._channels_last[i] for i in reads]
+        if isinstance(head, Conv2D):
+            return Step(chain, reads, chain[-1] + 1, _conv_run(head, taken, given[0]), True)
+        run = _fused_run(head, taken)
+        if isinstance(head, ELEMENTWISE):
+            wanted = given[0]
+        elif isinstance(head, GlobalAvgPool2D) and given[0]:
+            wanted = True
+            run = lambda args: args[0].mean(axis=(1, 2), dtype=args[0].dtype)  # noqa: E731
+        else:
+            wanted = False
+        if any(layout != wanted for layout in given):
+            run = _arranged(run, given, wanted)
+        return Step(chain, reads, chain[-1] + 1, run, wanted and isinstance(head, ELEMENTWISE))
 
     def run(self, x: np.ndarray) -> np.ndarray:
         """The model's output for the batch ``x``, as the layers' evaluation-mode forward gives."""
@@ -147,4 +220,6 @@ class InferencePlan:
                 for i in step.inputs:
                     if self._last_read.get(i) == s:
                         values.pop(i, None)
+        if self._channels_last[self.output]:
+            return channels_last.to_channels_first(values[self.output])
         return values[self.output]

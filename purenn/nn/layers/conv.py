@@ -25,16 +25,17 @@ windows contracted by ``einsum`` (benchmarks/bench_grouped_conv.py, docs/RESULTS
 scheme was the fastest at every map size of plantvillage-resnet (1 thread, forward+backward,
 batch 32: 87 against 128 and 448 ms for 32 channels at 64x64).
 
-Forward runs :func:`purenn.kernels.fused.conv2d`: per band of output rows of a sample, one
+Forward runs :func:`purenn.kernels.banded.conv2d`: per band of output rows of a sample, one
 im2col copy and one GEMM while the band's column matrix is in cache, the bands split over
-purenn's threads with single-threaded BLAS (the eval-mode fast path runs the same kernel with
-ReLU and pooling fused in). Backward takes whole samples per thread
-(``purenn.kernels.parallel.over_samples``), so a sample's column matrix (1-5 MB in the preset
-CNN) is written, multiplied and read back while it is in that core's cache, and no (N, K, P)
-matrix is ever stored: recomputing im2col in backward costs less than streaming the batch's
-column matrices (320 MB for the preset CNN at batch 32) to memory and back (docs/RESULTS.md,
-issue 13). On a small map, where the forward's bands hold several samples, the backward's
-products take the same samples together: col (K, S * P) and dy (O, S * P).
+purenn's threads with single-threaded BLAS (the eval-mode fast path runs its own channels-last
+kernel with BatchNorm, ReLU and pooling fused in, :mod:`purenn.kernels.channels_last`).
+Backward takes whole samples per thread (``purenn.kernels.parallel.over_samples``), so a
+sample's column matrix (1-5 MB in the preset CNN) is written, multiplied and read back while it
+is in that core's cache, and no (N, K, P) matrix is ever stored: recomputing im2col in backward
+costs less than streaming the batch's column matrices (320 MB for the preset CNN at batch 32)
+to memory and back (docs/RESULTS.md, issue 13). On a small map, where the forward's bands hold
+several samples, the backward's products take the same samples together: col (K, S * P) and
+dy (O, S * P).
 
 ``algorithm="winograd"`` computes 3x3 stride-1 padding-1 layers with Winograd F(2x2, 3x3)
 instead (``purenn.kernels.winograd``, 16 multiplications per output 2x2 block and channel pair
@@ -49,7 +50,7 @@ from __future__ import annotations
 import numpy as np
 
 from purenn.checks import check_int
-from purenn.kernels import fused, winograd
+from purenn.kernels import banded, winograd
 from purenn.kernels.ops import col2im, im2col, output_size, pair
 from purenn.kernels.parallel import over_samples, sample_threads
 from purenn.nn.layers.weighted import WeightedLayer
@@ -191,51 +192,34 @@ class Conv2D(WeightedLayer):
         )
 
     def forward(self, x: np.ndarray, training: bool = True) -> np.ndarray:
-        x = self._checked(x)
+        x = self.checked_input(x)
         self._algorithm = self.algorithm_for(x.shape[1:])
         self._w = self.weight()
         self._x = x
-        return self._convolve(x, self._w, self._bias(), False, False, self._algorithm)
+        return self._convolve(x, self._w, self._bias(), self._algorithm)
 
-    def infer(
-        self,
-        x: np.ndarray,
-        weight: np.ndarray | None = None,
-        bias: np.ndarray | None = None,
-        relu: bool = False,
-        pool: bool = False,
-    ) -> np.ndarray:
-        """Inference: ``maxpool2x2(relu(conv(x) + bias))``, pooling and ReLU when asked; no caches.
+    def infer(self, x: np.ndarray) -> np.ndarray:
+        """Inference on (N, C, H, W): the forward, keeping nothing for a backward."""
+        x = self.checked_input(x)
+        return self._convolve(x, self.weight(), self._bias(), self.algorithm_for(x.shape[1:]))
 
-        Args:
-            x: (N, C, H, W).
-            weight, bias: (O, C/G, kh, kw) and (O,) used instead of the layer's own (the fast
-                path passes them with a BatchNorm folded in); None takes the layer's.
-            relu: apply ReLU. pool: 2x2 stride-2 max-pooling.
-        """
-        x = self._checked(x)
-        weight = self.weight() if weight is None else weight
-        bias = self._bias() if bias is None else bias
-        return self._convolve(x, weight, bias, relu, pool, self.algorithm_for(x.shape[1:]))
-
-    def _checked(self, x) -> np.ndarray:
+    def checked_input(self, x) -> np.ndarray:
+        """x as an (N, C, H, W) array of the layer's dtype; a clear error for another shape."""
         x = np.asarray(x, dtype=self.dtype)
         self.check_input(x, 4, 1, self.in_channels)
         self.output_shape(x.shape[1:])
         return x
 
-    def _convolve(self, x, weight, bias, relu: bool, pool: bool, algorithm: str) -> np.ndarray:
-        """The convolution of x with ``weight`` + ``bias``, then ReLU and 2x2 pooling if asked;
-        ``algorithm`` is what :meth:`algorithm_for` chose for x."""
+    def _convolve(self, x, weight, bias, algorithm: str) -> np.ndarray:
+        """The convolution of x with ``weight``, + ``bias``; ``algorithm`` is what
+        :meth:`algorithm_for` chose for x."""
         if algorithm == "winograd":
             _, out_h, out_w = self.output_shape(x.shape[1:])
             th, tw = winograd.tiles(out_h, out_w)
             self._v = self.scratch("winograd_v", (16, self.in_channels, len(x) * th * tw), x.dtype)
             y = winograd.conv3x3(x, winograd.transform_filter(weight), v_out=self._v)
-            return fused.finish(y, bias, relu, pool)
-        return fused.conv2d(
-            x, weight, bias, self.stride, self.pads, self.groups, relu, pool, self._scratch
-        )
+            return banded.add_channel_bias(y, bias)
+        return banded.conv2d(x, weight, bias, self.stride, self.pads, self.groups, self._scratch)
 
     def backward(self, grad_out: np.ndarray, input_grad: bool = True) -> np.ndarray | None:
         n = grad_out.shape[0]
@@ -247,7 +231,7 @@ class Conv2D(WeightedLayer):
         grouped = self._grouped
         k, positions = w.shape[-1] * self.groups, dy.shape[2]
         # Whole samples per product, as the forward's bands (several only on small maps).
-        group = fused.samples_per_band(k + self.out_channels, positions, n, self.dtype.itemsize)
+        group = banded.samples_per_band(k + self.out_channels, positions, n, self.dtype.itemsize)
         bands = -(-n // group)
         # One (G, O/G, K/G) product per band, summed afterwards in band order: the same sum
         # whatever the thread count.

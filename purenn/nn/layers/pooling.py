@@ -9,8 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from purenn.kernels.fused import maxpool2x2
-from purenn.kernels.ops import output_size, pair, window_slices
+from purenn.kernels.ops import maxpool2x2, output_size, pair, window_slices
 from purenn.kernels.parallel import over_batch
 from purenn.nn.layers.base import Layer, as_float_array
 

@@ -1,26 +1,25 @@
-"""Inference kernels: a convolution with its bias, ReLU and 2x2 max-pooling in one pass.
+"""The channels-first convolution in bands: im2col and one GEMM per band, in cache.
 
-The eval-mode fast path (``purenn.nn.inference``) runs a convolution and the element-wise
-layers after it as one job per band of output rows. For a sample's band of ``b`` output rows
-(P = b * Wo positions, K = C * kh * kw):
+Conv2D's forward (training, and ``Conv2D.infer``) runs :func:`conv2d`. For a sample's band of
+``b`` output rows (P = b * Wo positions, K = C * kh * kw):
 
     xpad      (C, H + pads, W + pads)   the sample, zero-padded once per sample
     col       (K, P)                    the band's receptive fields, one strided copy
-    acc       (O, P) = W (O, K) @ col   one single-threaded GEMM (per group: (G, O/G, K/G) @
-                                        (G, K/G, P), as in training)
-    y         max over 2x2 windows of acc, then + bias, then max(., 0)
+    y         (O, P) = W (O, K) @ col   one single-threaded GEMM straight into the band's block
+                                        of y (per group: (G, O/G, K/G) @ (G, K/G, P))
+    y         + bias, once per sample over the rows a thread wrote
 
-Max-pooling commutes with adding a per-channel constant and with ReLU (both monotone), so bias
-and ReLU run on the pooled quarter of the elements. A band's column matrix is kept under
-``BAND_BYTES``, so it is written, multiplied and read while in the core's cache; the bands of
-the batch are split over purenn's threads, so one image keeps both cores busy too. Nothing is
-kept for a backward pass.
+A band's column matrix is kept under ``BAND_BYTES``, so it is written, multiplied and read while
+in the core's cache; the bands of the batch are split over purenn's threads, so one image keeps
+both cores busy too.
 
 A small map makes a thin GEMM: at 4x4 a sample's band has P = 16 columns, and BLAS multiplies
 such a product at a third of its speed on 128 columns. Where a whole sample's band has fewer
 than ``GROUP_COLUMNS`` columns, a band takes several whole samples instead: col is (K, S, P)
-for S samples, one GEMM gives acc (O, S, P), and the pooling (or a copy) writes it back as
-(S, O, ...).
+for S samples, one GEMM gives acc (O, S, P), copied back as (S, O, P).
+
+The eval-mode fast path has its own kernel, channels-last with ReLU and pooling fused in
+(:mod:`purenn.kernels.channels_last`).
 """
 
 from __future__ import annotations
@@ -43,19 +42,16 @@ GROUP_COLUMNS = 128
 MIN_PARALLEL_FLOPS = 1 << 25
 
 
-def band_rows(k: int, out_w: int, out_h: int, n: int, itemsize: int, pool: bool) -> int:
+def band_rows(k: int, out_w: int, out_h: int, n: int, itemsize: int) -> int:
     """Output rows per band: col and the GEMM's output, (k, rows * out_w) together, stay under
-    BAND_BYTES (k: im2col rows plus output channels); even rows if pooled.
+    BAND_BYTES (k: im2col rows plus output channels).
 
     A batch of fewer than MIN_BANDS bands is cut finer, so one image keeps the cores busy. The
     bands never depend on the thread count: neither do the results, bit for bit.
     """
     rows = max(1, BAND_BYTES // (k * out_w * itemsize))
     per_sample = -(-MIN_BANDS // n)
-    rows = min(rows, -(-out_h // per_sample))
-    if pool:
-        rows = max(2, rows + rows % 2)
-    return min(rows, out_h)
+    return min(rows, -(-out_h // per_sample), out_h)
 
 
 def samples_per_band(k: int, positions: int, n: int, itemsize: int) -> int:
@@ -70,48 +66,15 @@ def samples_per_band(k: int, positions: int, n: int, itemsize: int) -> int:
     return max(1, min(wanted, fitting, -(-n // MIN_BANDS)))
 
 
-def maxpool2x2(x: np.ndarray, out: np.ndarray, row_max: np.ndarray | None = None) -> np.ndarray:
-    """2x2 stride-2 max-pooling of (..., H, W) into ``out`` (..., H // 2, W // 2).
+def add_channel_bias(y: np.ndarray, bias: np.ndarray | None) -> np.ndarray:
+    """In place: ``y[:, c] += bias[c]`` for an (N, C, H, W) batch, split over the threads.
 
-    First the maximum of row pairs (whole contiguous rows), then of column pairs on the
-    half-height result; an odd last row or column is outside every window, as in PyTorch.
-
-    Args:
-        x: (..., H, W).
-        out: (..., H // 2, W // 2), x's dtype.
-        row_max: optional (..., H // 2, W) work array.
+    For a convolution computed otherwise (Winograd); returns y.
     """
-    h, w = out.shape[-2] * 2, out.shape[-1] * 2
-    if row_max is None:
-        row_max = np.empty(x.shape[:-2] + (h // 2, x.shape[-1]), dtype=x.dtype)
-    np.maximum(x[..., 0:h:2, :], x[..., 1:h:2, :], out=row_max)
-    return np.maximum(row_max[..., 0:w:2], row_max[..., 1:w:2], out=out)
-
-
-def channel_bias_relu(y: np.ndarray, bias: np.ndarray | None, relu: bool) -> None:
-    """In place on one sample's (C, ...) block: ``y[c] += bias[c]``, then ReLU if asked."""
     if bias is not None:
-        np.add(y, bias.reshape((-1,) + (1,) * (y.ndim - 1)), out=y)
-    if relu:
-        np.maximum(y, 0, out=y)
-
-
-def finish(y: np.ndarray, bias: np.ndarray | None, relu: bool, pool: bool) -> np.ndarray:
-    """``maxpool2x2(relu(y + bias))`` of an (N, C, H, W) batch, per sample over the threads.
-
-    For a convolution computed otherwise (Winograd); returns y itself when nothing is pooled.
-    """
-    n, c, h, w = y.shape
-    out = np.empty((n, c, h // 2, w // 2), dtype=y.dtype) if pool else y
-
-    def samples(batch: slice) -> None:
-        for i in range(batch.start, batch.stop):
-            if pool:
-                maxpool2x2(y[i], out[i])
-            channel_bias_relu(out[i], bias, relu)
-
-    over_batch(n, samples, y.nbytes)
-    return out
+        per_channel = bias.reshape(-1, 1, 1)
+        over_batch(len(y), lambda rows: np.add(y[rows], per_channel, out=y[rows]), y.nbytes)
+    return y
 
 
 def padded(samples: np.ndarray, pads: tuple[int, int, int, int], out: np.ndarray) -> np.ndarray:
@@ -133,11 +96,9 @@ def conv2d(
     stride: tuple[int, int],
     pads: tuple[int, int, int, int],
     groups: int = 1,
-    relu: bool = False,
-    pool: bool = False,
     workspace: Workspace | None = None,
 ) -> np.ndarray:
-    """``maxpool2x2(relu(conv(x, weight) + bias))``, the pooling and ReLU each when asked.
+    """``conv(x, weight) + bias``, cross-correlation as PyTorch's.
 
     Args:
         x: (N, C, H, W) input, float32 or float64.
@@ -145,11 +106,10 @@ def conv2d(
         bias: (O,) or None.
         stride: (sh, sw). pads: zero padding (top, bottom, left, right).
         groups: G; the C input and O output channels split into G groups.
-        relu: apply max(., 0). pool: 2x2 stride-2 max-pooling (floor, as PyTorch).
         workspace: keeps the per-thread buffers across calls (new ones when None).
 
     Returns:
-        (N, O, Ho, Wo), or (N, O, Ho // 2, Wo // 2) when pooled; a new array.
+        (N, O, Ho, Wo), a new array.
     """
     workspace = workspace or Workspace()
     n, c, h, w = x.shape
@@ -157,15 +117,14 @@ def conv2d(
     top, bottom, left, right = pads
     out_h = output_size(h, kh, stride[0], top + bottom)
     out_w = output_size(w, kw, stride[1], left + right)
-    rows_needed = 2 * (out_h // 2) if pool else out_h  # an odd last row is pooled away
     k = c * kh * kw
-    rows = band_rows(k + o, out_w, rows_needed, n, x.itemsize, pool)
+    rows = band_rows(k + o, out_w, out_h, n, x.itemsize)
     group = 1
-    if rows == rows_needed:
-        group = samples_per_band(k + o, rows_needed * out_w, n, x.itemsize)
-    bands = -(-rows_needed // rows)  # per sample; or, with group > 1, one per `group` samples
-    y_h, y_w = (out_h // 2, out_w // 2) if pool else (out_h, out_w)
-    y = np.empty((n, o, y_h, y_w), dtype=x.dtype)
+    if rows == out_h:
+        group = samples_per_band(k + o, out_h * out_w, n, x.itemsize)
+    bands = -(-out_h // rows)  # per sample; or, with group > 1, one per `group` samples
+    y = np.empty((n, o, out_h, out_w), dtype=x.dtype)
+    per_channel = None if bias is None else bias.reshape(-1, 1, 1)
     matrix = weight.reshape(o, k // groups)
     if groups > 1:
         matrix = matrix.reshape(groups, o // groups, k // groups)
@@ -191,10 +150,8 @@ def conv2d(
         return col.reshape(k, -1)
 
     def run_rows(chunks: slice, slot: int) -> None:
-        """Bands of rows of one sample each, the GEMM straight into y unless pooled."""
+        """Bands of rows of one sample each, the GEMM straight into y."""
         col_flat = workspace.get(("col", slot), (k * rows * out_w,), x.dtype)
-        acc_flat = workspace.get(("acc", slot), (o * rows * out_w,), x.dtype) if pool else None
-        row_max = workspace.get(("row_max", slot), (o, rows // 2, out_w), x.dtype) if pool else None
         for i in range(chunks.start // bands, (chunks.stop - 1) // bands + 1):
             first = max(chunks.start - i * bands, 0)
             last = min(chunks.stop - i * bands, bands)  # this thread's bands of sample i
@@ -202,45 +159,33 @@ def conv2d(
             if any(pads):
                 source = padded(source, pads, workspace.get(("pad", slot), pad_shape, x.dtype))
             for band in range(first, last):
-                start, stop = band * rows, min(band * rows + rows, rows_needed)
-                p = (stop - start) * out_w
+                start, stop = band * rows, min(band * rows + rows, out_h)
                 col = columns(source, start, stop, col_flat)
-                if pool:
-                    acc = acc_flat[: o * p].reshape(o, stop - start, out_w)
-                    np.matmul(matrix, grouped(col), out=grouped(acc.reshape(o, p)))
-                    target = y[i, :, start // 2 : stop // 2]
-                    maxpool2x2(acc, target, row_max[:, : (stop - start) // 2])
-                else:
-                    # straight into the band's (O, P) block of y (row stride Ho * Wo: BLAS takes it)
-                    block = y[i].reshape(o, -1)[:, start * out_w : stop * out_w]
-                    np.matmul(matrix, grouped(col), out=grouped(block))
-            # bias and ReLU once over the rows of sample i this thread wrote, still in cache
-            low, high = first * rows, min(last * rows, rows_needed)
-            if pool:
-                low, high = low // 2, high // 2
-            channel_bias_relu(y[i, :, low:high], bias, relu)
+                # straight into the band's (O, P) block of y (row stride Ho * Wo: BLAS takes it)
+                block = y[i].reshape(o, -1)[:, start * out_w : stop * out_w]
+                np.matmul(matrix, grouped(col), out=grouped(block))
+            if per_channel is not None:  # once over the rows of sample i this thread wrote
+                written = y[i, :, first * rows : min(last * rows, out_h)]
+                np.add(written, per_channel, out=written)
 
     def run_samples(chunks: slice, slot: int) -> None:
         """Bands of ``group`` whole samples: (O, S, P) out of one GEMM, written as (S, O, P)."""
-        p = rows_needed * out_w
+        p = out_h * out_w
         col_flat = workspace.get(("col", slot), (k * group * p,), x.dtype)
         acc_flat = workspace.get(("acc", slot), (o * group * p,), x.dtype)
-        row_max = workspace.get(("row_max", slot), (o, group, rows // 2, out_w), x.dtype)
         for band in range(chunks.start, chunks.stop):
             first, last = band * group, min(band * group + group, n)
             source = x[first:last]
             if any(pads):
                 pad = workspace.get(("pad", slot), pad_shape, x.dtype)[: last - first]
                 source = padded(source, pads, pad)
-            col = columns(source, 0, rows_needed, col_flat)
-            acc = acc_flat[: o * col.shape[1]].reshape(o, last - first, rows_needed, out_w)
+            col = columns(source, 0, out_h, col_flat)
+            acc = acc_flat[: o * col.shape[1]].reshape(o, last - first, out_h, out_w)
             np.matmul(matrix, grouped(col), out=grouped(acc.reshape(o, -1)))
             target = y[first:last].transpose(1, 0, 2, 3)  # (O, S, ...): y's own memory
-            if pool:
-                maxpool2x2(acc, target, row_max[:, : last - first])
-            else:
-                np.copyto(target, acc)
-            channel_bias_relu(target, bias, relu)
+            np.copyto(target, acc)
+            if per_channel is not None:
+                np.add(target, per_channel[:, None], out=target)
 
     threads = (
         num_threads() if 2 * o * (k // groups) * out_h * out_w * n >= MIN_PARALLEL_FLOPS else 1
