@@ -6,8 +6,11 @@ own (median of ``--repeats`` after a warm-up) and its FLOPs (a multiply-add is 2
 layers it runs. The ceiling is measured in the same run: a 2048^3 float32 GEMM with the same
 threads, NumPy's BLAS (``peak``); each step's share of it says how far from the hardware's
 practical limit it runs. The whole forward is timed too (the steps' sum omits only the plan's
-bookkeeping). Everything runs twice, in child processes: with OpenBLAS as the environment sets
-it and with OPENBLAS_CORETYPE and OPENBLAS_L2_SIZE unset.
+bookkeeping). ``GEMM ms`` is the part of a step's time spent inside its matrix products (the
+products of every thread summed, over the threads): what the step would cost if NumPy's passes
+around them (im2col copies, padding, pooling, bias, ReLU) were free. Everything runs twice, in
+child processes: with OpenBLAS as the environment sets it and with OPENBLAS_CORETYPE and
+OPENBLAS_L2_SIZE unset.
 
     python benchmarks/roofline.py                    # both presets, batch 32 and 1, 2 threads
     python benchmarks/roofline.py --presets plantvillage-resnet --batches 32
@@ -16,6 +19,9 @@ it and with OPENBLAS_CORETYPE and OPENBLAS_L2_SIZE unset.
 from __future__ import annotations
 
 import argparse
+import threading
+import time
+from contextlib import contextmanager
 
 import numpy as np
 from timing import cpu_model, machine_header, median_seconds, under_both_blas_settings
@@ -25,6 +31,53 @@ def sgemm_peak(repeats: int) -> float:
     """GFLOP/s of a 2048 x 2048 x 2048 float32 product with NumPy's BLAS."""
     a = np.random.default_rng(0).standard_normal((2048, 2048)).astype(np.float32)
     return 2 * 2048**3 / median_seconds(lambda: a @ a, repeats, 2) / 1e9
+
+
+class TimedProducts:
+    """Stands in for the ``np`` of the kernel modules: ``matmul`` timed, all else NumPy's."""
+
+    def __init__(self) -> None:
+        self.seconds = 0.0
+        self._lock = threading.Lock()
+
+    def matmul(self, *args, **kwargs):
+        start = time.perf_counter()
+        result = np.matmul(*args, **kwargs)
+        elapsed = time.perf_counter() - start
+        with self._lock:
+            self.seconds += elapsed
+        return result
+
+    def __getattr__(self, name):
+        return getattr(np, name)
+
+
+@contextmanager
+def timed_products():
+    """Within the block, the matrix products of the convolution and dense kernels are timed."""
+    from purenn.kernels import channels_last, parallel
+
+    timer = TimedProducts()
+    modules = (channels_last, parallel)
+    for module in modules:
+        module.np = timer
+    try:
+        yield timer
+    finally:
+        for module in modules:
+            module.np = np
+
+
+def gemm_seconds(run, repeats: int, threads: int) -> float:
+    """Median over ``repeats`` calls of the time ``run()`` spends in matrix products, per thread."""
+    times = []
+    with timed_products() as timer:
+        run()
+        for _ in range(repeats):
+            timer.seconds = 0.0
+            run()
+            times.append(timer.seconds / threads)
+    return float(np.median(times))
 
 
 def step_flops(model, step, shapes: dict) -> int:
@@ -39,7 +92,7 @@ def step_flops(model, step, shapes: dict) -> int:
     return total
 
 
-def profile(preset: str, batch: int, repeats: int, peak: float) -> None:
+def profile(preset: str, batch: int, repeats: int, peak: float, threads: int) -> None:
     from purenn.presets import build_preset
 
     model = build_preset(preset, num_classes=34, image_size=128, seed=0).eval()
@@ -49,27 +102,33 @@ def profile(preset: str, batch: int, repeats: int, peak: float) -> None:
     for step in plan.steps:
         values[step.output] = step.run([values[i] for i in step.inputs])
     shapes = {0: tuple(model.input_shape)}
-    rows, total_ms, total_flops = [], 0.0, 0
+    rows, total_ms, total_flops, total_gemm_ms = [], 0.0, 0, 0.0
     for step in plan.steps:
         args = [values[i] for i in step.inputs]
         seconds = median_seconds(lambda step=step, args=args: step.run(args), repeats, 1)
+        gemm_ms = 1000 * gemm_seconds(lambda step=step, args=args: step.run(args), repeats, threads)
         flops = step_flops(model, step, shapes) * batch
         names = "+".join(type(model.layers[k]).__name__ for k in step.layers)
         total_ms += 1000 * seconds
+        total_gemm_ms += gemm_ms
         total_flops += flops
         rate = flops / seconds / 1e9
-        rows.append((f"{step.layers[0]:>2} {names}", 1000 * seconds, flops / 1e9, rate))
+        rows.append((f"{step.layers[0]:>2} {names}", 1000 * seconds, gemm_ms, flops / 1e9, rate))
     whole = median_seconds(lambda: model(x), repeats, 1)
     print(
         f"\n{preset}, batch {batch}: whole forward {1000 * whole:.1f} ms (steps sum "
-        f"{total_ms:.1f} ms), {total_flops / whole / 1e9:.0f} GFLOP/s = "
+        f"{total_ms:.1f} ms, of which GEMMs {total_gemm_ms:.1f} ms), "
+        f"{total_flops / whole / 1e9:.0f} GFLOP/s = "
         f"{100 * total_flops / whole / 1e9 / peak:.0f}% of sgemm peak"
     )
-    print(f"{'step':<52} {'ms':>7} {'GFLOP':>7} {'GFLOP/s':>8} {'% peak':>7} {'% time':>7}")
-    for name, ms, gflop, rate in rows:
+    print(
+        f"{'step':<46} {'ms':>7} {'GEMM ms':>8} {'GFLOP':>7} {'GFLOP/s':>8} {'% peak':>7} "
+        f"{'% time':>7}"
+    )
+    for name, ms, gemm_ms, gflop, rate in rows:
         print(
-            f"{name:<52} {ms:>7.2f} {gflop:>7.3f} {rate:>8.1f} {100 * rate / peak:>6.0f}% "
-            f"{100 * ms / total_ms:>6.1f}%"
+            f"{name:<46} {ms:>7.2f} {gemm_ms:>8.2f} {gflop:>7.3f} {rate:>8.1f} "
+            f"{100 * rate / peak:>6.0f}% {100 * ms / total_ms:>6.1f}%"
         )
 
 
@@ -91,7 +150,7 @@ def main() -> None:
         print(f"sgemm peak (2048^3 float32, {args.threads} threads): {peak:.0f} GFLOP/s")
         for preset in args.presets:
             for batch in args.batches:
-                profile(preset, batch, args.repeats, peak)
+                profile(preset, batch, args.repeats, peak, args.threads)
 
 
 if __name__ == "__main__":

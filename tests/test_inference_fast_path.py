@@ -237,15 +237,17 @@ def test_the_channels_last_kernel_is_the_convolution_then_relu_then_pooling(
         )
 
 
-def test_the_channels_last_bands():
-    """(rows, samples) per band: under BAND_BYTES, at least MIN_BANDS when split over threads."""
+def test_the_channels_last_bands(monkeypatch):
+    """(rows, samples) per band: under BAND_BYTES, at least one per core when split over the
+    threads (here 2 cores)."""
+    monkeypatch.setattr(channels_last, "available_cores", lambda: 2)
     float32 = 4
     # plantvillage-resnet's 32x32 layer at batch 32 (K + O = 320): three samples per band
     assert channels_last.bands(320, 32, 32, 32, float32, False, True) == (32, 3)
-    # its 4x4 layer (K + O = 2560): 8 samples per band, so 4 bands
-    assert channels_last.bands(2560, 4, 4, 32, float32, False, True) == (4, 8)
-    # the CNN's first layer for one image: 4 bands of 32 rows, or one band in one thread
-    assert channels_last.bands(59, 128, 128, 1, float32, True, True) == (32, 1)
+    # its 4x4 layer (K + O = 2560): 16 samples per band, one band per core
+    assert channels_last.bands(2560, 4, 4, 32, float32, False, True) == (4, 16)
+    # the CNN's first layer for one image: a band of 64 rows per core, or one band in one thread
+    assert channels_last.bands(59, 128, 128, 1, float32, True, True) == (64, 1)
     assert channels_last.bands(59, 128, 128, 1, float32, True, False) == (128, 1)
     # a sample larger than BAND_BYTES is cut into bands of rows, an even count when pooled
     # (up to one row more than fits)
