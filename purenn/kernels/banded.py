@@ -77,15 +77,35 @@ def add_channel_bias(y: np.ndarray, bias: np.ndarray | None) -> np.ndarray:
     return y
 
 
-def padded(samples: np.ndarray, pads: tuple[int, int, int, int], out: np.ndarray) -> np.ndarray:
-    """(..., H, W) -> ``out`` (..., H + top + bottom, W + left + right) with zero borders."""
-    top, bottom, left, right = pads
-    h, w = samples.shape[-2:]
-    out[..., :top, :] = 0
-    out[..., top + h :, :] = 0
-    out[..., :left] = 0
-    out[..., left + w :] = 0
-    out[..., top : top + h, left : left + w] = samples
+def padded_rows(
+    samples: np.ndarray,
+    rows: tuple[int, int],
+    columns: tuple[int, int],
+    out: np.ndarray,
+    channels_last: bool = False,
+) -> np.ndarray:
+    """Input rows [rows[0], rows[1]) of ``samples``, which may run past the map's top and
+    bottom, with zeros there and ``columns`` = (left, right) zero columns, into ``out``.
+
+    ``samples`` is (S, C, H, W) and ``out`` (S, C, R', W + left + right), or both channels-last:
+    (S, H, W, C) and (S, R', W + left + right, C). Rows (-top, H + bottom) pad a whole map.
+    """
+
+    def at(row_range: slice, column_range: slice) -> tuple:
+        lead = (slice(None),) if channels_last else (slice(None), slice(None))
+        return lead + (row_range, column_range)
+
+    start, stop = rows
+    left, _ = columns
+    h, w = samples.shape[1:3] if channels_last else samples.shape[2:4]
+    low, high = max(start, 0), min(stop, h)
+    out[at(slice(0, low - start), slice(None))] = 0
+    out[at(slice(high - start, None), slice(None))] = 0
+    out[at(slice(None), slice(0, left))] = 0
+    out[at(slice(None), slice(left + w, None))] = 0
+    out[at(slice(low - start, high - start), slice(left, left + w))] = samples[
+        at(slice(low, high), slice(None))
+    ]
     return out
 
 
@@ -157,7 +177,8 @@ def conv2d(
             last = min(chunks.stop - i * bands, bands)  # this thread's bands of sample i
             source = x[i : i + 1]
             if any(pads):
-                source = padded(source, pads, workspace.get(("pad", slot), pad_shape, x.dtype))
+                pad = workspace.get(("pad", slot), pad_shape, x.dtype)
+                source = padded_rows(source, (-top, h + bottom), (left, right), pad)
             for band in range(first, last):
                 start, stop = band * rows, min(band * rows + rows, out_h)
                 col = columns(source, start, stop, col_flat)
@@ -178,7 +199,7 @@ def conv2d(
             source = x[first:last]
             if any(pads):
                 pad = workspace.get(("pad", slot), pad_shape, x.dtype)[: last - first]
-                source = padded(source, pads, pad)
+                source = padded_rows(source, (-top, h + bottom), (left, right), pad)
             col = columns(source, 0, out_h, col_flat)
             acc = acc_flat[: o * col.shape[1]].reshape(o, last - first, out_h, out_w)
             np.matmul(matrix, grouped(col), out=grouped(acc.reshape(o, -1)))

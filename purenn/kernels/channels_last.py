@@ -33,7 +33,7 @@ from __future__ import annotations
 import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
-from purenn.kernels.banded import MIN_PARALLEL_FLOPS
+from purenn.kernels.banded import MIN_PARALLEL_FLOPS, padded_rows
 from purenn.kernels.ops import output_size
 from purenn.kernels.parallel import available_cores, num_threads, over_parts
 from purenn.kernels.workspace import Workspace
@@ -106,36 +106,6 @@ def maxpool_pairs(x: np.ndarray, out: np.ndarray, row_max: np.ndarray) -> np.nda
     return np.maximum(row_max[:, :, 0], row_max[:, :, 1], out=out)
 
 
-def _padded_rows(
-    x: np.ndarray,
-    samples: slice,
-    rows: tuple[int, int],
-    columns: tuple[int, int],
-    channels_last: bool,
-    out: np.ndarray,
-) -> np.ndarray:
-    """Input rows [rows[0], rows[1]) of x[samples], which may run past the map's top and bottom,
-    with zeros there and ``columns`` = (left, right) zero columns: into ``out``, (S, R', W', C)
-    channels-last or (S, C, R', W')."""
-
-    def at(row_range: slice, column_range: slice) -> tuple:
-        lead = (slice(None),) if channels_last else (slice(None), slice(None))
-        return lead + (row_range, column_range)
-
-    start, stop = rows
-    left, right = columns
-    h, w = x.shape[1:3] if channels_last else x.shape[2:4]
-    low, high = max(start, 0), min(stop, h)
-    out[at(slice(0, low - start), slice(None))] = 0
-    out[at(slice(high - start, None), slice(None))] = 0
-    out[at(slice(None), slice(0, left))] = 0
-    out[at(slice(None), slice(left + w, None))] = 0
-    out[at(slice(low - start, high - start), slice(left, left + w))] = x[samples][
-        at(slice(low, high), slice(None))
-    ]
-    return out
-
-
 def conv2d(
     x: np.ndarray,
     matrix: np.ndarray,
@@ -181,7 +151,8 @@ def conv2d(
     # The positions of an output row: in pair order when pooled (the columns q = 2 q' + e as
     # (e, q'), the odd last column left out), else q itself.
     row_shape, row_steps = ((2, out_w // 2), (sw, 2 * sw)) if pool else ((out_w,), (sw,))
-    most_positions = group * rows * int(np.prod(row_shape))
+    row_positions = int(np.prod(row_shape))
+    most_positions = group * rows * row_positions
     padded_width = w + left + right
 
     def extent(band: int) -> tuple[slice, int, int]:
@@ -191,8 +162,9 @@ def conv2d(
         i, part = divmod(band, per_sample)
         return slice(i, i + 1), part * rows, min(part * rows + rows, rows_needed)
 
-    def source(samples: slice, start: int, stop: int, slot: int) -> np.ndarray:
-        """The padded input rows the output rows [start, stop) of x[samples] read."""
+    def source(samples: slice, start: int, stop: int, pad_flat: np.ndarray) -> np.ndarray:
+        """The padded input rows the output rows [start, stop) of x[samples] read (in the
+        thread's ``pad_flat`` buffer when padded)."""
         first_in, end_in = start * sh - top, (stop - 1) * sh + kh - top
         count = samples.stop - samples.start
         if not any(pads):
@@ -206,16 +178,14 @@ def conv2d(
             if channels_last_input
             else (count, c, end_in - first_in, padded_width)
         )
-        flat = workspace.get(("pad", slot), (group * c * most_rows_in * padded_width,), x.dtype)
-        out = flat[: int(np.prod(shape))].reshape(shape)
-        return _padded_rows(x, samples, (first_in, end_in), (left, right), channels_last_input, out)
+        out = pad_flat[: int(np.prod(shape))].reshape(shape)
+        return padded_rows(x[samples], (first_in, end_in), (left, right), out, channels_last_input)
 
-    def columns(src: np.ndarray, band_rows_out: int, slot: int) -> np.ndarray:
-        """The band's col as (G, P, K/G): a view of the per-thread buffer."""
+    def columns(src: np.ndarray, band_rows_out: int, col_flat: np.ndarray) -> np.ndarray:
+        """The band's col as (G, P, K/G): a view of the thread's ``col_flat`` buffer."""
         count = len(src)
-        flat = workspace.get(("col", slot), (k * most_positions,), x.dtype)
-        positions = count * band_rows_out * int(np.prod(row_shape))
-        col = flat[: k * positions]
+        positions = count * band_rows_out * row_positions
+        col = col_flat[: k * positions]
         cg = c // groups
         if channels_last_input:
             # windows[s, r, q, g, i, j, c'] = src[s, sh * r + i, sw * q + j, g * cg + c']
@@ -233,12 +203,18 @@ def conv2d(
         return col.reshape(groups, k_group, positions).transpose(0, 2, 1)
 
     def run(part: slice, slot: int) -> None:
+        def buffer(name: str, size: int) -> np.ndarray:
+            return workspace.get((name, slot), (size,), x.dtype)
+
+        pad_flat = buffer("pad", group * c * most_rows_in * padded_width) if any(pads) else None
+        col_flat = buffer("col", k * most_positions)
+        acc_flat = buffer("acc", o * most_positions) if pool else None
+        row_max = buffer("row_max", o * most_positions // 2) if pool else None
         for band in range(part.start, part.stop):
             samples, start, stop = extent(band)
-            col = columns(source(samples, start, stop, slot), stop - start, slot)
+            col = columns(source(samples, start, stop, pad_flat), stop - start, col_flat)
             positions = col.shape[1]
             if pool:
-                acc_flat = workspace.get(("acc", slot), (o * most_positions,), x.dtype)
                 acc = acc_flat[: o * positions]
                 target = y[samples, start // 2 : stop // 2]
             else:
@@ -249,7 +225,6 @@ def conv2d(
                 np.matmul(col, matrix, out=acc.reshape(positions, groups, o_group).swapaxes(0, 1))
             if pool:
                 count = samples.stop - samples.start
-                row_max = workspace.get(("row_max", slot), (o * most_positions // 2,), x.dtype)
                 pairs = (count, (stop - start) // 2, 2, 2, out_w // 2, o)
                 half = row_max[: o * positions // 2].reshape(pairs[:2] + pairs[3:])
                 maxpool_pairs(acc.reshape(pairs), target, half)

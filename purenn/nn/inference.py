@@ -113,10 +113,10 @@ def _conv_run(head: Conv2D, taken: list[Layer], channels_last_input: bool):
     relu = any(type(t) is ReLU for t in taken)
     pool = any(_is_pool2x2(t) for t in taken)
     workspace = Workspace()
+    geometry = (head.kernel_size, head.stride, head.pads)
 
     def run(args: list[np.ndarray]) -> np.ndarray:
         x = args[0] if channels_last_input else head.checked_input(args[0])
-        geometry = (head.kernel_size, head.stride, head.pads)
         return channels_last.conv2d(
             x, matrix, bias, *geometry, relu, pool, channels_last_input, workspace
         )
@@ -195,14 +195,12 @@ class InferencePlan:
         given = [self._channels_last[i] for i in reads]
         if isinstance(head, Conv2D):
             return Step(chain, reads, chain[-1] + 1, _conv_run(head, taken, given[0]), True)
-        run = _fused_run(head, taken)
-        if isinstance(head, ELEMENTWISE):
-            wanted = given[0]
-        elif isinstance(head, GlobalAvgPool2D) and given[0]:
+        if isinstance(head, GlobalAvgPool2D) and given[0]:
             wanted = True
             run = lambda args: args[0].mean(axis=(1, 2), dtype=args[0].dtype)  # noqa: E731
         else:
-            wanted = False
+            wanted = isinstance(head, ELEMENTWISE) and given[0]
+            run = _fused_run(head, taken)
         if any(layout != wanted for layout in given):
             run = _arranged(run, given, wanted)
         return Step(chain, reads, chain[-1] + 1, run, wanted and isinstance(head, ELEMENTWISE))
