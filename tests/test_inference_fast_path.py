@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import purenn as pn
-from purenn.kernels import banded, channels_last
+from purenn.kernels import banded, channels_last, winograd_channels_last
 from purenn.kernels.parallel import set_num_threads
 from purenn.nn.layers import LAYER_TYPES
 from purenn.presets import build_preset
@@ -237,13 +237,81 @@ def test_the_channels_last_kernel_is_the_convolution_then_relu_then_pooling(
         )
 
 
+WINOGRAD_CASES = [
+    (5, 3, 4, 4, True, False),  # 4x4 maps, several samples a band
+    (3, 4, 6, 8, False, True),  # pooled
+    (2, 6, 5, 12, True, True),  # a larger map, pooled after the ReLU
+    (1, 2, 3, 2, False, False),  # a single tile
+]
+
+
+@pytest.mark.parametrize(("n", "c", "o", "side", "relu", "pool"), WINOGRAD_CASES)
+@pytest.mark.parametrize(
+    ("band_bytes", "least_parallel_flops"),
+    [(1 << 10, 0), (1 << 22, 0), (1 << 22, 1 << 40)],
+    ids=["bands of a tile row", "bands for the threads", "one band"],
+)
+@pytest.mark.parametrize("with_bias", [True, False])
+def test_the_channels_last_winograd_kernel_is_the_convolution_then_relu_then_pooling(
+    n, c, o, side, relu, pool, band_bytes, least_parallel_flops, with_bias, monkeypatch
+):
+    """F(2x2, 3x3) with the bias in the transformed domain, against the definition (float64)."""
+    monkeypatch.setattr(channels_last, "BAND_BYTES", band_bytes)
+    monkeypatch.setattr(winograd_channels_last, "MIN_PARALLEL_FLOPS", least_parallel_flops)
+    x, weight, bias = _kernel_case(n, c, o, side, 1)
+    bias = bias if with_bias else np.zeros(o)
+    expected = _convolution_relu_pooling(x, weight, bias, 1, 1, 1, relu, pool)
+    y = winograd_channels_last.conv3x3(
+        channels_last.to_channels_last(x),
+        winograd_channels_last.filter_matrices(weight),
+        bias if with_bias else None,
+        relu,
+        pool,
+    )
+    np.testing.assert_allclose(channels_last.to_channels_first(y), expected, rtol=1e-12, atol=1e-12)
+
+
+def test_the_plan_runs_winograd_where_it_pays_and_matches_the_layers(monkeypatch):
+    """A 3x3 layer with many channels on a map of enough tiles goes through Winograd (and
+    nowhere else); the plan's output still equals the layers' forward."""
+    calls = []
+    kernel = winograd_channels_last.conv3x3
+
+    def counted(x, *args):
+        calls.append(x.shape)
+        return kernel(x, *args)
+
+    monkeypatch.setattr(winograd_channels_last, "conv3x3", counted)
+    model = pn.Sequential(
+        [
+            pn.Conv2D(3, 96, 3, padding=1),
+            pn.ReLU(),
+            pn.Conv2D(96, 96, 3, padding=1),  # C*O/(C+O) = 48: Winograd
+            pn.BatchNorm2D(96),
+            pn.ReLU(),
+            pn.MaxPool2D(2),
+            pn.Conv2D(96, 96, 3, padding=1, stride=2),  # strided: im2col
+            pn.Conv2D(96, 8, 3, padding=1),  # few output channels: im2col
+            pn.Flatten(),
+        ],
+        input_shape=(3, 16, 16),
+    ).astype(np.float64)
+    x = np.random.default_rng(2).standard_normal((2, 3, 16, 16))  # 2 x 64 tiles: 128
+    assert_fast_path_matches(model, x)
+    assert calls == [(2, 16, 16, 96)]
+    calls.clear()
+    model(x[:1])  # 64 tiles: too few
+    assert calls == []
+
+
 def test_the_channels_last_bands(monkeypatch):
     """(rows, samples) per band: under BAND_BYTES, at least one per core when split over the
     threads (here 2 cores)."""
     monkeypatch.setattr(channels_last, "available_cores", lambda: 2)
     float32 = 4
-    # plantvillage-resnet's 32x32 layer at batch 32 (K + O = 320): three samples per band
-    assert channels_last.bands(320, 32, 32, 32, float32, False, True) == (32, 3)
+    # plantvillage-resnet's 32x32 layer at batch 32 (K + O = 320): three samples fit, but
+    # 11 bands of 3 would give one core 18 samples; 16 bands of 2 give each 16
+    assert channels_last.bands(320, 32, 32, 32, float32, False, True) == (32, 2)
     # its 4x4 layer (K + O = 2560): 16 samples per band, one band per core
     assert channels_last.bands(2560, 4, 4, 32, float32, False, True) == (4, 16)
     # the CNN's first layer for one image: a band of 64 rows per core, or one band in one thread

@@ -14,6 +14,8 @@
   element-wise activations take the layout they are given; GlobalAvgPool2D averages either
   layout; every other layer is given channels-first maps (one transpose where a channels-last
   map meets it, as at the CNN's Flatten), and so is the caller;
+- a 3x3 stride-1 convolution with enough channels runs Winograd F(2x2, 3x3) on even-sized maps
+  of enough tiles (:mod:`purenn.kernels.winograd_channels_last`), with the same fusions;
 - every other layer runs its ``infer``: nothing is kept for a backward pass.
 
 A layer is absorbed into the step before it only if that step's output feeds it alone (in a
@@ -31,7 +33,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from purenn.kernels import channels_last
+from purenn.kernels import channels_last, winograd_channels_last
 from purenn.kernels.parallel import num_threads, single_threaded_blas
 from purenn.kernels.workspace import Workspace
 from purenn.nn.layers import (
@@ -114,9 +116,16 @@ def _conv_run(head: Conv2D, taken: list[Layer], channels_last_input: bool):
     pool = any(_is_pool2x2(t) for t in taken)
     workspace = Workspace()
     geometry = (head.kernel_size, head.stride, head.pads)
+    shape = (head.groups, head.in_channels, head.out_channels)
+    winograd_layer = channels_last_input and winograd_channels_last.pays(*geometry, *shape)
+    transformed: list[np.ndarray] = []  # the Winograd filters, made on first use
 
     def run(args: list[np.ndarray]) -> np.ndarray:
         x = args[0] if channels_last_input else head.checked_input(args[0])
+        if winograd_layer and winograd_channels_last.fits(*x.shape[:3]):
+            if not transformed:
+                transformed.append(winograd_channels_last.filter_matrices(weight))
+            return winograd_channels_last.conv3x3(x, transformed[0], bias, relu, pool, workspace)
         return channels_last.conv2d(
             x, matrix, bias, *geometry, relu, pool, channels_last_input, workspace
         )
