@@ -21,7 +21,7 @@ from purenn.presets import PRESETS, RECIPES
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULES = ("cosine", "step", "constant")
-AUGMENTATIONS = ("standard", "field")
+AUGMENTATIONS = ("standard", "geometric", "field")
 
 
 class ConfigError(ValueError):
@@ -79,8 +79,9 @@ class TrainConfig:
     augment_factor: int = _key("views of each training image per epoch (1 = none)", default=2)
     augment: str = _key(
         "augmentation recipe of the extra views: standard (flips, right-angle turns, brightness, "
-        "contrast) or field (field-photo conditions: crops, any-angle turns, colour, blur, "
-        "noise, JPEG, leaf over new backgrounds)",
+        "contrast), geometric (flips, crops and zoom, any-angle turns, brightness) or field "
+        "(field-photo conditions: the geometric recipe plus colour, blur, noise, JPEG, leaf over "
+        "new backgrounds)",
         AUGMENTATIONS,
         default="standard",
     )

@@ -75,10 +75,17 @@ def split_indices(
 def make_augmentation(
     recipe: str, backgrounds: str | None = None
 ) -> Augmentation | FieldAugmentation:
-    """The augmentation of the config key ``augment``: "standard" or "field"."""
+    """The augmentation of the config key ``augment``: "standard", "geometric" or "field".
+
+    "geometric" is the field recipe's geometry and light alone, at its strengths: what a lab
+    photo looks like taken closer, further, turned or lit otherwise, with the leaf's own
+    background and colours kept.
+    """
     if recipe == "field":
         return FieldAugmentation(background_dir=backgrounds)
-    require(recipe == "standard", "augment", "standard or field", recipe)
+    if recipe == "geometric":
+        return FieldAugmentation.only("hflip", "crop", "rotate", "brightness")
+    require(recipe == "standard", "augment", "standard, geometric or field", recipe)
     return Augmentation()
 
 

@@ -142,7 +142,14 @@ def test_the_augmentation_recipe_is_a_config_key_and_a_flag(tmp_path):
     assert make_augmentation("field", str(tmp_path)) == FieldAugmentation(
         background_dir=str(tmp_path)
     )
-    with pytest.raises(ConfigError, match="augment must be one of standard, field"):
+    geometric = make_augmentation("geometric")
+    assert [piece for piece in FieldAugmentation.PIECES if getattr(geometric, piece)] == [
+        "hflip",
+        "crop",
+        "rotate",
+        "brightness",
+    ]
+    with pytest.raises(ConfigError, match="augment must be one of standard, geometric, field"):
         make_config(overrides={"augment": "fancy"})
     with pytest.raises(ConfigError, match="augment_backgrounds must be unset unless augment"):
         make_config(overrides={"augment_backgrounds": str(tmp_path)})
