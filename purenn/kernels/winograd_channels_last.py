@@ -40,14 +40,15 @@ from purenn.kernels.workspace import Workspace
 #: im2col kernel, measured (docs/RESULTS.md, issue 26).
 MIN_CHANNEL_RATIO = 48
 
-#: Fewest tiles (a tile per 2x2 outputs, over the batch) for which it pays: below, the
-#: transforms' 20-odd NumPy calls per band cost more than the GEMM saves (at batch 1,
-#: plantvillage-cnn's 16x16 layer, 64 tiles, took 1.1x as long as with im2col).
+#: Fewest tiles (a tile per 2x2 outputs, over the batch) for which it is used. With fewer (the
+#: presets' layers at batch 1: 4 to 64 tiles) the transforms' 20-odd NumPy calls per band cost
+#: about what the GEMM saves: Winograd over im2col 0.82-1.06 across those layers, within the
+#: noise, so the simpler kernel stays.
 MIN_TILES = 128
 
-#: Floats of work arrays per tile and per channel (of C + O): v and m (16 each), the row
-#: combinations (4 per tile row of W + 2 columns, about 8 per tile), the half-transformed
-#: output (8) and the output's column pairs (4).
+#: Floats of work arrays per tile and per channel (of C + O), rounded up: v and m (16 each),
+#: the column combinations (4 per padded row and tile column, about 8 per tile), the
+#: half-transformed output (8) and the output's column pairs (4).
 FLOATS_PER_TILE_CHANNEL = 28
 
 
@@ -186,25 +187,25 @@ def conv3x3(
             np.add(half[0], mb[2], out=half[0])
             np.subtract(mb[1], mb[2], out=half[1])
             np.subtract(half[1], mb[3], out=half[1])
-            # (A^T m) A: column 0 = h[0] + h[1] + h[2], column 1 = h[1] - h[2] - h[3] (over b),
-            # for both output rows i at once; as (i, sample, tile row, tile column, channel).
-            h = half.reshape(2, 4, count, band_rows, tile_cols, o)
+            # (A^T m) A over b, r = rows_of: column 0 = r[0] + r[1] + r[2], column 1 = r[1] - r[2]
+            # - r[3], for both output rows i at once, as (i, sample, tile row, tile column, O).
+            rows_of = half.reshape(2, 4, count, band_rows, tile_cols, o)
             first, second = pairs_flat[: 4 * tiles * o].reshape(
                 2, 2, count, band_rows, tile_cols, o
             )
-            np.add(h[:, 0], h[:, 1], out=first)
-            np.subtract(h[:, 1], h[:, 2], out=second)
+            np.add(rows_of[:, 0], rows_of[:, 1], out=first)
+            np.subtract(rows_of[:, 1], rows_of[:, 2], out=second)
             if pool:
-                np.add(first, h[:, 2], out=first)
-                np.subtract(second, h[:, 3], out=second)
+                np.add(first, rows_of[:, 2], out=first)
+                np.subtract(second, rows_of[:, 3], out=second)
                 np.maximum(first, second, out=first)
                 out = y[samples, start:stop]
                 np.maximum(first[0], first[1], out=out)
             else:
                 out = y[samples, 2 * start : 2 * stop]
                 grid = out.reshape(count, band_rows, 2, tile_cols, 2, o).transpose(4, 2, 0, 1, 3, 5)
-                np.add(first, h[:, 2], out=grid[0])
-                np.subtract(second, h[:, 3], out=grid[1])
+                np.add(first, rows_of[:, 2], out=grid[0])
+                np.subtract(second, rows_of[:, 3], out=grid[1])
             if relu:
                 np.maximum(out, 0, out=out)
 
