@@ -20,6 +20,8 @@ from purenn.inference.recognition import SCORES
 from purenn.presets import PRESETS, RECIPES
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
+#: The keys whose good values depend on the optimizer.
+OPTIMIZER_KEYS = ("lr", "momentum", "weight_decay")
 SCHEDULES = ("cosine", "step", "constant")
 AUGMENTATIONS = ("standard", "geometric", "field")
 
@@ -296,8 +298,13 @@ def make_config(
     given = {**table, **overrides}
     preset = given.get("preset", KEYS["preset"].default)
     # The preset's own recipe replaces the seed's defaults, never a value the user gave; its
-    # OOD score is for a run without outlier exposure, which picks max_softmax itself.
+    # OOD score is for a run without outlier exposure, which picks max_softmax itself, and its
+    # learning rate, momentum and weight decay are for its own optimizer only (SGD's lr 0.05
+    # would wreck Adam).
     recipe = dict(RECIPES.get(preset, {})) if isinstance(preset, str) else {}
     if given.get("outliers"):
         recipe.pop("ood_score", None)
+    if given.get("optimizer", recipe.get("optimizer")) != recipe.get("optimizer"):
+        for key in OPTIMIZER_KEYS:
+            recipe.pop(key, None)
     return validate(TrainConfig(**{**recipe, **given}))

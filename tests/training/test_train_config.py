@@ -42,7 +42,19 @@ def test_overrides_win_over_the_file(tmp_path):
 
 def test_a_preset_carries_its_recipe_and_what_the_user_gives_wins(tmp_path):
     resnet = make_config(overrides={"preset": "plantvillage-resnet"})
-    assert (resnet.epochs, resnet.patience, resnet.lr) == (20, 0, 1e-3)
+    assert (resnet.epochs, resnet.patience) == (20, 0)
+    assert (resnet.optimizer, resnet.lr, resnet.momentum, resnet.weight_decay) == (
+        "sgd",
+        0.05,
+        0.9,
+        5e-4,
+    )
+    # another optimizer drops the preset's optimizer settings, not its other keys
+    with_adam = make_config(overrides={"preset": "plantvillage-resnet", "optimizer": "adam"})
+    assert (with_adam.lr, with_adam.weight_decay, with_adam.epochs) == (1e-3, 0.0, 20)
+    with_sgd = make_config(overrides={"preset": "plantvillage-resnet", "optimizer": "sgd"})
+    assert (with_sgd.lr, with_sgd.weight_decay) == (0.05, 5e-4)
+    assert (make_config().optimizer, make_config().lr) == ("adam", 1e-3)
     assert resnet.ood_score == "mahalanobis" and make_config().ood_score is None
     exposed = make_config(overrides={"preset": "plantvillage-resnet", "outliers": "not-leaves"})
     assert exposed.ood_score is None  # outlier exposure picks max_softmax itself
