@@ -15,30 +15,29 @@ from __future__ import annotations
 import argparse
 
 import numpy as np
+from roofline import step_values
 from timing import alternating_medians, cpu_model, machine_header, under_both_blas_settings
+
+#: The convolutions both kernels compute: 3x3, stride 1, padding 1.
+GEOMETRY = ((3, 3), (1, 1), (1, 1, 1, 1))
 
 
 def layers(preset: str) -> list[tuple[int, int, int, bool]]:
-    """(C, O, side, pooled) of the preset's 3x3 stride-1 padding-1 convolutions."""
+    """(C, O, side, pooled) of the preset's 3x3 stride-1 padding-1 convolutions, as its inference
+    plan runs them (pooled: a 2x2 pooling fused into the step)."""
     from purenn.nn.layers import Conv2D, MaxPool2D
     from purenn.presets import build_preset
 
-    model = build_preset(preset, num_classes=34, image_size=128, seed=0)
-    seen: list[tuple[int, int, int, bool]] = []
-    original = Conv2D.forward
-
-    def recorded(self, x, *args, **kwargs):
-        if self.kernel_size == (3, 3) and self.stride == (1, 1) and self.pads == (1, 1, 1, 1):
-            following = model.layers[model.layers.index(self) + 1 :][:3]
-            pooled = any(type(layer) is MaxPool2D for layer in following)
-            seen.append((self.in_channels, self.out_channels, x.shape[2], pooled))
-        return original(self, x, *args, **kwargs)
-
-    Conv2D.forward = recorded
-    try:
-        model.forward(np.zeros((1, 3, 128, 128), np.float32))
-    finally:
-        Conv2D.forward = original
+    model = build_preset(preset, num_classes=34, image_size=128, seed=0).eval()
+    plan = model.inference_plan()
+    values = step_values(plan, np.zeros((1, 3, 128, 128), np.float32))
+    seen = []
+    for step in plan.steps:
+        head = model.layers[step.layers[0]]
+        if isinstance(head, Conv2D) and (head.kernel_size, head.stride, head.pads) == GEOMETRY:
+            side = values[step.inputs[0]].shape[2]  # square maps: H or W in either layout
+            pooled = any(type(model.layers[k]) is MaxPool2D for k in step.layers[1:])
+            seen.append((head.in_channels, head.out_channels, side, pooled))
     return seen
 
 
@@ -53,18 +52,17 @@ def compare(c: int, o: int, side: int, pool: bool, batch: int, repeats: int) -> 
     matrix = channels_last.weight_matrix(weight, 1, True)
     u = winograd_channels_last.filter_matrices(weight)
     im2col, winograd = Workspace(), Workspace()
-    geometry = ((3, 3), (1, 1), (1, 1, 1, 1))
     times = alternating_medians(
         {
             "im2col": lambda: channels_last.conv2d(
-                x, matrix, bias, *geometry, True, pool, True, im2col
+                x, matrix, bias, *GEOMETRY, True, pool, True, im2col
             ),
             "winograd": lambda: winograd_channels_last.conv3x3(x, u, bias, True, pool, winograd),
         },
         repeats,
         2,
     )
-    picked = winograd_channels_last.pays(*geometry, 1, c, o) and winograd_channels_last.fits(
+    picked = winograd_channels_last.pays(*GEOMETRY, 1, c, o) and winograd_channels_last.fits(
         batch, side, side
     )
     return (

@@ -80,6 +80,15 @@ def gemm_seconds(run, repeats: int, threads: int) -> float:
     return float(np.median(times))
 
 
+def step_values(plan, x: np.ndarray) -> dict[int, np.ndarray]:
+    """Every tensor of one run of the inference ``plan`` on ``x``, by index (0: x), in the
+    layouts the plan keeps them in: what each step reads."""
+    values = {0: x}
+    for step in plan.steps:
+        values[step.output] = step.run([values[i] for i in step.inputs])
+    return values
+
+
 def step_flops(model, step, shapes: dict) -> int:
     """FLOPs per sample of the layers fused in ``step`` (shapes: tensor index -> shape)."""
     given = [shapes[i] for i in step.inputs]
@@ -98,9 +107,7 @@ def profile(preset: str, batch: int, repeats: int, peak: float, threads: int) ->
     model = build_preset(preset, num_classes=34, image_size=128, seed=0).eval()
     plan = model.inference_plan()
     x = np.random.default_rng(1).standard_normal((batch, 3, 128, 128)).astype(np.float32)
-    values = {0: x}
-    for step in plan.steps:
-        values[step.output] = step.run([values[i] for i in step.inputs])
+    values = step_values(plan, x)
     shapes = {0: tuple(model.input_shape)}
     rows, total_ms, total_flops, total_gemm_ms = [], 0.0, 0, 0.0
     for step in plan.steps:

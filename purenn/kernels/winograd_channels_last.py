@@ -143,8 +143,8 @@ def conv3x3(
         def buffer(name: str, size: int) -> np.ndarray:
             return workspace.get((name, slot), (size,), x.dtype)
 
-        pad_flat = buffer("pad", group * (2 * rows + 2) * (w + 2) * c)
-        rows_flat = buffer("rows", 4 * group * (2 * rows + 2) * tile_cols * c)
+        pad_flat = buffer("pad", group * (2 * rows + 2) * 2 * (tile_cols + 1) * c)
+        columns_flat = buffer("columns", 4 * group * (2 * rows + 2) * tile_cols * c)
         v_flat = buffer("v", 16 * most_tiles * c)
         m_flat = buffer("m", 16 * most_tiles * o)
         half_flat = buffer("half", 8 * most_tiles * o)
@@ -161,7 +161,7 @@ def conv3x3(
             # d B first: tile column s reads padded columns 2s .. 2s + 3, which are
             # src[..., 0, s], src[..., 1, s], src[..., 0, s + 1], src[..., 1, s + 1].
             e = [src[:, :, 0, :-1], src[:, :, 1, :-1], src[:, :, 0, 1:], src[:, :, 1, 1:]]
-            combined = rows_flat[: 4 * count * (2 * band_rows + 2) * tile_cols * c].reshape(
+            combined = columns_flat[: 4 * count * (2 * band_rows + 2) * tile_cols * c].reshape(
                 4, count, 2 * band_rows + 2, tile_cols, c
             )
             np.subtract(e[0], e[2], out=combined[0])
