@@ -90,8 +90,23 @@ def purenn_worker(args) -> dict:
         f"conv algorithm: {args.conv_algorithm}"
     )
     if args.profile:
+        result.update(gemm_floor(model, train_step, args))
         result["profile"] = purenn_profile(model, train_step, optimizer, args)
     return result
+
+
+def gemm_floor(model, train_step, args) -> dict:
+    """What bounds the train step from below in NumPy: the time its matrix products take
+    (per thread, as roofline.py counts them), the sgemm peak of this machine (a 2048^3
+    product), and the step's product FLOPs (forward, dW and dcol: 3 times the forward's)."""
+    from roofline import gemm_seconds, sgemm_peak, training_modules
+
+    step_flops = 3 * args.batch * model.flops((3, args.image_size, args.image_size))
+    return {
+        "train_gemm": gemm_seconds(train_step, args.repeats, args.threads, training_modules()),
+        "sgemm_gflops": sgemm_peak(args.repeats),
+        "train_gflop": step_flops / 1e9,
+    }
 
 
 def readme_worker(args) -> dict:
@@ -298,7 +313,18 @@ def report(key: str, args) -> None:
         a = statistics.median(r["purenn"][field] for r in rounds)
         b = statistics.median(r["torch"][field] for r in rounds)
         print(f"{head}: train {label} MB purenn {a:8.0f}  torch {b:8.0f}  ratio {a / b:5.2f}")
-    for name, fwd, bwd in rounds[0]["purenn"].get("profile", []):
+    first = rounds[0]["purenn"]
+    if "train_gemm" in first:
+        step_ms = 1000 * statistics.median(r["purenn"]["train"] for r in rounds)
+        torch_ms = 1000 * statistics.median(r["torch"]["train"] for r in rounds)
+        gemm_ms, peak = 1000 * first["train_gemm"], first["sgemm_gflops"]
+        print(
+            f"{head}: purenn train step {step_ms:.1f} ms, of which inside matrix products "
+            f"{gemm_ms:.1f} ms; its {first['train_gflop']:.2f} GFLOP at the sgemm peak "
+            f"({peak:.0f} GFLOP/s) {1000 * first['train_gflop'] / peak:.1f} ms; torch's step "
+            f"{torch_ms:.1f} ms, 1/1.2 of it {torch_ms / 1.2:.1f} ms"
+        )
+    for name, fwd, bwd in first.get("profile", []):
         print(f"profile {PRESETS[key]}: {name:60s} forward {fwd:8.2f} ms  backward {bwd:8.2f} ms")
 
 

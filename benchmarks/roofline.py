@@ -52,13 +52,26 @@ class TimedProducts:
         return getattr(np, name)
 
 
-@contextmanager
-def timed_products():
-    """Within the block, the matrix products of the convolution and dense kernels are timed."""
+def inference_modules() -> tuple:
+    """The modules whose matrix products the eval-mode fast path runs."""
     from purenn.kernels import channels_last, parallel
 
+    return channels_last, parallel
+
+
+def training_modules() -> tuple:
+    """The modules whose matrix products a train step runs: the banded convolution forward,
+    Conv2D's backward (dW and dcol) and the dense layers' products."""
+    from purenn.kernels import banded, parallel
+    from purenn.nn.layers import conv
+
+    return banded, conv, parallel
+
+
+@contextmanager
+def timed_products(modules: tuple):
+    """Within the block, the matrix products of ``modules`` (their ``np.matmul``) are timed."""
     timer = TimedProducts()
-    modules = (channels_last, parallel)
     for module in modules:
         module.np = timer
     try:
@@ -68,10 +81,11 @@ def timed_products():
             module.np = np
 
 
-def gemm_seconds(run, repeats: int, threads: int) -> float:
-    """Median over ``repeats`` calls of the time ``run()`` spends in matrix products, per thread."""
+def gemm_seconds(run, repeats: int, threads: int, modules: tuple | None = None) -> float:
+    """Median over ``repeats`` calls of the time ``run()`` spends in the matrix products of
+    ``modules`` (default: the fast path's), per thread."""
     times = []
-    with timed_products() as timer:
+    with timed_products(modules or inference_modules()) as timer:
         run()
         for _ in range(repeats):
             timer.seconds = 0.0

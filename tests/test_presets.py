@@ -25,6 +25,11 @@ def test_plantvillage_cnn_has_the_seed_parameter_count():
 def test_plantvillage_ann_has_the_seed_parameter_count():
     model = build_preset("plantvillage-ann")
     assert model.num_parameters == 26_126_006
+    # Sequential counts FLOPs as a graph Model does: a Dense's 2 * in * out, a ReLU's one per value
+    dense = 2 * (49_152 * 528 + 528 * 256 + 256 * 128 + 128 * 38)
+    assert model.flops() == dense + 528 + 256 + 128
+    with pytest.raises(ValueError, match="built without input_shape"):
+        pn.Sequential([pn.Dense(3, 4)]).flops()
 
 
 def test_plantvillage_resnet_is_a_small_residual_graph():

@@ -250,13 +250,6 @@ class Model(Network):
         """Per-sample output shape of every layer, in topological order."""
         return [out for _, out in self._node_shapes(input_shape)]
 
-    def flops(self, input_shape: tuple[int, ...] | None = None) -> int:
-        """Forward FLOPs for one sample (a multiply-add counts as 2)."""
-        return sum(
-            layer.flops(given)
-            for layer, (given, _) in zip(self.layers, self._node_shapes(input_shape), strict=True)
-        )
-
     def summary(self, input_shape: tuple[int, ...] | None = None) -> str:
         """A table of nodes with their inputs, output shape, parameters and FLOPs per sample."""
         rows = [("#", "layer", "inputs", "output shape", "params", "FLOPs")]

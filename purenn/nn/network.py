@@ -3,8 +3,9 @@
 Both keep their layers in ``self.layers`` in execution order and name each parameter and buffer
 ``"<index>.<name>"`` (``"0.weight"``, ``"3.running_mean"``), so state dicts, checkpoints,
 safetensors and optimizers treat either kind the same way. Subclasses add ``forward``,
-``backward``, ``get_config`` / ``from_config``, ``output_shapes``, ``summary`` and ``inputs``
-(the tensors each layer reads: 0 the input, ``i + 1`` the output of layer ``i``).
+``backward``, ``get_config`` / ``from_config``, ``_node_shapes`` (each layer's input and output
+shapes), ``output_shapes``, ``summary`` and ``inputs`` (the tensors each layer reads: 0 the
+input, ``i + 1`` the output of layer ``i``).
 """
 
 from __future__ import annotations
@@ -141,6 +142,14 @@ class Network:
     def zero_grad(self) -> None:
         for layer in self.layers:
             layer.zero_grad()
+
+    def flops(self, input_shape: tuple[int, ...] | None = None) -> int:
+        """Forward FLOPs for one sample (a multiply-add counts as 2); ``input_shape`` defaults
+        to the model's own."""
+        return sum(
+            layer.flops(given)
+            for layer, (given, _) in zip(self.layers, self._node_shapes(input_shape), strict=True)
+        )
 
     @property
     def num_parameters(self) -> int:

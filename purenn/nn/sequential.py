@@ -142,33 +142,32 @@ class Sequential(Network):
         ]
         return cls(layers, input_shape=config.get("input_shape"))
 
+    def _node_shapes(self, input_shape) -> list[tuple[tuple[int, ...], tuple[int, ...]]]:
+        """Per layer: its input shape and its output shape; ValueError where the stack
+        mismatches."""
+        shape = tuple(input_shape or self.input_shape or ())
+        if not shape:
+            raise ValueError("the model was built without input_shape: give input_shape")
+        result = []
+        for layer in self.layers:
+            given, shape = shape, tuple(layer.output_shape(shape))
+            result.append((given, shape))
+        return result
+
     def output_shapes(self, input_shape: tuple[int, ...]) -> list[tuple[int, ...]]:
         """Per-sample output shape of every layer; raises ValueError where the stack mismatches."""
-        shapes, shape = [], tuple(input_shape)
-        for layer in self.layers:
-            shape = layer.output_shape(shape)
-            shapes.append(shape)
-        return shapes
+        return [out for _, out in self._node_shapes(input_shape)]
 
     def summary(self, input_shape: tuple[int, ...] | None = None) -> str:
         """A table of layers with output shape, parameters and forward FLOPs per sample."""
-        shape = tuple(input_shape or self.input_shape or ())
-        if not shape:
-            raise ValueError("summary() needs input_shape (the model was built without one)")
         rows = [("#", "layer", "output shape", "params", "FLOPs")]
         total_flops = 0
-        for index, layer in enumerate(self.layers):
-            flops = layer.flops(shape)
-            shape = layer.output_shape(shape)
+        node_shapes = self._node_shapes(input_shape)
+        for index, (layer, (given, shape)) in enumerate(zip(self.layers, node_shapes, strict=True)):
+            flops = layer.flops(given)
             total_flops += flops
             rows.append(
-                (
-                    str(index),
-                    repr(layer),
-                    str(shape),
-                    f"{layer.num_parameters:,}",
-                    f"{flops:,}",
-                )
+                (str(index), repr(layer), str(shape), f"{layer.num_parameters:,}", f"{flops:,}")
             )
         rows.append(("", "total", "", f"{self.num_parameters:,}", f"{total_flops:,}"))
         return format_table(rows, left=3)
