@@ -200,7 +200,7 @@ def start_twins(config, data, dtype: str = "float32") -> Twins:
         dtype=np.dtype(dtype),
     )
     theirs = twin_with_same_masks(ours)
-    train = data.loader("train", config.batch_size, config.seed, config.augment_factor)
+    train = data.train_loader(config)
     optimizer = make_optimizer(config, ours)
     schedule = make_schedule(config, optimizer, len(train))
     torch_optimizer, torch_schedule = torch_training(config, theirs, schedule)

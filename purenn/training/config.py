@@ -88,8 +88,14 @@ class TrainConfig:
         default="standard",
     )
     augment_backgrounds: str | None = _key(
-        "field recipe: also put leaves over the photos in this folder (never the images you "
-        "evaluate on)"
+        "field recipe and replace_background: also put leaves over the photos in this folder "
+        "(never the images you evaluate on)"
+    )
+    replace_background: float = _key(
+        "probability that a training sample's background is replaced by a texture (and the "
+        "photos of augment_backgrounds), on every view, the unaugmented one too: the lab's "
+        "backgrounds then tell no class (PlantVillage photographed Common rust on black)",
+        default=0.0,
     )
     outliers: str | None = _key(
         "outlier exposure: a folder of photos that are none of the classes "
@@ -172,9 +178,12 @@ def validate(config: TrainConfig) -> TrainConfig:
     _require(c.split_seed >= 0, "split_seed", ">= 0", c.split_seed)
     _require(c.threads is None or c.threads >= 1, "threads", ">= 1", c.threads)
     _require(
-        c.augment_backgrounds is None or c.augment == "field",
+        0 <= c.replace_background <= 1, "replace_background", "in [0, 1]", c.replace_background
+    )
+    _require(
+        c.augment_backgrounds is None or c.augment == "field" or c.replace_background > 0,
         "augment_backgrounds",
-        "unset unless augment is field",
+        "unset unless augment is field or replace_background is above 0",
         c.augment_backgrounds,
     )
     _require(c.outlier_weight >= 0, "outlier_weight", ">= 0", c.outlier_weight)

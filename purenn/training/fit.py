@@ -378,15 +378,7 @@ def _fit(
     comm = world()
     writes = comm.is_root  # only rank 0 writes the run folder
     optimizer = make_optimizer(config, model)
-    train_loader = data.loader(
-        "train",
-        config.batch_size,
-        config.seed,
-        config.augment_factor,
-        shard=comm.shard,
-        augment=config.augment,
-        backgrounds=config.augment_backgrounds,
-    )
+    train_loader = data.train_loader(config, comm.shard)
     schedule = make_schedule(config, optimizer, len(train_loader))
     outliers = _outlier_exposure(config, data, progress) if config.outliers else None
     metadata = _model_metadata(config, data, start.name, outliers, replay)

@@ -89,6 +89,15 @@ def make_augmentation(
     return Augmentation()
 
 
+def make_backdrop(probability: float, backgrounds: str | None = None) -> FieldAugmentation | None:
+    """The config key ``replace_background``: each training sample's background replaced with
+    this probability (the field recipe's textures, and the photos of ``backgrounds``); None
+    at 0."""
+    if not probability:
+        return None
+    return FieldAugmentation.only("background", background=probability, background_dir=backgrounds)
+
+
 @dataclass
 class TrainingData:
     """A cached dataset split for training, with the normalisation statistics of its train part.
@@ -132,12 +141,14 @@ class TrainingData:
         shard: tuple[int, int] = (0, 1),
         augment: str = "standard",
         backgrounds: str | None = None,
+        replace_background: float = 0.0,
     ) -> DataLoader | None:
         """Batches of ``split`` (shuffled and augmented for ``"train"``); None if it is empty.
 
-        ``augment``: the recipe of the augmented views, "standard" (``Augmentation``) or "field"
-        (``FieldAugmentation``, with the photos of the folder ``backgrounds`` as extra
-        backgrounds).
+        ``augment``: the recipe of the augmented views, "standard" (``Augmentation``),
+        "geometric" or "field" (``FieldAugmentation``, with the photos of the folder
+        ``backgrounds`` as extra backgrounds). ``replace_background``: the probability that a
+        training sample's background is replaced, on every view (``make_backdrop``).
 
         ``shard=(rank, size)`` (data-parallel training): rank's slice of every training batch;
         for the other splits, :func:`held_out_loader`.
@@ -160,7 +171,21 @@ class TrainingData:
             seed=seed,
             augmentation=(make_augmentation(augment, backgrounds) if augment_factor > 1 else None),
             augment_factor=augment_factor,
+            backdrop=make_backdrop(replace_background, backgrounds),
             shard=shard,
+        )
+
+    def train_loader(self, config, shard: tuple[int, int] = (0, 1)) -> DataLoader:
+        """The training batches a ``TrainConfig`` asks for: its seed, views and augmentation."""
+        return self.loader(
+            "train",
+            config.batch_size,
+            config.seed,
+            config.augment_factor,
+            shard=shard,
+            augment=config.augment,
+            backgrounds=config.augment_backgrounds,
+            replace_background=config.replace_background,
         )
 
 

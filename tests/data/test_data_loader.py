@@ -249,3 +249,42 @@ def test_field_augmentation_shards_make_up_the_whole_batch_and_rectangles_are_fi
         np.testing.assert_allclose(np.concatenate([p[b][0] for p in parts]), x, atol=1e-5)
         np.testing.assert_array_equal(np.concatenate([p[b][1] for p in parts]), y)
     assert x.shape[2:] == (12, 16)
+
+
+def leaves_on_black(count: int, size: int = 32) -> np.ndarray:
+    """uint8 (count, 3, size, size): a green disc (the leaf) on black, as PlantVillage shot
+    Common rust."""
+    yy, xx = np.mgrid[:size, :size]
+    disc = (yy - size / 2 + 0.5) ** 2 + (xx - size / 2 + 0.5) ** 2 < (size / 3) ** 2
+    images = np.zeros((count, 3, size, size), np.uint8)
+    images[:, 1][:, disc] = 170
+    images[:, 0][:, disc] = 60
+    return images
+
+
+def test_backdrop_replaces_the_background_of_every_view_and_keeps_the_leaf():
+    images, ids = leaves_on_black(12), np.arange(12)
+    leaf = images[0, 1] > 0
+    core = leaf & np.roll(leaf, 4, 0) & np.roll(leaf, -4, 0) & np.roll(leaf, 4, 1)
+    core &= np.roll(leaf, -4, 1)  # the leaf 4 pixels in from its edge: no blending there
+
+    def views(backdrop, shard=(0, 1)):
+        loader = DataLoader(
+            images, ids, ids, 6, shuffle=True, seed=2, augmentation=Augmentation(contrast=0),
+            augment_factor=2, backdrop=backdrop, shard=shard, prefetch=False,
+        )  # fmt: skip
+        return collect(loader.epoch(0))
+
+    plain = views(None)
+    replaced = views(FieldAugmentation.only("background", background=1.0))
+    for (x0, y0), (x, y) in zip(plain, replaced, strict=True):
+        np.testing.assert_array_equal(y, y0)
+        background = np.broadcast_to(~leaf, x[:, 0].shape)
+        # Black everywhere off the leaf without the backdrop; replaced in every sample with it.
+        assert (x0.sum(axis=1)[background] == 0).all()
+        assert (x.sum(axis=1)[:, ~leaf].mean(axis=1) > 0.1).all()
+        np.testing.assert_allclose(x[:, :, core], x0[:, :, core], atol=1e-6)
+    # The draws belong to the whole batch: the ranks' rows make it up.
+    parts = [views(FieldAugmentation.only("background", background=1.0), (r, 2)) for r in (0, 1)]
+    for b, (x, _) in enumerate(replaced):
+        np.testing.assert_allclose(np.concatenate([p[b][0] for p in parts]), x, atol=1e-6)

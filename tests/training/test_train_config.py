@@ -165,3 +165,20 @@ def test_the_augmentation_recipe_is_a_config_key_and_a_flag(tmp_path):
         make_config(overrides={"augment": "fancy"})
     with pytest.raises(ConfigError, match="augment_backgrounds must be unset unless augment"):
         make_config(overrides={"augment_backgrounds": str(tmp_path)})
+
+
+def test_replace_background_is_a_probability_and_takes_the_backgrounds_folder(tmp_path):
+    from purenn.data import FieldAugmentation
+    from purenn.training.pipeline import make_backdrop
+
+    config = make_config(
+        overrides={"replace_background": 0.5, "augment_backgrounds": str(tmp_path)}
+    )
+    backdrop = make_backdrop(config.replace_background, config.augment_backgrounds)
+    assert [piece for piece in FieldAugmentation.PIECES if getattr(backdrop, piece)] == [
+        "background"
+    ]
+    assert backdrop.background == 0.5 and backdrop.background_dir == str(tmp_path)
+    assert make_backdrop(make_config().replace_background) is None
+    with pytest.raises(ConfigError, match=r"replace_background must be in \[0, 1\]"):
+        make_config(overrides={"replace_background": 1.5})
