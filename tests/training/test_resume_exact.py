@@ -174,8 +174,9 @@ def test_resuming_a_finished_run_only_redoes_the_final_stage(
 def test_a_graph_model_killed_mid_run_resumes_to_identical_weights(
     checkpointing_run_args, tmp_path, purenn_subprocess, metrics_reader
 ):
-    # plantvillage-resnet: a graph (residual Adds, projection shortcuts) with BatchNorm buffers.
-    args = checkpointing_run_args(2)
+    # plantvillage-resnet: a graph (residual Adds, projection shortcuts) with BatchNorm buffers;
+    # every view's background replaced at random too (the backdrop's draws: seed, epoch, batch).
+    args = checkpointing_run_args(2) + ["--replace-background", "0.5"]
     args[args.index("--preset") + 1] = "plantvillage-resnet"
     args[args.index("--image-size") + 1] = "32"  # the preset halves the image 5 times
     reference = tmp_path / "reference"
