@@ -4,9 +4,10 @@ Times each augmentation on a batch of ``--batch`` random ``--image-size`` float3
 median of ``--repeats`` calls, a new rng state each), with BLAS limited to ``--threads`` as in
 `purenn train`. With ``--step``, also a preset's training step (``--preset``; forward, loss,
 backward, clipping, Adam) on batches from prefetching DataLoaders without augmentation, with
-the standard one and with the field one (factor 2), taken in turn a few steps at a time by one
-model (``interleaved_steps``): the step time includes the contention of the loader's thread,
-which must also keep up with the step. The field step's ratio to the standard one is taken
+the standard one, with the field one (factor 2) and with the standard one plus every
+sample's background replaced (``--replace-background 1``), taken in turn a few steps at a time
+by one model (``interleaved_steps``): the step time includes the contention of the loader's
+thread, which must also keep up with the step. Each step's ratio to the standard one is taken
 within each round, and its median over the rounds is the figure to quote. Runs twice: with
 the environment's OpenBLAS variables and with them unset (``timing.under_both_blas_settings``).
 
@@ -26,6 +27,7 @@ from threadpoolctl import threadpool_limits
 from timing import machine_header, under_both_blas_settings
 
 from purenn.data import Augmentation, DataLoader, FieldAugmentation
+from purenn.training.pipeline import make_backdrop
 
 
 def median_ms(augmentation, batch: np.ndarray, repeats: int) -> float:
@@ -44,10 +46,11 @@ def interleaved_steps(
     """Per round and recipe, the median ms of ``steps`` training steps of ``preset``.
 
     One model trains on batches from one endless prefetching DataLoader per recipe (an
-    augmentation or None); the rounds take the loaders in turn, a few steps each, so that the
-    machine's drift hits all alike. Each turn's first step is not timed: the loader used
-    before it may still be preparing its next batch. During a step the loader prepares the
-    next batch in its thread, so the step's time includes that contention.
+    ``(augmentation, backdrop)`` pair, either None); the rounds take the loaders in turn, a
+    few steps each, so that the machine's drift hits all alike. Each turn's first step is not
+    timed: the loader used before it may still be preparing its next batch. During a step the
+    loader prepares the next batch in its thread, so the step's time includes that
+    contention.
     """
     from purenn.kernels import parallel
     from purenn.nn.losses import SoftmaxCrossEntropy
@@ -58,9 +61,7 @@ def interleaved_steps(
     model = build_preset(preset, image_size=size, seed=0)
     params = model.parameters()
     optimizer, loss_fn = Adam(params, lr=1e-4), SoftmaxCrossEntropy(label_smoothing=0.1)
-    streams = {
-        name: endless_batches(augmentation, batch, size) for name, augmentation in recipes.items()
-    }
+    streams = {name: endless_batches(*recipe, batch, size) for name, recipe in recipes.items()}
     times: dict[str, list[float]] = {name: [] for name in recipes}
     for _ in range(rounds):
         for name, stream in streams.items():
@@ -77,12 +78,13 @@ def interleaved_steps(
     return times
 
 
-def endless_batches(augmentation, batch: int, size: int):
-    """Training batches of 512 random uint8 images, augmented x2 in the prefetch thread."""
+def endless_batches(augmentation, backdrop, batch: int, size: int):
+    """Training batches of 512 random uint8 images, augmented x2 (and ``backdrop`` on every
+    sample) in the prefetch thread."""
     images = np.random.default_rng(1).integers(0, 256, (512, 3, size, size), dtype=np.uint8)
     loader = DataLoader(
         images, np.arange(512), np.arange(512), batch, shuffle=True,
-        augmentation=augmentation, augment_factor=2 if augmentation else 1,
+        augmentation=augmentation, augment_factor=2 if augmentation else 1, backdrop=backdrop,
     )  # fmt: skip
     return (pair for epoch in itertools.count() for pair in loader.epoch(epoch))
 
@@ -110,25 +112,28 @@ def main() -> None:
     rows += [("field: all pieces", FieldAugmentation())]
     print(f"apply on {args.batch} x 3 x {size} x {size} float32, median of {args.repeats}")
     for name, augmentation in rows:
-        print(f"  {name:28s} {median_ms(augmentation, batch, args.repeats):8.1f} ms")
+        print(f"  {name:40s} {median_ms(augmentation, batch, args.repeats):8.1f} ms")
     if args.step:
         print(
             f"{args.preset} train step, batch {args.batch}, per round the median of {args.steps}:"
         )
         recipes = {
-            "no augmentation": None, "standard x2": Augmentation(),
-            "field x2": FieldAugmentation(),
+            "no augmentation": (None, None), "standard x2": (Augmentation(), None),
+            "field x2": (FieldAugmentation(), None),
+            "standard x2, backgrounds": (Augmentation(), make_backdrop(1.0)),
         }  # fmt: skip
         times = interleaved_steps(
             recipes, args.preset, args.threads, args.rounds, args.steps, args.batch, size
         )
         for name, measured in times.items():
             rounds = " ".join(f"{t:7.1f}" for t in measured)
-            print(f"  {name:28s} {rounds}  median {statistics.median(measured):7.1f} ms")
+            print(f"  {name:40s} {rounds}  median {statistics.median(measured):7.1f} ms")
         # The machine's speed drifts between rounds; within a round the loaders ran back to back.
-        ratios = [f / s for f, s in zip(times["field x2"], times["standard x2"], strict=True)]
-        rounds = " ".join(f"{r:7.3f}" for r in ratios)
-        print(f"  {'field x2 / standard x2':28s} {rounds}  median {statistics.median(ratios):7.3f}")
+        for name in ("field x2", "standard x2, backgrounds"):
+            ratios = [a / b for a, b in zip(times[name], times["standard x2"], strict=True)]
+            rounds = " ".join(f"{r:7.3f}" for r in ratios)
+            label = f"{name} / standard x2"
+            print(f"  {label:40s} {rounds}  median {statistics.median(ratios):7.3f}")
 
 
 if __name__ == "__main__":
