@@ -42,7 +42,7 @@ def test_overrides_win_over_the_file(tmp_path):
 
 def test_a_preset_carries_its_recipe_and_what_the_user_gives_wins(tmp_path):
     resnet = make_config(overrides={"preset": "plantvillage-resnet"})
-    assert (resnet.epochs, resnet.patience) == (20, 0)
+    assert (resnet.epochs, resnet.patience) == (30, 0)
     assert (resnet.optimizer, resnet.lr, resnet.momentum, resnet.weight_decay) == (
         "sgd",
         0.05,
@@ -51,7 +51,7 @@ def test_a_preset_carries_its_recipe_and_what_the_user_gives_wins(tmp_path):
     )
     # another optimizer drops the preset's optimizer settings, not its other keys
     with_adam = make_config(overrides={"preset": "plantvillage-resnet", "optimizer": "adam"})
-    assert (with_adam.lr, with_adam.weight_decay, with_adam.epochs) == (1e-3, 0.0, 20)
+    assert (with_adam.lr, with_adam.weight_decay, with_adam.epochs) == (1e-3, 0.0, 30)
     with_sgd = make_config(overrides={"preset": "plantvillage-resnet", "optimizer": "sgd"})
     assert (with_sgd.lr, with_sgd.weight_decay) == (0.05, 5e-4)
     assert (make_config().optimizer, make_config().lr) == ("adam", 1e-3)
