@@ -26,6 +26,7 @@ from purenn.data.field import leaf_mask, soft_mask
 from purenn.inference.probabilities import model_temperature
 from purenn.io import load_model
 from purenn.training.evaluation import predict_logits
+from purenn.training.metrics import classification_report
 from purenn.training.pipeline import open_cache, split_indices
 
 DARK_LEVEL = 25  # uint8: a border pixel darker than this (mean of R, G, B) is black
@@ -61,14 +62,12 @@ def on_grey(images: np.ndarray) -> np.ndarray:
     return out
 
 
-def class_accuracy(model, meta, images, labels, classes: int) -> np.ndarray:
-    """(classes,) top-1 accuracy per class of uint8 ``images`` (NaN where a class has none)."""
+def scored(model, meta, images: np.ndarray, labels: np.ndarray, names: list[str]) -> dict:
+    """``classification_report`` of the model on uint8 ``images`` (its per-class recall is the
+    per-class accuracy)."""
     loader = DataLoader(images, labels, np.arange(len(labels)), 64, meta["mean"], meta["std"])
     logits, y = predict_logits(model, loader, model_temperature(meta))
-    right = np.bincount(y, weights=logits.argmax(axis=1) == y, minlength=classes)
-    count = np.bincount(y, minlength=classes)
-    with np.errstate(invalid="ignore"):
-        return right / count
+    return classification_report(logits, y, names)
 
 
 def main() -> None:
@@ -94,17 +93,21 @@ def main() -> None:
         s = meta["split"]
         test = split_indices(cache, s["val_fraction"], s["test_fraction"], s["seed"])["test"]
         stored, labels = np.asarray(cache.images[test]), cache.labels[test]
-        as_shot = class_accuracy(model, meta, stored, labels, len(names))
-        grey = class_accuracy(model, meta, on_grey(stored), labels, len(names))
-        count = np.bincount(labels, minlength=len(names))
+        as_shot = scored(model, meta, stored, labels, names)
+        grey = scored(model, meta, on_grey(stored), labels, names)
         print(
             f"\n{run}: test split ({len(test)} images), top-1 as shot "
-            f"{100 * np.nansum(as_shot * count) / len(test):.2f}%, every leaf on grey "
-            f"{100 * np.nansum(grey * count) / len(test):.2f}%"
+            f"{100 * as_shot['accuracy']:.2f}%, every leaf on grey {100 * grey['accuracy']:.2f}%"
         )
         print(f"{'class (largest changes)':<55} {'test':>5} {'as shot':>8} {'on grey':>8}")
-        for k in np.argsort(-np.abs(np.nan_to_num(as_shot - grey)))[:5]:
-            print(f"{names[k]:<55} {count[k]:>5} {100 * as_shot[k]:>7.1f}% {100 * grey[k]:>7.1f}%")
+        shot_recall = np.array([c["recall"] for c in as_shot["classes"]])
+        grey_recall = np.array([c["recall"] for c in grey["classes"]])
+        for k in np.argsort(-np.abs(shot_recall - grey_recall))[:5]:
+            support = as_shot["classes"][k]["support"]
+            print(
+                f"{names[k]:<55} {support:>5} {100 * shot_recall[k]:>7.1f}% "
+                f"{100 * grey_recall[k]:>7.1f}%"
+            )
 
 
 if __name__ == "__main__":
