@@ -11,7 +11,8 @@ crops it knows instead of the bars, the guesses behind "show anyway", "not a lea
 (``PURENN_SCREENSHOT_OOD=path`` with ``PURENN_SCREENSHOT_OOD_MODEL`` and
 ``PURENN_SCREENSHOT_OOD_PHOTO``: docs/img/serve-not-a-leaf.png). A further test turns tokens
 on: the page asks for a token once, keeps it in localStorage (no cookie), and diagnoses and sends
-feedback with it. Every test fails on any Content-Security-Policy violation the browser reports.
+feedback with it, and a request refused before the token was entered is sent again with it.
+Every test fails on any Content-Security-Policy violation the browser reports.
 """
 
 from __future__ import annotations
@@ -241,5 +242,39 @@ def test_with_tokens_the_page_asks_once_and_keeps_the_token(browser, model_file,
         assert page.is_hidden("#token-form")
         assert csp_violations(page, console) == []
         context.close()
+    finally:
+        server.stop()
+
+
+def test_a_request_refused_before_the_token_was_entered_sends_again_with_it(
+    browser, model_file, tmp_path
+):
+    """The page loads the model and the history at once. The history's first answer (a 401 for
+    no token) is held back until the right token has been entered: the page must send it again
+    with that token, not forget the token and ask again (the race CI once hit)."""
+    from purenn.serve.tokens import add_token
+
+    token = add_token(tmp_path / "tokens.json", "alice", "review")
+    server = ServerProcess(model_file, str(tmp_path / "h.db"), "--require-tokens")
+    try:
+        page = browser.new_page(viewport={"width": 390, "height": 844})
+        page.set_default_timeout(TIMEOUT_MS)
+        held = []  # the history's first request, answered only when the test says so
+        page.route(
+            "**/api/diagnoses*",
+            lambda route: route.continue_() if held else held.append(route),
+        )
+        page.goto(server.url + "/")
+        page.wait_for_selector("#token-form:not([hidden])")
+        page.fill("#token", token)
+        page.click("#token-send")
+        page.wait_for_function("() => document.getElementById('feedback-label').options.length > 0")
+        assert len(held) == 1 and "authorization" not in held[0].request.headers
+        history_ok = lambda r: "/api/diagnoses" in r.url and r.status == 200  # noqa: E731
+        with page.expect_response(history_ok):
+            held[0].continue_()
+        assert page.is_hidden("#token-form")
+        assert page.evaluate("localStorage.getItem('purenn-token')") == token
+        page.close()
     finally:
         server.stop()

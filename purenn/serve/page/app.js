@@ -53,14 +53,18 @@ function askForToken(message) {
   return tokenPrompt;
 }
 
-// fetch with the token; on a 401 asks for a (new) token and sends the request again.
+// fetch with the token; on a 401 asks for a (new) token and sends the request again. Several
+// requests can be out at once: a 401 forgets only the token it was sent with, and a request
+// refused after a newer token was entered sends again with that one instead of asking.
 async function authorizedFetch(path, options) {
   for (;;) {
+    const sent = localStorage.getItem(TOKEN_KEY);
     const response = await fetch(path, withToken(options));
     if (response.status !== 401) return response;
-    const refused = localStorage.getItem(TOKEN_KEY);
+    const stored = localStorage.getItem(TOKEN_KEY);
+    if (stored !== null && stored !== sent) continue;
     localStorage.removeItem(TOKEN_KEY);
-    await askForToken(refused ? "That token was refused: enter another." :
+    await askForToken(sent ? "That token was refused: enter another." :
       "This server needs an access token (ask whoever runs it).");
   }
 }
