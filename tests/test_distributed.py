@@ -86,6 +86,28 @@ def test_evaluation_blocks_of_every_rank_make_up_the_split():
     assert data.loader("test", 2, shard=(1, 3)) is None
 
 
+def test_the_training_split_in_order_for_evaluation_and_shuffled_in_shards_for_training():
+    from purenn.training.config import TrainConfig
+
+    images, labels = _images()
+    splits = {"train": np.arange(9), "val": np.arange(9, 11), "test": np.array([], dtype=int)}
+    cache = SimpleNamespace(images=images, labels=labels, class_names=["a", "b", "c"], key="k")
+    data = TrainingData(cache, splits, np.full(3, 0.5), np.full(3, 0.25))
+    in_order = [y for _, y in data.loader("train", 4).epoch(0)]
+    np.testing.assert_array_equal(np.concatenate(in_order), labels[:9])
+    config = TrainConfig(batch_size=4, seed=5, augment_factor=2)
+    whole = list(data.train_loader(config).epoch(1))
+    shards = [list(data.train_loader(config, (r, 2)).epoch(1)) for r in range(2)]
+    for b, (x, _) in enumerate(whole):
+        np.testing.assert_array_equal(np.concatenate([shards[0][b][0], shards[1][b][0]]), x)
+    trained = np.concatenate([y for _, y in whole])
+    # every sample once and its augmented view once, in the seed's shuffled order
+    np.testing.assert_array_equal(np.sort(trained), np.sort(np.repeat(labels[:9], 2)))
+    assert not np.array_equal(trained[::2], labels[:9]) and not np.array_equal(
+        trained[:9], labels[:9]
+    )
+
+
 def test_launcher_size_and_threads_per_rank():
     assert launcher_size({}) == 1
     assert launcher_size({"OMPI_COMM_WORLD_SIZE": "4"}) == 4

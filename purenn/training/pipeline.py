@@ -133,59 +133,49 @@ class TrainingData:
             self.key = self.cache.key
 
     def loader(
-        self,
-        split: str,
-        batch_size: int,
-        seed: int = 0,
-        augment_factor: int = 1,
-        shard: tuple[int, int] = (0, 1),
-        augment: str = "standard",
-        backgrounds: str | None = None,
-        replace_background: float = 0.0,
+        self, split: str, batch_size: int, shard: tuple[int, int] = (0, 1)
     ) -> DataLoader | None:
-        """Batches of ``split`` (shuffled and augmented for ``"train"``); None if it is empty.
+        """Batches of ``split`` in order, not augmented (an evaluation pass, over any split,
+        :func:`held_out_loader`); None if it is empty. The training batches are
+        :meth:`train_loader`'s.
 
-        ``augment``: the recipe of the augmented views, "standard" (``Augmentation``),
-        "geometric" or "field" (``FieldAugmentation``, with the photos of the folder
-        ``backgrounds`` as extra backgrounds). ``replace_background``: the probability that a
-        training sample's background is replaced, on every view (``make_backdrop``).
-
-        ``shard=(rank, size)`` (data-parallel training): rank's slice of every training batch;
-        for the other splits, :func:`held_out_loader`.
+        ``shard=(rank, size)``: rank's contiguous block of the split's samples.
         """
         indices = self.splits[split]
         if not len(indices):
             return None
-        if split != "train":
-            return held_out_loader(
-                self.images, self.labels, indices, batch_size, self.mean, self.std, shard
-            )
-        return DataLoader(
-            self.images,
-            self.labels,
-            indices,
-            batch_size=batch_size,
-            mean=self.mean,
-            std=self.std,
-            shuffle=True,
-            seed=seed,
-            augmentation=(make_augmentation(augment, backgrounds) if augment_factor > 1 else None),
-            augment_factor=augment_factor,
-            backdrop=make_backdrop(replace_background, backgrounds),
-            shard=shard,
+        return held_out_loader(
+            self.images, self.labels, indices, batch_size, self.mean, self.std, shard
         )
 
     def train_loader(self, config, shard: tuple[int, int] = (0, 1)) -> DataLoader:
-        """The training batches a ``TrainConfig`` asks for: its seed, views and augmentation."""
-        return self.loader(
-            "train",
-            config.batch_size,
-            config.seed,
-            config.augment_factor,
+        """The training split's batches a ``TrainConfig`` asks for, shuffled by its seed.
+
+        ``config.augment``: the recipe of the augmented views when ``config.augment_factor`` > 1,
+        "standard" (``Augmentation``), "geometric" or "field" (``FieldAugmentation``, with the
+        photos of the folder ``config.augment_backgrounds`` as extra backgrounds).
+        ``config.replace_background``: the probability that a sample's background is replaced,
+        on every view (``make_backdrop``).
+
+        ``shard=(rank, size)`` (data-parallel training): rank's slice of every batch.
+        """
+        return DataLoader(
+            self.images,
+            self.labels,
+            self.splits["train"],
+            batch_size=config.batch_size,
+            mean=self.mean,
+            std=self.std,
+            shuffle=True,
+            seed=config.seed,
+            augmentation=(
+                make_augmentation(config.augment, config.augment_backgrounds)
+                if config.augment_factor > 1
+                else None
+            ),
+            augment_factor=config.augment_factor,
+            backdrop=make_backdrop(config.replace_background, config.augment_backgrounds),
             shard=shard,
-            augment=config.augment,
-            backgrounds=config.augment_backgrounds,
-            replace_background=config.replace_background,
         )
 
 
