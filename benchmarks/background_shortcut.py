@@ -22,7 +22,7 @@ import numpy as np
 from timing import machine_header
 
 from purenn.data import DataLoader, scan_image_folder
-from purenn.data.field import leaf_mask, soft_mask
+from purenn.data.field import leaf_alpha
 from purenn.inference.probabilities import model_temperature
 from purenn.io import load_model
 from purenn.training.evaluation import predict_logits
@@ -56,7 +56,7 @@ def on_grey(images: np.ndarray) -> np.ndarray:
     out = np.empty_like(images)
     for start in range(0, len(images), CHUNK):
         x = images[start : start + CHUNK].astype(np.float32) / 255
-        alpha = soft_mask(leaf_mask(x))[:, None]
+        alpha = leaf_alpha(x)[:, None]
         y = alpha * x + (1 - alpha) * GREY[None, :, None, None]
         out[start : start + CHUNK] = np.clip(np.rint(y * 255), 0, 255).astype(np.uint8)
     return out

@@ -10,7 +10,7 @@ import numpy as np
 
 from purenn.checks import check_int, is_int, require
 from purenn.data.augment import Augmentation
-from purenn.data.field import FieldAugmentation
+from purenn.data.field import FieldAugmentation, leaf_alpha
 from purenn.data.stats import channel_columns, standardize_
 
 Batch = tuple[np.ndarray, np.ndarray]
@@ -51,7 +51,9 @@ class DataLoader:
         backdrop: applied to every sample, view 0 too, before ``augmentation``, with
             ``np.random.default_rng([seed, epoch, b, 1])``: a ``FieldAugmentation`` that
             replaces backgrounds, so that the background a lab photographed one class on
-            (PlantVillage's Common rust: on black) stops telling the class.
+            (PlantVillage's Common rust: on black) stops telling the class. When the
+            augmentation replaces backgrounds too, both take the leaf masks of the images as
+            stored, computed once per sample.
         drop_last: leave out the last batch if it is smaller than ``batch_size``.
         prefetch: prepare the next batch in a background thread while the caller works.
         shard: ``(rank, size)``: yield only rows ``shard_bounds(B, rank, size)`` of every batch
@@ -129,6 +131,9 @@ class DataLoader:
         self.seed = check_int(seed, "seed", 0)
         self.augmentation = augmentation
         self.backdrop = backdrop if backdrop is not None and backdrop.enabled else None
+        self._augmentation_replaces_backgrounds = isinstance(
+            augmentation, FieldAugmentation
+        ) and bool(augmentation.background)
         self.drop_last = drop_last
         self.prefetch = prefetch
         rank, size = shard
@@ -200,9 +205,13 @@ class DataLoader:
         x = np.empty((len(rows), *self.images.shape[1:]), dtype=np.float32)
         x[ascending] = self.images[rows[ascending]]
         x *= np.float32(1 / 255)
+        lab_alpha = None  # the leaves as shot, when backdrop and augmentation both need them
         if self.backdrop is not None:
+            if self._augmentation_replaces_backgrounds:
+                lab_alpha = leaf_alpha(x)
             rng = np.random.default_rng([self.seed, epoch, b, 1])
-            self.backdrop.apply(x, rng, draws=len(batch), keep=np.arange(start, stop))
+            keep = np.arange(start, stop)
+            self.backdrop.apply(x, rng, draws=len(batch), keep=keep, alpha=lab_alpha)
         # The draws are made for every augmented sample of the whole batch (as in one process);
         # this shard's augmented samples use theirs.
         augmented_in_batch = np.flatnonzero(batch >= n)
@@ -210,7 +219,8 @@ class DataLoader:
         if mine.size:
             rng = np.random.default_rng([self.seed, epoch, b])
             augmented = augmented_in_batch[mine] - start
+            shot = {} if lab_alpha is None else {"alpha": lab_alpha[augmented]}
             x[augmented] = self.augmentation.apply(
-                x[augmented], rng, draws=len(augmented_in_batch), keep=mine
+                x[augmented], rng, draws=len(augmented_in_batch), keep=mine, **shot
             )
         return standardize_(x, self.mean, self.std), self.labels[rows]

@@ -273,3 +273,21 @@ def test_leaf_mask_is_mostly_empty_on_leafless_scenes():
     files = sorted(BACKGROUNDS.glob("*.jpg"))[:40]
     coverage = leaf_mask(_load(files)).mean(axis=(1, 2))
     assert np.median(coverage) < 0.05 and (coverage < 0.15).mean() > 0.7
+
+
+def test_background_uses_the_given_leaf_alpha_instead_of_looking_for_the_leaf():
+    # All green: leaf_mask would call the whole image leaf and replace nothing.
+    batch = np.zeros((2, 3, 24, 24), np.float32)
+    batch[:, 1] = 0.7
+    alpha = np.zeros((2, 24, 24), np.float32)
+    alpha[:, 8:16, 8:16] = 1
+    recipe = FieldAugmentation.only("background", background=1.0)
+    replaced = recipe.apply(batch.copy(), np.random.default_rng(0), alpha=alpha)
+    np.testing.assert_array_equal(replaced[:, :, 8:16, 8:16], batch[:, :, 8:16, 8:16])
+    assert (np.abs(replaced - batch).sum(axis=1)[:, alpha[0] == 0] > 0).mean() > 0.9
+    unchanged = recipe.apply(batch.copy(), np.random.default_rng(0))
+    np.testing.assert_array_equal(unchanged, batch)
+    with pytest.raises(
+        ValueError, match=r"alpha must have shape \(2, 24, 24\), received: \(2, 24\)"
+    ):
+        recipe.apply(batch.copy(), np.random.default_rng(0), alpha=alpha[:, 0])

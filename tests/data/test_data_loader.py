@@ -288,3 +288,29 @@ def test_backdrop_replaces_the_background_of_every_view_and_keeps_the_leaf():
     parts = [views(FieldAugmentation.only("background", background=1.0), (r, 2)) for r in (0, 1)]
     for b, (x, _) in enumerate(replaced):
         np.testing.assert_allclose(np.concatenate([p[b][0] for p in parts]), x, atol=1e-6)
+
+
+def test_backdrop_and_field_recipe_take_the_leaf_masks_of_the_images_as_stored(monkeypatch):
+    """Both replace backgrounds: the recipe must not look for the leaf in an image whose
+    background the backdrop already replaced (a green texture passes for leaf), so the masks
+    come from the lab images, once per sample."""
+    from purenn.data import field
+
+    images, ids = leaves_on_black(12), np.arange(12)
+    seen = []
+    real_leaf_mask = field.leaf_mask
+    monkeypatch.setattr(
+        field, "leaf_mask", lambda batch: seen.append(batch.copy()) or real_leaf_mask(batch)
+    )
+    loader = DataLoader(
+        images, ids, ids, 6, shuffle=True, seed=2,
+        augmentation=FieldAugmentation.only("background", background=1.0), augment_factor=2,
+        backdrop=FieldAugmentation.only("background", background=1.0), prefetch=False,
+    )  # fmt: skip
+    batches = collect(loader.epoch(0))
+    leaf = images[0, 1] > 0
+    assert sum(len(batch) for batch in seen) == sum(len(x) for x, _ in batches) == 24
+    for batch in seen:  # every mask was found on a lab image: black off the leaf
+        assert (batch.sum(axis=1)[:, ~leaf] == 0).all()
+    for x, _ in batches:  # and every view's background was replaced
+        assert (x.sum(axis=1)[:, ~leaf].mean(axis=1) > 0.1).all()
