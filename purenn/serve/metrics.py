@@ -69,11 +69,6 @@ class Metrics:
         with self._lock:
             self._batches.observe(size)
 
-    def batch_counts(self) -> dict[int, int]:
-        """Passes run per bucket upper bound (for benchmarks and tests)."""
-        with self._lock:
-            return dict(zip(self._batches.buckets, self._batches.counts, strict=True))
-
     def render(self) -> str:
         """The whole exposition, one metric family after another."""
         out = [

@@ -49,10 +49,6 @@ class _BatchNorm(Layer):
         self.buffers["running_mean"] = np.zeros(num_features, dtype=self.dtype)
         self.buffers["running_var"] = np.ones(num_features, dtype=self.dtype)
 
-    def _shape(self) -> tuple[int, ...]:
-        """Broadcast shape of per-channel vectors against the input: (1, C, 1, ...)."""
-        return (1, self.num_features) + (1,) * (self.input_ndim - 2)
-
     def forward(self, x: np.ndarray, training: bool = True) -> np.ndarray:
         x = np.asarray(x, dtype=self.dtype)
         self.check_input(x, self.input_ndim, 1, self.num_features)
