@@ -66,7 +66,7 @@ def predict(
         else:
             skipped.append((str(path), reason))
     if not decoded:
-        raise DataError(f"none of the {len(skipped or [])} image files could be read")
+        raise DataError(unreadable_message(skipped or []))
     files = [path for path, _ in decoded]
     images = np.stack([image for _, image in decoded])
     results = []
@@ -83,6 +83,13 @@ def predict(
                 }
             )
     return results
+
+
+def unreadable_message(skipped: list[tuple[str, str]], listed: int = 3) -> str:
+    """The one-line error when no image could be read: how many, the first ``listed`` and why."""
+    named = "; ".join(f"{path} ({reason})" for path, reason in skipped[:listed])
+    more = f"; and {len(skipped) - listed} more" if len(skipped) > listed else ""
+    return f"none of the {len(skipped)} image files could be read: {named}{more}"
 
 
 def format_predictions(results: list[dict]) -> str:

@@ -118,6 +118,10 @@ def test_config_file_must_exist_and_be_toml_or_json(cli, colour_folder, tmp_path
         (["--val-fraction", "0.6", "--test-fraction", "0.5"], "val_fraction + test_fraction"),
         (["--min-lr", "0.5"], "--min-lr: min_lr must be <= lr (0.001)"),
         (["--batch-size", "0"], "batch_size must be >= 1"),
+        (
+            ["--augment", "field", "--augment-backgrounds", "/no/such/folder"],
+            "--augment-backgrounds: augment_backgrounds must be a folder with image files",
+        ),
     ],
 )
 def test_bad_values_name_the_key(cli, colour_folder, tmp_path, flags, fragment):
@@ -229,6 +233,16 @@ def test_unreadable_image_with_strict(cli, model_file, colour_folder, tmp_path):
     corrupt.write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
     result = cli("predict", model_file, colour_folder / "red" / "00.png", corrupt, "--strict")
     assert_usage_error(result, "cannot read image", str(corrupt))
+    assert result.out == ""
+
+
+def test_no_readable_image_names_them_and_why(cli, model_file, tmp_path):
+    files = [tmp_path / f"leaf{i}.jpg" for i in range(5)]
+    for f in files:
+        f.write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    result = cli("predict", model_file, tmp_path)
+    assert_usage_error(result, "none of the 5 image files could be read: ", "; and 2 more")
+    assert sum(str(f) in result.err for f in files) == 3
     assert result.out == ""
 
 
