@@ -22,7 +22,8 @@ def atomic_write(path: str | Path, content: bytes | str | Callable[[IO[bytes]], 
     The content goes to ``.<name>.<pid>.<random>.tmp`` in the same folder, is flushed and fsynced,
     and the temporary file is renamed over ``path`` (atomic on POSIX and Windows); the folder is
     then fsynced so the rename survives a power cut. On any error the temporary file is removed
-    and ``path`` keeps its previous content.
+    and ``path`` keeps its previous content; an OSError about the temporary file is raised
+    again (same type and errno) naming ``path``.
 
     Args:
         path: destination file; its folder must exist.
@@ -42,6 +43,12 @@ def atomic_write(path: str | Path, content: bytes | str | Callable[[IO[bytes]], 
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except OSError as err:
+        tmp.unlink(missing_ok=True)
+        if err.filename is not None and os.fspath(err.filename) == os.fspath(tmp):
+            # the temporary's name means nothing to the caller: name the file being written
+            raise type(err)(err.errno, err.strerror, str(path)) from err
+        raise
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise

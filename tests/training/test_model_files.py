@@ -160,6 +160,13 @@ def test_atomic_write_replaces_whole_files_and_leaves_no_temporaries(tmp_path):
     assert os.listdir(tmp_path) == ["metrics.csv"]
 
 
+def test_atomic_write_errors_name_the_file_being_written_not_the_temporary(tmp_path):
+    target = tmp_path / "missing folder" / "model.npz"
+    with pytest.raises(FileNotFoundError) as raised:
+        atomic_write(target, b"x")
+    assert raised.value.filename == str(target) and ".tmp" not in str(raised.value)
+
+
 def test_model_saves_are_atomic_too(tmp_path, monkeypatch):
     """A crash while an archive is written keeps the previous model file intact."""
     model = build_preset("demo-cnn", num_classes=3, image_size=8)
