@@ -16,6 +16,7 @@ from typing import Any
 
 from purenn.checks import require
 from purenn.data.decode import MIN_IMAGE_SIZE
+from purenn.data.folder import find_images
 from purenn.inference.recognition import SCORES
 from purenn.presets import PRESETS, RECIPES
 
@@ -186,6 +187,14 @@ def validate(config: TrainConfig) -> TrainConfig:
         "unset unless augment is field or replace_background is above 0",
         c.augment_backgrounds,
     )
+    if c.augment_backgrounds is not None:
+        folder = Path(c.augment_backgrounds).expanduser()
+        _require(
+            folder.is_dir() and bool(find_images(folder)),
+            "augment_backgrounds",
+            "a folder with image files",
+            c.augment_backgrounds,
+        )
     _require(c.outlier_weight >= 0, "outlier_weight", ">= 0", c.outlier_weight)
     if c.outlier_batch_size is None:
         c.outlier_batch_size = max(1, c.batch_size // 2)

@@ -121,7 +121,7 @@ def train(
     config = validate(dataclasses.replace(config))
     if config.data_dir is None:
         raise ConfigError("data_dir is required (the image folder to train on)")
-    for key in ("init_from", "replay"):
+    for key in ("init_from", "replay", "augment_backgrounds"):
         if getattr(config, key) is not None:
             setattr(config, key, str(Path(getattr(config, key)).expanduser().resolve()))
     scan, start = _prepare(config, model)

@@ -168,9 +168,12 @@ def test_the_augmentation_recipe_is_a_config_key_and_a_flag(tmp_path):
 
 
 def test_replace_background_is_a_probability_and_takes_the_backgrounds_folder(tmp_path):
+    from PIL import Image
+
     from purenn.data import FieldAugmentation
     from purenn.training.pipeline import make_backdrop
 
+    Image.new("RGB", (8, 8), (90, 60, 30)).save(tmp_path / "soil.png")
     config = make_config(
         overrides={"replace_background": 0.5, "augment_backgrounds": str(tmp_path)}
     )
@@ -182,3 +185,7 @@ def test_replace_background_is_a_probability_and_takes_the_backgrounds_folder(tm
     assert make_backdrop(make_config().replace_background) is None
     with pytest.raises(ConfigError, match=r"replace_background must be in \[0, 1\]"):
         make_config(overrides={"replace_background": 1.5})
+    (tmp_path / "empty").mkdir()
+    for folder in (tmp_path / "empty", tmp_path / "missing", tmp_path / "soil.png"):
+        with pytest.raises(ConfigError, match="augment_backgrounds must be a folder with image"):
+            make_config(overrides={"replace_background": 1, "augment_backgrounds": str(folder)})
