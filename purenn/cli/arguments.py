@@ -31,6 +31,17 @@ def non_negative_int(text: str) -> int:
 non_negative_int.__name__ = "non-negative int"
 
 
+def port_number(text: str) -> int:
+    """``text`` as a TCP port, 0 to 65535 (0: one the system picks)."""
+    value = int(text)
+    if not 0 <= value <= 65535:
+        raise ValueError(text)
+    return value
+
+
+port_number.__name__ = "port number (0-65535)"
+
+
 def positive_float(text: str) -> float:
     """``text`` as a float greater than 0."""
     value = float(text)

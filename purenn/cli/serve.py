@@ -13,7 +13,13 @@ import socket
 import sys
 from pathlib import Path
 
-from purenn.cli.arguments import add_tta, non_negative_int, positive_float, positive_int
+from purenn.cli.arguments import (
+    add_tta,
+    non_negative_int,
+    port_number,
+    positive_float,
+    positive_int,
+)
 from purenn.serve.tokens import ROLES, add_token, default_tokens_path, read_tokens, revoke_token
 
 DEFAULT_DB = "purenn-serve/history.db"
@@ -231,7 +237,7 @@ def add_parser(commands) -> None:
     p = commands.add_parser("serve", help="an HTTP API and a web page over a model")
     p.add_argument("model", metavar="MODEL", help="a .npz model file")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1)")
-    p.add_argument("--port", type=int, default=8000, help="(default: 8000)")
+    p.add_argument("--port", type=port_number, default=8000, help="(default: 8000)")
     p.add_argument(
         "--db",
         default=DEFAULT_DB,

@@ -90,6 +90,11 @@ def test_serve_reports_a_bad_database_or_a_taken_port(model_file, tmp_path, caps
         db = str(tmp_path / "h.db")
         assert main(["serve", str(model_file), "--db", db, "--port", str(port)]) == 2
     assert f"cannot listen on 127.0.0.1:{port}" in capsys.readouterr().err
+    for bad in ("65536", "-1", "http"):
+        assert main(["serve", str(model_file), "--db", db, "--port", bad]) == 2
+        assert f"argument --port: invalid port number (0-65535) value: '{bad}'" in (
+            capsys.readouterr().err
+        )
 
 
 def test_default_images_folder():
