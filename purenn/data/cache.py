@@ -298,15 +298,19 @@ def build_cache(
         the ``ImageCache``; ``images`` has shape ``(N, 3, S, S)``, uint8.
 
     Raises:
-        DataError: bad ``image_size`` or ``workers``; with ``strict``, any skipped file; a class
-            folder left with no usable image (names the folder).
+        DataError: bad ``image_size`` or ``workers``; a ``cache_dir`` that cannot be a folder;
+            with ``strict``, any skipped file; a class folder left with no usable image (names
+            the folder).
     """
     s = check_image_size(image_size)
     if workers is None:
         workers = _default_workers()
     workers = check_int(workers, "workers", 1, DataError)
     cache_dir = Path(cache_dir).expanduser().resolve()
-    cache_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        cache_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as err:  # a file of that name, no permission, ...
+        raise DataError(f"cannot use the cache folder {cache_dir}: {err.strerror or err}") from None
 
     key = _cache_key(scan, s)
     entry = cache_dir / key[:24]

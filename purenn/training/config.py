@@ -187,6 +187,9 @@ def validate(config: TrainConfig) -> TrainConfig:
         "unset unless augment is field or replace_background is above 0",
         c.augment_backgrounds,
     )
+    if c.cache_dir is not None:
+        cache = Path(c.cache_dir).expanduser()
+        _require(not cache.exists() or cache.is_dir(), "cache_dir", "a folder", c.cache_dir)
     if c.augment_backgrounds is not None:
         folder = Path(c.augment_backgrounds).expanduser()
         _require(

@@ -269,3 +269,11 @@ def test_presplit_layout_and_odd_file_names(tmp_path, image_writer, pixels):
         cache.images[2], load_image(raw.decode(errors="surrogateescape"), 16)
     )
     assert build(root, tmp_path / "cache").path == cache.path
+
+
+def test_a_cache_folder_that_cannot_be_made_is_a_data_error(image_folder, tmp_path):
+    taken = tmp_path / "cache"
+    taken.write_text("a file, not a folder")
+    with pytest.raises(DataError, match=f"cannot use the cache folder {taken}: File exists"):
+        build_cache(scan_image_folder(image_folder), taken, 8, workers=1)
+    assert taken.read_text() == "a file, not a folder"

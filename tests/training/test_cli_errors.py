@@ -118,6 +118,7 @@ def test_config_file_must_exist_and_be_toml_or_json(cli, colour_folder, tmp_path
         (["--val-fraction", "0.6", "--test-fraction", "0.5"], "val_fraction + test_fraction"),
         (["--min-lr", "0.5"], "--min-lr: min_lr must be <= lr (0.001)"),
         (["--batch-size", "0"], "batch_size must be >= 1"),
+        (["--cache-dir", __file__], "--cache-dir: cache_dir must be a folder, received:"),
         (
             ["--augment", "field", "--augment-backgrounds", "/no/such/folder"],
             "--augment-backgrounds: augment_backgrounds must be a folder with image files",
