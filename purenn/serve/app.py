@@ -33,7 +33,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse
 from fastapi.staticfiles import StaticFiles
 from PIL import Image
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -44,9 +44,17 @@ from purenn.inference.probabilities import top_classes
 from purenn.serve.access import Access
 from purenn.serve.batcher import MicroBatcher
 from purenn.serve.explain_route import router as explain_router
-from purenn.serve.handlers import PREDICT_PATH, UPLOAD_PATHS, http_error, in_pool, queued
+from purenn.serve.handlers import (
+    MAX_DIAGNOSIS_ID,
+    PREDICT_PATH,
+    UPLOAD_PATHS,
+    DiagnosisId,
+    http_error,
+    in_pool,
+    queued,
+)
 from purenn.serve.images import SHA256_PATTERN, ImageStore
-from purenn.serve.limits import HeaderLimit, RequestMetrics, SecurityHeaders, UploadLimit
+from purenn.serve.limits import BodyLimit, HeaderLimit, RequestMetrics, SecurityHeaders
 from purenn.serve.metrics import CONTENT_TYPE, Metrics
 from purenn.serve.model import ServedModel
 from purenn.serve.ratelimit import RateLimiter
@@ -67,7 +75,8 @@ class Settings:
         db: a SQLite file path or a ``postgresql://`` URL.
         max_batch: most images in one forward pass (1: no batching).
         max_queue: most requests waiting for inference; more are answered 503.
-        max_upload_bytes: largest request body accepted on ``/api/predict``.
+        max_upload_bytes: largest request body accepted on ``/api/predict`` and
+            ``/api/explain`` (other requests: ``limits.MAX_OTHER_BODY_BYTES``).
         store_images: folder for accepted uploads and thumbnails, or None to keep none.
         max_pixels: largest image (width x height) decoded; also Pillow's ``MAX_IMAGE_PIXELS``.
         tokens_file: the tokens file whose tokens every non-open endpoint needs, or None for no
@@ -90,8 +99,12 @@ class Settings:
     tta: int = 1
 
 
+#: Longest feedback label taken (PlantVillage's longest class name has 45 characters).
+MAX_LABEL_CHARS = 200
+
+
 class Feedback(BaseModel):
-    label: str  # one of the model's classes, or NOT_A_LEAF
+    label: str = Field(max_length=MAX_LABEL_CHARS)  # one of the model's classes, or NOT_A_LEAF
 
 
 def _validation_message(err: RequestValidationError) -> str:
@@ -100,6 +113,8 @@ def _validation_message(err: RequestValidationError) -> str:
         loc = [str(x) for x in e.get("loc", ()) if x not in ("body", "query", "path")]
         if loc == ["file"] and e.get("type") == "missing":
             parts.append("missing form field 'file': send multipart/form-data with the image in it")
+        elif e.get("type") == "json_invalid":  # its loc is a character position
+            parts.append(f"request body: not valid JSON ({e.get('ctx', {}).get('error', '')})")
         else:
             parts.append(f"{'.'.join(loc) or 'request'}: {e.get('msg')}")
     return "; ".join(parts)
@@ -147,8 +162,8 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.metrics = metrics
     registry = TokenRegistry(settings.tokens_file) if settings.tokens_file is not None else None
     limiter = RateLimiter(settings.rate_limit) if settings.rate_limit else None
-    # The first added is innermost: a request passes metrics, headers, limits, access, upload.
-    app.add_middleware(UploadLimit, max_bytes=settings.max_upload_bytes, paths=UPLOAD_PATHS)
+    # The first added is innermost: a request passes metrics, headers, limits, access, body size.
+    app.add_middleware(BodyLimit, upload_bytes=settings.max_upload_bytes, upload_paths=UPLOAD_PATHS)
     app.add_middleware(Access, registry=registry, limiter=limiter)
     app.add_middleware(HeaderLimit)
     app.add_middleware(SecurityHeaders)
@@ -240,7 +255,9 @@ def create_app(settings: Settings) -> FastAPI:
     async def list_diagnoses(
         request: Request,
         limit: Annotated[int, Query(ge=1, le=200)] = 20,
-        before: Annotated[int | None, Query(ge=1, description="ids below this one")] = None,
+        before: Annotated[
+            int | None, Query(ge=1, le=MAX_DIAGNOSIS_ID, description="ids below this one")
+        ] = None,
     ) -> dict:
         rows = await run_in_threadpool(request.app.state.store.newest, limit, before)
         return {
@@ -249,7 +266,7 @@ def create_app(settings: Settings) -> FastAPI:
         }
 
     @app.get("/api/diagnoses/{diagnosis_id}", summary="One diagnosis")
-    async def get_diagnosis(request: Request, diagnosis_id: int) -> dict:
+    async def get_diagnosis(request: Request, diagnosis_id: DiagnosisId) -> dict:
         found = await run_in_threadpool(request.app.state.store.get, diagnosis_id)
         if found is None:
             raise http_error(404, f"no diagnosis with id {diagnosis_id}")
@@ -259,7 +276,7 @@ def create_app(settings: Settings) -> FastAPI:
         "/api/diagnoses/{diagnosis_id}/feedback",
         summary=f"What the leaf really has (a class, or {NOT_A_LEAF!r})",
     )
-    async def feedback(request: Request, diagnosis_id: int, body: Feedback) -> dict:
+    async def feedback(request: Request, diagnosis_id: DiagnosisId, body: Feedback) -> dict:
         names = request.app.state.served.class_names
         if body.label not in names and body.label != NOT_A_LEAF:
             raise http_error(

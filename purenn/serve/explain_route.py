@@ -25,7 +25,7 @@ from purenn.data import DataError
 from purenn.data.decode import decode_photo_bytes
 from purenn.explain.methods import ExplainError
 from purenn.explain.photo import class_index, explain_photo
-from purenn.serve.handlers import EXPLAIN_PATH, http_error, in_pool, queued
+from purenn.serve.handlers import EXPLAIN_PATH, DiagnosisId, http_error, in_pool, queued
 from purenn.serve.images import ImageStore
 from purenn.serve.model import ServedModel
 
@@ -116,7 +116,7 @@ async def explain(
     responses=PNG_RESPONSES,
 )
 async def explain_diagnosis(
-    request: Request, diagnosis_id: int, method: Method = "gradcam", target: Target = None
+    request: Request, diagnosis_id: DiagnosisId, method: Method = "gradcam", target: Target = None
 ) -> Response:
     state = request.app.state
     check_target(state.served, target)

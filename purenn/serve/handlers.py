@@ -9,8 +9,9 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Annotated
 
-from fastapi import HTTPException
+from fastapi import HTTPException, Path
 
 from purenn.serve.batcher import BatcherStopped, QueueFull
 
@@ -18,6 +19,10 @@ PREDICT_PATH = "/api/predict"
 EXPLAIN_PATH = "/api/explain"
 UPLOAD_PATHS = (PREDICT_PATH, EXPLAIN_PATH)
 RETRY_AFTER_SECONDS = 1
+#: The largest id the history holds: SQLite's INTEGER and PostgreSQL's BIGSERIAL are 64-bit.
+MAX_DIAGNOSIS_ID = 2**63 - 1
+#: A diagnosis id in a path: a larger one is a 422, never an overflow in the database driver.
+DiagnosisId = Annotated[int, Path(ge=1, le=MAX_DIAGNOSIS_ID)]
 
 
 def http_error(status: int, message: str, headers: dict | None = None) -> HTTPException:

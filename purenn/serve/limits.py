@@ -1,5 +1,5 @@
-"""ASGI middleware (pure ASGI, no framework): the upload size cap, the request-header limits,
-the security headers of every response, and the request metrics."""
+"""ASGI middleware (pure ASGI, no framework): the request-body size caps, the request-header
+limits, the security headers of every response, and the request metrics."""
 
 from __future__ import annotations
 
@@ -27,8 +27,13 @@ class _TooLarge(Exception):
     pass
 
 
-class UploadLimit:
-    """Answers 413 to a request body above ``max_bytes`` on ``paths``, without reading it all.
+#: The largest body of a request that is not an upload (feedback's JSON is under 1 KB).
+MAX_OTHER_BODY_BYTES = 64 * 2**10
+
+
+class BodyLimit:
+    """Answers 413 to a request body above its cap, without reading it all: ``upload_bytes``
+    on ``upload_paths``, :data:`MAX_OTHER_BODY_BYTES` on every other path.
 
     A ``Content-Length`` above the cap is refused before the body is read. A body without one
     (chunked) or lying about it is counted while it streams in: at the first byte past the cap the
@@ -36,21 +41,26 @@ class UploadLimit:
     sent instead.
     """
 
-    def __init__(self, app, max_bytes: int, paths: tuple[str, ...]) -> None:
-        self.app, self.max_bytes, self.paths = app, max_bytes, paths
+    def __init__(self, app, upload_bytes: int, upload_paths: tuple[str, ...]) -> None:
+        self.app, self.upload_bytes, self.upload_paths = app, upload_bytes, upload_paths
 
-    def _error(self) -> dict:
-        return {"error": f"upload too large: the limit is {self.max_bytes:,} bytes"}
+    def _cap(self, path: str) -> tuple[int, str]:
+        """The largest body accepted on ``path``, and what the 413 calls it."""
+        if path in self.upload_paths:
+            return self.upload_bytes, "upload"
+        return MAX_OTHER_BODY_BYTES, "request body"
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"] not in self.paths:
+        if scope["type"] != "http":
             return await self.app(scope, receive, send)
+        max_bytes, what = self._cap(scope["path"])
+        error = {"error": f"{what} too large: the limit is {max_bytes:,} bytes"}
         length = dict(scope["headers"]).get(b"content-length")
         if length is not None:
             if not length.isdigit():
                 return await send_json(send, 400, {"error": "invalid Content-Length header"})
-            if int(length) > self.max_bytes:
-                return await send_json(send, 413, self._error(), {"Connection": "close"})
+            if int(length) > max_bytes:
+                return await send_json(send, 413, error, {"Connection": "close"})
         received, exceeded, started = 0, False, False
 
         async def counting_receive() -> dict:
@@ -58,7 +68,7 @@ class UploadLimit:
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
-                if received > self.max_bytes:
+                if received > max_bytes:
                     exceeded = True
                     raise _TooLarge
             return message
@@ -75,7 +85,7 @@ class UploadLimit:
         except _TooLarge:
             pass
         if exceeded and not started:
-            await send_json(send, 413, self._error(), {"Connection": "close"})
+            await send_json(send, 413, error, {"Connection": "close"})
 
 
 MAX_HEADERS = 64  # request headers; a browser sends about 15

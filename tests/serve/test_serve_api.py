@@ -240,7 +240,32 @@ def test_unknown_diagnosis_and_unknown_label(client):
     assert r.status_code == 422 and "unknown label 'Leaf_mould'" in r.json()["error"]
     assert client.get(f"/api/diagnoses/{diagnosis['id']}").json()["feedback"] is None
     r = client.post(f"/api/diagnoses/{diagnosis['id']}/feedback", content=b"{")
-    assert r.status_code == 422 and "error" in r.json()
+    assert r.status_code == 422 and "valid dictionary" in r.json()["error"]  # not sent as JSON
+    r = client.post(
+        f"/api/diagnoses/{diagnosis['id']}/feedback",
+        content=b"{",
+        headers={"Content-Type": "application/json"},
+    )
+    assert r.status_code == 422 and r.json()["error"].startswith("request body: not valid JSON")
+    r = client.post(f"/api/diagnoses/{diagnosis['id']}/feedback", json={"label": "x" * 201})
+    assert r.status_code == 422
+    assert r.json() == {"error": "label: String should have at most 200 characters"}
+
+
+def test_every_other_body_is_capped_too(client):
+    """Feedback's JSON is under 1 KB: a body over 64 KiB is refused before it is parsed, by its
+    Content-Length or, without one, as it streams in."""
+    from purenn.serve.limits import MAX_OTHER_BODY_BYTES
+
+    diagnosis = post_image(client, image_bytes(6)).json()
+    path = f"/api/diagnoses/{diagnosis['id']}/feedback"
+    big = b'{"label": "' + b"1" * MAX_OTHER_BODY_BYTES + b'"}'
+    streamed = (big[i : i + 10_000] for i in range(0, len(big), 10_000))
+    for content in (big, streamed):
+        r = client.post(path, content=content, headers={"Content-Type": "application/json"})
+        assert r.status_code == 413
+        assert r.json() == {"error": "request body too large: the limit is 65,536 bytes"}
+    assert client.get(f"/api/diagnoses/{diagnosis['id']}").json()["feedback"] is None
 
 
 def test_an_internal_error_is_json_and_the_server_goes_on(settings, monkeypatch):
@@ -268,3 +293,18 @@ def test_bad_query_parameters(client):
     r = client.get("/api/diagnoses", params={"limit": "many"})
     assert r.status_code == 422 and "limit" in r.json()["error"]
     assert client.get("/api/thumbnails/not-a-hash").status_code == 404
+
+
+@pytest.mark.parametrize("bad_id", ["0", "-1", "abc", str(2**63), "9" * 40])
+def test_diagnosis_ids_outside_the_databases_range_are_a_422(client, bad_id):
+    """Past 2**63 - 1 SQLite's driver raised OverflowError: a 500, for a bad path."""
+    answers = [
+        client.get(f"/api/diagnoses/{bad_id}"),
+        client.post(f"/api/diagnoses/{bad_id}/feedback", json={"label": "not a leaf"}),
+        client.post(f"/api/diagnoses/{bad_id}/explain"),
+        client.get("/api/diagnoses", params={"before": bad_id}),
+    ]
+    for r in answers:
+        assert r.status_code == 422, (r.request.url, r.status_code, r.text)
+        assert r.json()["error"].startswith(("diagnosis_id: ", "before: "))
+    assert client.get(f"/api/diagnoses/{2**63 - 1}").status_code == 404  # the largest id
