@@ -246,10 +246,6 @@ class Model(Network):
             result.append((given if layer.merges else given[0], shapes[-1]))
         return result
 
-    def output_shapes(self, input_shape: tuple[int, ...]) -> list[tuple[int, ...]]:
-        """Per-sample output shape of every layer, in topological order."""
-        return [out for _, out in self._node_shapes(input_shape)]
-
     def summary(self, input_shape: tuple[int, ...] | None = None) -> str:
         """A table of nodes with their inputs, output shape, parameters and FLOPs per sample."""
         rows = [("#", "layer", "inputs", "output shape", "params", "FLOPs")]

@@ -4,8 +4,8 @@ Both keep their layers in ``self.layers`` in execution order and name each param
 ``"<index>.<name>"`` (``"0.weight"``, ``"3.running_mean"``), so state dicts, checkpoints,
 safetensors and optimizers treat either kind the same way. Subclasses add ``forward``,
 ``backward``, ``get_config`` / ``from_config``, ``_node_shapes`` (each layer's input and output
-shapes), ``output_shapes``, ``summary`` and ``inputs`` (the tensors each layer reads: 0 the
-input, ``i + 1`` the output of layer ``i``).
+shapes, from which ``output_shapes`` and ``flops`` here follow), ``summary`` and ``inputs`` (the
+tensors each layer reads: 0 the input, ``i + 1`` the output of layer ``i``).
 """
 
 from __future__ import annotations
@@ -142,6 +142,11 @@ class Network:
     def zero_grad(self) -> None:
         for layer in self.layers:
             layer.zero_grad()
+
+    def output_shapes(self, input_shape: tuple[int, ...]) -> list[tuple[int, ...]]:
+        """Per-sample output shape of every layer, in execution order; ValueError where a layer
+        cannot take its input."""
+        return [out for _, out in self._node_shapes(input_shape)]
 
     def flops(self, input_shape: tuple[int, ...] | None = None) -> int:
         """Forward FLOPs for one sample (a multiply-add counts as 2); ``input_shape`` defaults

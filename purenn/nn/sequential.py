@@ -154,10 +154,6 @@ class Sequential(Network):
             result.append((given, shape))
         return result
 
-    def output_shapes(self, input_shape: tuple[int, ...]) -> list[tuple[int, ...]]:
-        """Per-sample output shape of every layer; raises ValueError where the stack mismatches."""
-        return [out for _, out in self._node_shapes(input_shape)]
-
     def summary(self, input_shape: tuple[int, ...] | None = None) -> str:
         """A table of layers with output shape, parameters and forward FLOPs per sample."""
         rows = [("#", "layer", "output shape", "params", "FLOPs")]
