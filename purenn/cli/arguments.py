@@ -9,37 +9,24 @@ from purenn.inference.tta import MAX_VIEWS, VIEWS, check_views
 THREADS_HELP = "BLAS threads and image-decoding processes (default: all cores)"
 
 
-def positive_int(text: str) -> int:
-    """``text`` as an int of at least 1; argparse reports anything else as an invalid value."""
-    value = int(text)
-    if value < 1:
-        raise ValueError(text)
-    return value
+def int_between(minimum: int, maximum: int | None, name: str):
+    """An argparse type: ``text`` as an int from ``minimum`` to ``maximum`` (None: no upper
+    bound). argparse reports anything else as an invalid ``name`` value."""
+
+    def parse(text: str) -> int:
+        value = int(text)
+        if value < minimum or (maximum is not None and value > maximum):
+            raise ValueError(text)
+        return value
+
+    parse.__name__ = name  # argparse names the type in its message
+    return parse
 
 
-positive_int.__name__ = "positive int"  # argparse names the type in its message
-
-
-def non_negative_int(text: str) -> int:
-    """``text`` as an int of at least 0."""
-    value = int(text)
-    if value < 0:
-        raise ValueError(text)
-    return value
-
-
-non_negative_int.__name__ = "non-negative int"
-
-
-def port_number(text: str) -> int:
-    """``text`` as a TCP port, 0 to 65535 (0: one the system picks)."""
-    value = int(text)
-    if not 0 <= value <= 65535:
-        raise ValueError(text)
-    return value
-
-
-port_number.__name__ = "port number (0-65535)"
+positive_int = int_between(1, None, "positive int")
+non_negative_int = int_between(0, None, "non-negative int")
+#: A TCP port (0: one the system picks).
+port_number = int_between(0, 65535, "port number (0-65535)")
 
 
 def positive_float(text: str) -> float:

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
+from purenn.cli.arguments import non_negative_int, positive_int
 from purenn.data import collect_images, load_image, normalize_batch
 from purenn.explain.methods import METHODS, explain
 from purenn.explain.overlay import render, write_png
@@ -18,25 +19,6 @@ from purenn.kernels.runtime import limit_threads
 
 # Each panel (photo, overlay) of a written PNG is at least this many pixels high.
 MIN_PANEL = 256
-
-
-def _count(text: str, minimum: int) -> int:
-    value = int(text)
-    if value < minimum:
-        raise ValueError(text)
-    return value
-
-
-def _positive(text: str) -> int:
-    return _count(text, 1)
-
-
-def _natural(text: str) -> int:
-    return _count(text, 0)
-
-
-_positive.__name__ = "positive int"  # argparse names the type in its message
-_natural.__name__ = "int >= 0"
 
 
 def add_parser(commands) -> None:
@@ -54,21 +36,21 @@ def add_parser(commands) -> None:
     )
     p.add_argument(
         "--layer",
-        type=_natural,
+        type=non_negative_int,
         metavar="N",
         help="gradcam: index of the layer whose output maps are used (default: the last Conv2D; "
         "in a graph whose last Conv2D a shortcut bypasses, the last map on every path)",
     )
     p.add_argument(
         "--smooth",
-        type=_natural,
+        type=non_negative_int,
         default=0,
         metavar="N",
         help="saliency: SmoothGrad over N noisy copies (default: 0, the plain gradient)",
     )
-    p.add_argument("--batch-size", type=_positive, default=16, metavar="N")
+    p.add_argument("--batch-size", type=positive_int, default=16, metavar="N")
     p.add_argument("--json", action="store_true", help="print JSON instead of lines")
-    p.add_argument("--threads", type=_positive, metavar="N")
+    p.add_argument("--threads", type=positive_int, metavar="N")
     p.set_defaults(func=run)
 
 
